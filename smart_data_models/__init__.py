@@ -1,0 +1,1 @@
+"""smart_data_models package."""
