@@ -1,0 +1,154 @@
+"""US EPA Air Quality Index with the 2024 breakpoints, truncation and rounding, and NowCast.
+
+Source: EPA "Technical Assistance Document for the Reporting of Daily Air Quality – the AQI"
+(EPA-454/B-24-002, May 2024), Table 6 and Equation 1; PM NAAQS final rule of 7 Feb 2024.
+Ip = (IHi − ILo)/(BPHi − BPLo) × (Cp − BPLo) + ILo, rounded to the nearest integer (halves
+up), after truncating Cp: O3 to 3 decimals (ppm), PM2.5 to 1 decimal (µg/m³), PM10 to an
+integer (µg/m³), CO to 1 decimal (ppm), SO2 and NO2 to integers (ppb).
+
+Gas conversions use 25 °C and 1 atm (molar volume 24.45 L), as the EPA does:
+ppb = µg/m³ × 24.45 / MW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+
+AQI_CATEGORIES: tuple[tuple[int, str], ...] = (
+    (50, "Good"),
+    (100, "Moderate"),
+    (150, "Unhealthy for Sensitive Groups"),
+    (200, "Unhealthy"),
+    (300, "Very Unhealthy"),
+    (500, "Hazardous"),
+)
+BEYOND_THE_AQI = "Beyond the AQI"
+
+_Row = tuple[str, str, int, int]
+# (BPLo, BPHi, ILo, IHi); breakpoints as strings so that they are exact decimals.
+AQI_BREAKPOINTS_2024: dict[str, tuple[_Row, ...]] = {
+    "o3_8h": (
+        ("0.000", "0.054", 0, 50), ("0.055", "0.070", 51, 100), ("0.071", "0.085", 101, 150),
+        ("0.086", "0.105", 151, 200), ("0.106", "0.200", 201, 300),
+    ),
+    "o3_1h": (
+        ("0.125", "0.164", 101, 150), ("0.165", "0.204", 151, 200), ("0.205", "0.404", 201, 300),
+        ("0.405", "0.604", 301, 500),
+    ),
+    "pm25_24h": (
+        ("0.0", "9.0", 0, 50), ("9.1", "35.4", 51, 100), ("35.5", "55.4", 101, 150),
+        ("55.5", "125.4", 151, 200), ("125.5", "225.4", 201, 300), ("225.5", "325.4", 301, 500),
+    ),
+    "pm10_24h": (
+        ("0", "54", 0, 50), ("55", "154", 51, 100), ("155", "254", 101, 150), ("255", "354", 151, 200),
+        ("355", "424", 201, 300), ("425", "604", 301, 500),
+    ),
+    "co_8h": (
+        ("0.0", "4.4", 0, 50), ("4.5", "9.4", 51, 100), ("9.5", "12.4", 101, 150), ("12.5", "15.4", 151, 200),
+        ("15.5", "30.4", 201, 300), ("30.5", "50.4", 301, 500),
+    ),
+    "so2_1h": (("0", "35", 0, 50), ("36", "75", 51, 100), ("76", "185", 101, 150), ("186", "304", 151, 200)),
+    # 1-hour SO2 does not define AQI values of 200 or more; the 24-hour concentration does.
+    "so2_24h": (("305", "604", 201, 300), ("605", "1004", 301, 500)),
+    "no2_1h": (
+        ("0", "53", 0, 50), ("54", "100", 51, 100), ("101", "360", 101, 150), ("361", "649", 151, 200),
+        ("650", "1249", 201, 300), ("1250", "2049", 301, 500),
+    ),
+}
+AQI_TRUNCATION: dict[str, str] = {
+    "o3_8h": "0.001", "o3_1h": "0.001", "pm25_24h": "0.1", "pm10_24h": "1", "co_8h": "0.1",
+    "so2_1h": "1", "so2_24h": "1", "no2_1h": "1",
+}
+MOLECULAR_WEIGHTS: dict[str, float] = {"no2": 46.0055, "o3": 47.9982, "so2": 64.066, "co": 28.010}
+MOLAR_VOLUME_25C = 24.45
+
+
+@dataclass(frozen=True, slots=True)
+class UsAqi:
+    """An AQI value (None beyond the top breakpoint), its category and responsible pollutant."""
+
+    aqi: int | None
+    category: str
+    pollutant: str
+
+
+def ugm3_to_ppb(pollutant: str, concentration_ugm3: float) -> float:
+    """Convert a gas concentration from µg/m³ to ppb at 25 °C and 1 atm."""
+    return concentration_ugm3 * MOLAR_VOLUME_25C / MOLECULAR_WEIGHTS[pollutant]
+
+
+def aqi_category(aqi: int) -> str:
+    """Category name of an AQI value."""
+    for upper, name in AQI_CATEGORIES:
+        if aqi <= upper:
+            return name
+    return BEYOND_THE_AQI
+
+
+def truncate_concentration(metric: str, concentration: float) -> Decimal:
+    """Truncate a concentration to the precision the TAD prescribes for `metric`."""
+    quantum = Decimal(AQI_TRUNCATION[metric])
+    return Decimal(repr(float(concentration))).quantize(quantum, rounding=ROUND_DOWN)
+
+
+def aqi_sub_index(metric: str, concentration: float) -> UsAqi | None:
+    """Sub-index of one metric (`pm25_24h`, `o3_8h`, `no2_1h` … in the TAD's units).
+
+    None when the metric has no AQI at that level (1-hour O3 below 0.125 ppm, 8-hour O3 above
+    0.200 ppm where the 1-hour value must be used, 1-hour SO2 above 304 ppb where the 24-hour
+    value must be used). Above the top breakpoint the category is "Beyond the AQI".
+    """
+    if concentration < 0:
+        raise ValueError(f"a concentration cannot be negative: {metric}={concentration}")
+    rows = AQI_BREAKPOINTS_2024[metric]
+    pollutant = metric.split("_")[0]
+    cp = truncate_concentration(metric, concentration)
+    for lo, hi, i_lo, i_hi in rows:
+        bp_lo, bp_hi = Decimal(lo), Decimal(hi)
+        if bp_lo <= cp <= bp_hi:
+            value = (Decimal(i_hi - i_lo) / (bp_hi - bp_lo)) * (cp - bp_lo) + i_lo
+            aqi = int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+            return UsAqi(aqi, aqi_category(aqi), pollutant)
+    if cp < Decimal(rows[0][0]) or metric in ("o3_8h", "so2_1h"):
+        return None
+    return UsAqi(None, BEYOND_THE_AQI, pollutant)
+
+
+def us_air_quality_index(metrics: Mapping[str, float | None]) -> UsAqi | None:
+    """The overall AQI: the largest sub-index over the metrics given (TAD units).
+
+    For O3 both the 8-hour and the 1-hour index are computed where given and the higher one
+    counts, as the TAD allows. A metric beyond the AQI makes the whole index beyond it.
+    """
+    results = [
+        sub
+        for metric, value in metrics.items()
+        if value is not None and (sub := aqi_sub_index(metric, value)) is not None
+    ]
+    if not results:
+        return None
+    beyond = [r for r in results if r.aqi is None]
+    if beyond:
+        return beyond[0]
+    return max(results, key=lambda r: r.aqi or 0)
+
+
+def nowcast(hourly: Sequence[float | None], metric: str = "pm25_24h") -> float | None:
+    """NowCast of PM from the last 12 hourly values, most recent first (EPA/AirNow).
+
+    Needs at least two of the three most recent hours. w* = min/max over the available values,
+    w = max(w*, 0.5), NowCast = Σ w^(i−1)·c_i / Σ w^(i−1); the result is truncated like the
+    24-hour metric it stands in for.
+    """
+    last12 = list(hourly[:12])
+    if sum(v is not None for v in last12[:3]) < 2:
+        return None
+    values = [(i, v) for i, v in enumerate(last12) if v is not None]
+    highest = max(v for _, v in values)
+    lowest = min(v for _, v in values)
+    weight = 1.0 if highest == 0 else max(lowest / highest, 0.5)
+    numerator = sum(weight**i * v for i, v in values)
+    denominator = sum(weight**i for i, _ in values)
+    return float(truncate_concentration(metric, numerator / denominator))
