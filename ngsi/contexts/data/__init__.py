@@ -1,0 +1,1 @@
+"""Package data: the JSON-LD @context files served offline (see SOURCES.md)."""
