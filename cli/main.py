@@ -1,0 +1,108 @@
+"""The `climaborough` command: starts and wires the platform's services."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from cli.settings import BROKER_PORT, CliSettings
+
+app = typer.Typer(
+    name="climaborough",
+    help="FIWARE-native context platform for climate-neutral cities.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+HostOption = Annotated[str, typer.Option(help="Address the broker listens on.")]
+PortOption = Annotated[int, typer.Option(help="Port of the broker's NGSI-LD API (FIWARE default 1026).")]
+EmbeddedOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--embedded-postgres/--no-embedded-postgres",
+        help="Run our own PostgreSQL under CLIMABOROUGH_DATA_DIR. Default: on when CLIMABOROUGH_DATABASE_URL is unset.",
+        show_default=False,
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Where embedded services keep their data (CLIMABOROUGH_DATA_DIR, default ./.data)."),
+]
+LogLevelOption = Annotated[str, typer.Option(help="Python log level: debug, info, warning, error.")]
+
+
+def load_settings(data_dir: Path | None) -> CliSettings:
+    settings = CliSettings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    return settings
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+
+
+def serve_broker(settings: CliSettings, *, embedded: bool | None, host: str, port: int) -> None:
+    # Imported here so that `climaborough --help` stays fast and works without a database.
+    from cli.services import announce_auth, database, port_is_free, run_broker
+
+    use_embedded = settings.database_url is None if embedded is None else embedded
+    announce_auth(settings, console)
+    if not port_is_free(host, port):
+        raise typer.BadParameter(f"{host}:{port} is already in use", param_hint="--port")
+    with database(settings, embedded=use_embedded, console=console) as database_url:
+        console.print(f"NGSI-LD broker: [bold cyan]http://{host}:{port}/ngsi-ld/v1/[/bold cyan]  (Ctrl-C stops)")
+        run_broker(database_url, host, port)
+
+
+@app.command()
+def broker(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = BROKER_PORT,
+    embedded_postgres: EmbeddedOption = None,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "warning",
+) -> None:
+    """Run the NGSI-LD broker (with history) on PostgreSQL."""
+    configure_logging(log_level)
+    serve_broker(load_settings(data_dir), embedded=embedded_postgres, host=host, port=port)
+
+
+@app.command()
+def up(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = BROKER_PORT,
+    embedded_postgres: EmbeddedOption = None,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "warning",
+) -> None:
+    """Run the whole platform on embedded defaults (for now: the broker and its PostgreSQL)."""
+    configure_logging(log_level)
+    serve_broker(load_settings(data_dir), embedded=embedded_postgres, host=host, port=port)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="Broker port; a free one is used if it is busy.")] = BROKER_PORT,
+    hours: Annotated[int, typer.Option(min=1, help="How many hours of Beijing data to load.")] = 24 * 31,
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="Keep the broker running after the demo (Ctrl-C stops).")
+    ] = False,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "warning",
+) -> None:
+    """End-to-end demo: PostgreSQL, broker, Smart Data Models examples, real Beijing data, queries."""
+    from cli.demo import run_demo
+
+    configure_logging(log_level)
+    settings = load_settings(data_dir)
+    run_demo(settings, console=console, port=port, hours=hours, keep_running=keep_running)
+
+
+if __name__ == "__main__":
+    app()
