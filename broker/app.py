@@ -1,0 +1,155 @@
+"""The embedded NGSI-LD broker's FastAPI application: wiring, error rendering, health and version."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from broker.batch.routes import batch_router
+from broker.batch.service import BatchService
+from broker.changes import ChangeSink, NoChangeSink
+from broker.contexts.routes import contexts_router
+from broker.contexts.service import UserContextService
+from broker.discovery.routes import discovery_router
+from broker.discovery.service import DiscoveryService
+from broker.entities.routes import entities_router
+from broker.entities.service import EntityService
+from broker.settings import BrokerSettings
+from broker.storage.tenants import TenantDatabases
+from ngsi.contexts import CORE_CONTEXT_URL, ContextStore
+from ngsi.errors import (
+    BadRequestData,
+    InternalError,
+    MethodNotAllowed,
+    NgsiError,
+    ResourceNotFound,
+)
+
+log = logging.getLogger(__name__)
+
+BROKER_VERSION = "0.1.0"
+API_PREFIX = "/ngsi-ld/v1"
+
+
+def problem_response(error: NgsiError) -> Response:
+    return Response(orjson.dumps(error.to_problem()), status_code=error.status, media_type="application/json")
+
+
+class TrailingSlashTolerance:
+    """Serves `/path/` exactly like `/path` (Orion-LD tolerates trailing slashes), no redirect."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                scope = {**scope, "path": path.rstrip("/") or "/"}
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = None) -> FastAPI:
+    """Build the broker app; storage opens in the lifespan, so nothing connects at import time."""
+    databases = TenantDatabases(settings)
+    contexts = ContextStore(
+        fetch_timeout=settings.context_fetch_timeout_s,
+        hosted_base_url=f"http://{settings.host}:{settings.port}{API_PREFIX}/jsonldContexts/",
+    )
+    sink = change_sink or NoChangeSink()
+    started_at = datetime.now(UTC)
+
+    entity_service = EntityService(databases, sink, settings)
+    batch_service = BatchService(databases, sink, entity_service)
+    discovery_service = DiscoveryService(databases)
+    user_contexts = UserContextService(databases, contexts)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await databases.open()
+        await user_contexts.load()
+        try:
+            yield
+        finally:
+            await databases.close()
+
+    app = FastAPI(title="climaborough NGSI-LD broker", version=BROKER_VERSION, lifespan=lifespan,
+                  redirect_slashes=False)
+    app.state.settings = settings
+    app.state.databases = databases
+
+    @app.exception_handler(NgsiError)
+    async def ngsi_error(request: Request, error: NgsiError) -> Response:
+        return problem_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return problem_response(
+            BadRequestData(f"Invalid {where}: {first.get('msg', 'invalid value')}", parameter=where)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 404:
+            return problem_response(ResourceNotFound(f"No such resource: {request.url.path}"))
+        if error.status_code == 405:
+            return problem_response(
+                MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            )
+        return problem_response(NgsiError(str(error.detail), status=error.status_code))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> Response:
+        log.exception("unexpected error method=%s path=%s", request.method, request.url.path)
+        return problem_response(InternalError(f"{type(error).__name__}: {error}"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "uptime_s": round((datetime.now(UTC) - started_at).total_seconds(), 3)}
+
+    @app.get("/version")
+    async def version() -> dict[str, Any]:
+        # Shaped like Orion-LD's GET /version.
+        return {
+            "Orion-LD version": f"climaborough-{BROKER_VERSION}",
+            "based on orion": "compatible",
+            "kbase version": "n/a",
+            "kalloc version": "n/a",
+            "khash version": "n/a",
+            "kjson version": "n/a",
+            "microhttpd version": "n/a",
+            "rapidjson version": "n/a",
+            "libcurl version": "n/a",
+            "libuuid version": "n/a",
+            "mongocpp version": "n/a",
+            "postgres libpq version": "psycopg3",
+            "branch": "main",
+            "cached subscriptions": 0,
+            "Next File Descriptor": 0,
+            "uptime": str(datetime.now(UTC) - started_at),
+            "Core Context": CORE_CONTEXT_URL,
+            "python": platform.python_version(),
+            "version": BROKER_VERSION,
+        }
+
+    app.include_router(entities_router(entity_service, contexts, settings), prefix=API_PREFIX)
+    app.include_router(batch_router(batch_service, contexts, settings), prefix=API_PREFIX)
+    app.include_router(discovery_router(discovery_service, contexts), prefix=API_PREFIX)
+    app.include_router(contexts_router(user_contexts, settings), prefix=API_PREFIX)
+    app.add_middleware(TrailingSlashTolerance)
+    return app
+
+

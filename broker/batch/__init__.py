@@ -1,0 +1,1 @@
+"""Batch slice of the NGSI-LD broker."""

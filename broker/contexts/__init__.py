@@ -1,0 +1,1 @@
+"""Contexts slice of the NGSI-LD broker."""

@@ -1,0 +1,1 @@
+"""Discovery slice of the NGSI-LD broker."""

@@ -1,0 +1,1 @@
+"""Entities slice of the NGSI-LD broker."""

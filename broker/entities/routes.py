@@ -1,0 +1,223 @@
+"""HTTP routes of the entity API (GS CIM 009 5.6, 5.7): parse parameters, call the service, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response
+
+from broker.entities.representation import check_uri, to_geojson_feature
+from broker.entities.service import EntityQuery, EntityService, RenderOptions, render
+from broker.negotiation import (
+    GEO_JSON,
+    JSON,
+    accepted_media_type,
+    json_response,
+    query_context,
+    read_payload,
+)
+from broker.settings import BrokerSettings
+from ngsi.contexts import ContextStore, TermMap
+from ngsi.errors import BadRequestData, TooManyResults
+
+FORMS = {"keyValues", "concise", "normalized"}
+
+
+def split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    return items or None
+
+
+def render_options(terms: TermMap, options: str | None, format_: str | None, attrs: str | None,
+                   pick: str | None, omit: str | None, lang: str | None) -> RenderOptions:
+    """GS CIM 009 6.3.7 `options`/`format`, 4.21 pick/omit and `attrs` projection, 4.15 lang."""
+    flags = set(split_list(options) or [])
+    unknown = flags - FORMS - {"sysAttrs", "noOverwrite", "update", "replace"}
+    if unknown:
+        raise BadRequestData(f"Unknown options {sorted(unknown)}", parameter="options")
+    if format_ is not None and format_ not in FORMS:
+        raise BadRequestData(f"Unknown format {format_!r}", parameter="format")
+    form = format_ or ("keyValues" if "keyValues" in flags else "concise" if "concise" in flags else "normalized")
+    if pick and attrs:
+        raise BadRequestData("pick and attrs cannot be combined", parameter="pick")
+    wanted = split_list(pick) or split_list(attrs)
+    picked = frozenset(terms.expand(a) for a in wanted if a not in ("id", "type")) if wanted else None
+    omitted = frozenset(terms.expand(a) for a in split_list(omit) or [])
+    return RenderOptions(form=form, sys_attrs="sysAttrs" in flags, attrs=picked, omit=omitted or None, lang=lang)
+
+
+def entities_router(service: EntityService, contexts: ContextStore, settings: BrokerSettings) -> APIRouter:
+    """The /entities routes bound to `service`."""
+    router = APIRouter()
+    max_bytes = settings.max_payload_bytes
+
+    async def terms_for(context: Any) -> TermMap:
+        return await contexts.term_map(context)
+
+    def context_url(context: Any) -> str:
+        return context if isinstance(context, str) else contexts.core_context_url
+
+    @router.post("/entities")
+    async def post_entity(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:
+        payload = await read_payload(request, max_bytes)
+        entity_id = await service.create(ngsild_tenant, payload.body, await terms_for(payload.context))
+        headers = {"Location": f"/ngsi-ld/v1/entities/{entity_id}"}
+        if ngsild_tenant:
+            headers["NGSILD-Tenant"] = ngsild_tenant
+        return Response(status_code=201, headers=headers)
+
+    @router.get("/entities/{entity_id:path}/attrs/{attr}", include_in_schema=False)
+    async def get_attr_not_allowed(entity_id: str, attr: str) -> Response:
+        raise BadRequestData("Use GET /entities/{id}?attrs=... to read attributes")
+
+    @router.get("/entities/{entity_id:path}")
+    async def get_entity(
+        request: Request, entity_id: str, attrs: str | None = None, pick: str | None = None,
+        omit: str | None = None, options: str | None = None, format: str | None = None,
+        lang: str | None = None, geometryProperty: str = "location",
+        ngsild_tenant: str | None = Header(None),
+    ) -> Response:  # fmt: skip
+        check_uri(entity_id, "Entity id")
+        kind = accepted_media_type(request, geo=True)
+        context = query_context(request)
+        terms = await terms_for(context)
+        opts = render_options(terms, options, format, attrs, pick, omit, lang)
+        entity = await service.retrieve(ngsild_tenant, entity_id)
+        body = render(entity, terms, opts)
+        if kind == GEO_JSON:
+            body = to_geojson_feature(body, geometryProperty, opts.form)
+        elif kind != JSON:
+            body = {"@context": context or contexts.core_context_url, **body}
+        return json_response(body, kind=kind, context_url=context_url(context))
+
+    @router.get("/entities")
+    async def get_entities(
+        request: Request, id: str | None = None, idPattern: str | None = None, type: str | None = None,
+        attrs: str | None = None, pick: str | None = None, omit: str | None = None, q: str | None = None,
+        georel: str | None = None, geometry: str | None = None, coordinates: str | None = None,
+        geoproperty: str | None = None, scopeQ: str | None = None, lang: str | None = None,
+        limit: int | None = None, offset: int = 0, count: bool = False, options: str | None = None,
+        format: str | None = None, geometryProperty: str = "location",
+        ngsild_tenant: str | None = Header(None),
+    ) -> Response:  # fmt: skip
+        kind = accepted_media_type(request, geo=True)
+        context = query_context(request)
+        terms = await terms_for(context)
+        if not any((id, idPattern, type, attrs, q, georel, geometry)):
+            raise BadRequestData("Give at least one of id, idPattern, type, attrs, q or geo query",
+                                 title="Too broad query")
+        if q is not None or georel is not None or scopeQ is not None:
+            # TODO(query): q-language and geo-queries come from broker/query (engineer "query").
+            raise BadRequestData("q, geo and scopeQ queries are not available yet", parameter="q")
+        page = settings.default_limit if limit is None else limit
+        if page < 0 or offset < 0:
+            raise BadRequestData("limit and offset must not be negative", parameter="limit")
+        if page > settings.max_limit:
+            raise TooManyResults(f"limit {page} is above the maximum of {settings.max_limit}", parameter="limit")
+        if page == 0 and not count:
+            raise BadRequestData("limit=0 is only allowed with count=true", parameter="limit")
+        opts = render_options(terms, options, format, None if pick else attrs, pick, omit, lang)
+        ids = split_list(id)
+        for entity_id in ids or []:
+            check_uri(entity_id, "Entity id")
+        query = EntityQuery(
+            ids=ids, id_pattern=idPattern,
+            types=[terms.expand_type(t) for t in split_list(type.replace("|", ",") if type else None) or []] or None,
+            attrs=[terms.expand(a) for a in split_list(attrs) or []] or None,
+            limit=page, offset=offset, count=count,
+        )  # fmt: skip
+        entities, total = await service.query(ngsild_tenant, query)
+        bodies = [render(entity, terms, opts) for entity in entities]
+        headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
+        content: Any = bodies
+        if kind == GEO_JSON:
+            content = {"type": "FeatureCollection",
+                       "features": [to_geojson_feature(b, geometryProperty, opts.form) for b in bodies]}
+        elif kind != JSON:
+            content = [{"@context": context or contexts.core_context_url, **b} for b in bodies]
+        return json_response(content, kind=kind, context_url=context_url(context), headers=headers)
+
+    @router.put("/entities/{entity_id:path}/attrs/{attr}")
+    async def put_attribute(request: Request, entity_id: str, attr: str,
+                            ngsild_tenant: str | None = Header(None)) -> Response:
+        check_uri(entity_id, "Entity id")
+        payload = await read_payload(request, max_bytes)
+        await service.replace_attribute(ngsild_tenant, entity_id, attr, payload.body, await terms_for(payload.context))
+        return Response(status_code=204)
+
+    @router.patch("/entities/{entity_id:path}/attrs/{attr}")
+    async def patch_attribute(request: Request, entity_id: str, attr: str,
+                              ngsild_tenant: str | None = Header(None)) -> Response:
+        check_uri(entity_id, "Entity id")
+        payload = await read_payload(request, max_bytes, allow_merge_patch=True)
+        await service.patch_attribute(ngsild_tenant, entity_id, attr, payload.body, await terms_for(payload.context))
+        return Response(status_code=204)
+
+    @router.delete("/entities/{entity_id:path}/attrs/{attr}")
+    async def delete_attribute(request: Request, entity_id: str, attr: str, datasetId: str | None = None,
+                               deleteAll: bool = False, ngsild_tenant: str | None = Header(None)) -> Response:
+        check_uri(entity_id, "Entity id")
+        terms = await terms_for(query_context(request))
+        await service.delete_attribute(ngsild_tenant, entity_id, attr, terms, dataset_id=datasetId,
+                                       delete_all=deleteAll)
+        return Response(status_code=204)
+
+    @router.post("/entities/{entity_id:path}/attrs")
+    async def post_attributes(request: Request, entity_id: str, options: str | None = None,
+                              ngsild_tenant: str | None = Header(None)) -> Response:
+        check_uri(entity_id, "Entity id")
+        payload = await read_payload(request, max_bytes)
+        overwrite = "noOverwrite" not in (split_list(options) or [])
+        not_updated = await service.append_attributes(
+            ngsild_tenant, entity_id, payload.body, await terms_for(payload.context), overwrite=overwrite
+        )
+        if not_updated:
+            return partial_result(payload.body, not_updated, "Attribute exists already (noOverwrite)")
+        return Response(status_code=204)
+
+    @router.patch("/entities/{entity_id:path}/attrs")
+    async def patch_attributes(request: Request, entity_id: str,
+                               ngsild_tenant: str | None = Header(None)) -> Response:
+        check_uri(entity_id, "Entity id")
+        payload = await read_payload(request, max_bytes, allow_merge_patch=True)
+        not_found = await service.update_attributes(
+            ngsild_tenant, entity_id, payload.body, await terms_for(payload.context)
+        )
+        if not_found:
+            return partial_result(payload.body, not_found, "Attribute does not exist")
+        return Response(status_code=204)
+
+    @router.put("/entities/{entity_id:path}")
+    async def put_entity(request: Request, entity_id: str, ngsild_tenant: str | None = Header(None)) -> Response:
+        check_uri(entity_id, "Entity id")
+        payload = await read_payload(request, max_bytes)
+        await service.replace(ngsild_tenant, entity_id, payload.body, await terms_for(payload.context))
+        return Response(status_code=204)
+
+    @router.patch("/entities/{entity_id:path}")
+    async def patch_entity(request: Request, entity_id: str, ngsild_tenant: str | None = Header(None)) -> Response:
+        check_uri(entity_id, "Entity id")
+        payload = await read_payload(request, max_bytes, allow_merge_patch=True)
+        await service.merge(ngsild_tenant, entity_id, payload.body, await terms_for(payload.context))
+        return Response(status_code=204)
+
+    @router.delete("/entities/{entity_id:path}")
+    async def delete_entity(entity_id: str, ngsild_tenant: str | None = Header(None)) -> Response:
+        check_uri(entity_id, "Entity id")
+        await service.delete(ngsild_tenant, entity_id)
+        return Response(status_code=204)
+
+    return router
+
+
+def partial_result(body: Any, failed: list[str], reason: str) -> Response:
+    """GS CIM 009 5.2.18 UpdateResult with 207 Multi-Status."""
+    names = [k for k in body if k not in ("id", "type", "@context")] if isinstance(body, dict) else []
+    updated = [name for name in names if name not in failed]
+    return json_response(
+        {"updated": updated, "notUpdated": [{"attributeName": name, "reason": reason} for name in failed]},
+        status_code=207,
+    )

@@ -1,0 +1,295 @@
+"""NGSI-LD entity operations (GS CIM 009 5.6, 5.7): the rules between the HTTP routes and the SQL store."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from broker.changes import ChangeKind, ChangeSink, EntityChange
+from broker.entities import store
+from broker.entities.representation import compact_entity, expand_attributes, expand_entity
+from broker.entities.stored import (
+    StoredEntity,
+    append_attributes,
+    delete_attribute,
+    iso_ms,
+    merge_patch_attributes,
+    stamp_doc,
+    update_attributes,
+)
+from broker.settings import BrokerSettings
+from broker.storage.history import HistoryRows, OpMode, write_history
+from broker.storage.tenants import TenantDatabases
+from ngsi.contexts import TermMap
+from ngsi.errors import AlreadyExists, BadRequestData, ResourceNotFound
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """How to render entities: form, system attributes, attribute projection, language."""
+
+    form: str = "normalized"
+    sys_attrs: bool = False
+    attrs: frozenset[str] | None = None
+    omit: frozenset[str] | None = None
+    lang: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntityQuery:
+    """GS CIM 009 5.7.2 query terms, already expanded where they name types or attributes."""
+
+    ids: list[str] | None = None
+    id_pattern: str | None = None
+    types: list[str] | None = None
+    attrs: list[str] | None = None
+    limit: int = 20
+    offset: int = 0
+    count: bool = False
+
+
+def render(entity: StoredEntity, terms: TermMap, options: RenderOptions) -> dict[str, Any]:
+    return compact_entity(
+        entity.id, entity.types, entity.scope, entity.doc, terms, form=options.form,
+        sys_attrs=options.sys_attrs, attrs=set(options.attrs) if options.attrs is not None else None,
+        omit=set(options.omit) if options.omit else None, lang=options.lang,
+        created_at=iso_ms(entity.created_at), modified_at=iso_ms(entity.modified_at),
+    )  # fmt: skip
+
+
+class EntityService:
+    """Creates, reads, changes and deletes entities, writing history and change events in the same transaction."""
+
+    def __init__(self, databases: TenantDatabases, sink: ChangeSink, settings: BrokerSettings) -> None:
+        self.databases = databases
+        self.sink = sink
+        self.settings = settings
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    async def create(self, tenant: str | None, payload: Any, terms: TermMap) -> str:
+        """GS CIM 009 5.6.1: create an entity; AlreadyExists if its id is taken."""
+        entity_id, types, scope, doc = expand_entity(payload, terms)
+        now = datetime.now(UTC)
+        stamp_doc(doc, iso_ms(now))
+        entity = StoredEntity(entity_id, types, scope, doc, now, now, touched=set(doc))
+        pool = await self.databases.pool(tenant, create=True)
+        async with pool.connection() as conn, conn.transaction():
+            if not await store.insert_entity(conn, entity):
+                raise AlreadyExists(f"Entity {entity_id!r} already exists", entityId=entity_id)
+            await self.record(conn, tenant, [(None, entity, "Create")], now)
+        return entity_id
+
+    async def record(
+        self, conn: AsyncConnection, tenant: str | None,
+        writes: list[tuple[StoredEntity | None, StoredEntity | None, OpMode]], now: datetime,
+    ) -> None:
+        """History rows and change events of `(before, after, opMode)` writes, in `conn`'s transaction."""
+        rows = HistoryRows()
+        changes = []
+        for before, after, op in writes:
+            current = after or before
+            assert current is not None
+            if op == "Create" or op == "Replace":
+                rows.add_entity(op, current.id, current.types, now)
+                rows.add_attributes(op, current.id, current.doc, now)
+            elif op == "Delete" and after is None:
+                rows.add_entity_deletion(current.id, current.types, now)
+            else:
+                assert after is not None
+                for name in sorted(after.touched):
+                    if name in after.doc:
+                        for instance in after.doc[name]:
+                            rows.add_attribute(op, after.id, name, instance, now)
+                    else:
+                        rows.add_attribute_deletion(after.id, name, None, now)
+            kind: ChangeKind = {"Create": "create", "Replace": "replace", "Delete": "delete"}.get(
+                op, "update"
+            )  # type: ignore[assignment]
+            if op == "Delete" and after is not None:
+                kind = "update"
+            changes.append(EntityChange(
+                tenant=tenant, entity_id=current.id, kind=kind, at=now,
+                before=before.as_change_state() if before else None,
+                after=after.as_change_state() if after else None,
+                attributes=frozenset(current.touched or current.doc),
+            ))  # fmt: skip
+        await write_history(conn, rows)
+        await self.sink.record(conn, changes)
+
+    async def _change(self, tenant: str | None, entity_id: str, op: OpMode, change: Any) -> Any:
+        """Run `change(entity, now_iso)` on a locked entity and save it; ResourceNotFound if absent."""
+        pool = await self.databases.pool(tenant, create=False)
+        now = datetime.now(UTC)
+        async with pool.connection() as conn, conn.transaction():
+            current = await store.fetch_entity(conn, entity_id, for_update=True)
+            if current is None:
+                raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
+            before = StoredEntity(current.id, current.types, current.scope,
+                                  {k: list(v) for k, v in current.doc.items()},
+                                  current.created_at, current.modified_at)
+            result = change(current, iso_ms(now))
+            if current.touched:
+                current.modified_at = now
+                await store.save_entity(conn, current)
+                await self.record(conn, tenant, [(before, current, op)], now)
+            return result
+
+    async def replace(self, tenant: str | None, entity_id: str, payload: Any, terms: TermMap) -> None:
+        """GS CIM 009 5.6.18: replace all attributes (and the type) of an entity."""
+        if not isinstance(payload, dict):
+            raise BadRequestData("An entity must be a JSON object")
+        payload = {"id": entity_id, **payload}
+        if payload["id"] != entity_id:
+            raise BadRequestData(f"The payload id {payload['id']!r} differs from {entity_id!r}")
+        _, types, scope, doc = expand_entity(payload, terms)
+
+        def change(entity: StoredEntity, now: str) -> None:
+            stamp_doc(doc, now)
+            entity.touched = set(entity.doc) | set(doc)
+            entity.types, entity.scope, entity.doc = types, scope, doc
+
+        await self._change(tenant, entity_id, "Replace", change)
+
+    async def merge(self, tenant: str | None, entity_id: str, payload: Any, terms: TermMap) -> None:
+        """GS CIM 009 5.6.17 merge-patch; `urn:ngsi-ld:null` deletes attributes and sub-attributes."""
+        fragment = self.fragment(payload, terms, entity_id)
+        types = [terms.expand_type(t) for t in _types_of(payload)]
+
+        def change(entity: StoredEntity, now: str) -> None:
+            merge_patch_attributes(entity, fragment, now)
+            if types and set(types) - set(entity.types):
+                entity.types = entity.types + [t for t in types if t not in entity.types]
+                entity.touched.add("type")
+
+        await self._change(tenant, entity_id, "Update", change)
+
+    async def append_attributes(self, tenant: str | None, entity_id: str, payload: Any, terms: TermMap,
+                                *, overwrite: bool) -> list[str]:
+        """GS CIM 009 5.6.3; returns the compact names not updated under noOverwrite."""
+        fragment = self.fragment(payload, terms, entity_id)
+        not_updated = await self._change(
+            tenant, entity_id, "Append",
+            lambda entity, now: append_attributes(entity, fragment, now, overwrite=overwrite),
+        )
+        return [terms.compact(name) for name in not_updated]
+
+    async def update_attributes(self, tenant: str | None, entity_id: str, payload: Any, terms: TermMap
+                                ) -> list[str]:
+        """GS CIM 009 5.6.2; returns the compact names of attributes that do not exist."""
+        fragment = self.fragment(payload, terms, entity_id)
+        not_found = await self._change(
+            tenant, entity_id, "Update", lambda entity, now: update_attributes(entity, fragment, now)
+        )
+        return [terms.compact(name) for name in not_found]
+
+    async def patch_attribute(self, tenant: str | None, entity_id: str, attr: str, payload: Any,
+                              terms: TermMap) -> None:
+        """GS CIM 009 5.6.4 partial attribute update; ResourceNotFound if the attribute is absent."""
+        name = terms.expand(attr)
+        fragment = self.fragment({attr: payload}, terms, entity_id)
+
+        def change(entity: StoredEntity, now: str) -> None:
+            if name not in entity.doc:
+                raise ResourceNotFound(f"Entity {entity_id!r} has no attribute {attr!r}", attribute=attr)
+            current = {i.get("datasetId"): i for i in entity.doc[name]}
+            for instance in fragment[name]:
+                key = instance.get("datasetId")
+                if key not in current:
+                    raise ResourceNotFound(f"Attribute {attr!r} has no instance with datasetId {key!r}")
+                merged = {**current[key], **instance, "modifiedAt": now}
+                merged["createdAt"] = current[key].get("createdAt", now)
+                current[key] = merged
+            entity.doc[name] = list(current.values())
+            entity.touched.add(name)
+
+        await self._change(tenant, entity_id, "Update", change)
+
+    async def replace_attribute(self, tenant: str | None, entity_id: str, attr: str, payload: Any,
+                                terms: TermMap) -> None:
+        """GS CIM 009 5.6.19 replace attribute; ResourceNotFound if the attribute is absent."""
+        name = terms.expand(attr)
+        fragment = self.fragment({attr: payload}, terms, entity_id)
+
+        def change(entity: StoredEntity, now: str) -> None:
+            if name not in entity.doc:
+                raise ResourceNotFound(f"Entity {entity_id!r} has no attribute {attr!r}", attribute=attr)
+            append_attributes(entity, fragment, now, overwrite=True)
+
+        await self._change(tenant, entity_id, "Replace", change)
+
+    async def delete_attribute(self, tenant: str | None, entity_id: str, attr: str, terms: TermMap, *,
+                               dataset_id: str | None, delete_all: bool) -> None:
+        """GS CIM 009 5.6.5; ResourceNotFound if there is nothing to delete."""
+        name = terms.expand(attr)
+
+        def change(entity: StoredEntity, now: str) -> None:
+            if not delete_attribute(entity, name, dataset_id, delete_all):
+                raise ResourceNotFound(f"Entity {entity_id!r} has no attribute {attr!r}"
+                                       + (f" with datasetId {dataset_id!r}" if dataset_id else ""),
+                                       attribute=attr)
+
+        await self._change(tenant, entity_id, "Delete", change)
+
+    async def delete(self, tenant: str | None, entity_id: str) -> None:
+        """GS CIM 009 5.6.6: delete an entity; ResourceNotFound if absent."""
+        pool = await self.databases.pool(tenant, create=False)
+        now = datetime.now(UTC)
+        async with pool.connection() as conn, conn.transaction():
+            deleted = await store.delete_entities(conn, [entity_id])
+            if not deleted:
+                raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
+            await self.record(conn, tenant, [(deleted[0], None, "Delete")], now)
+
+    @staticmethod
+    def fragment(payload: Any, terms: TermMap, entity_id: str) -> dict[str, list[dict[str, Any]]]:
+        if not isinstance(payload, dict):
+            raise BadRequestData("Attributes must be sent as a JSON object")
+        if "id" in payload and payload["id"] != entity_id:
+            raise BadRequestData(f"The payload id {payload['id']!r} differs from {entity_id!r}")
+        return expand_attributes(payload, terms)
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    async def retrieve(self, tenant: str | None, entity_id: str) -> StoredEntity:
+        """GS CIM 009 5.7.1; ResourceNotFound if absent."""
+        pool = await self.databases.pool(tenant, create=False)
+        async with pool.connection() as conn:
+            entity = await store.fetch_entity(conn, entity_id)
+        if entity is None:
+            raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
+        return entity
+
+    async def query(self, tenant: str | None, query: EntityQuery,
+                    extra: store.EntityFilter | None = None) -> tuple[list[StoredEntity], int | None]:
+        """GS CIM 009 5.7.2: matching entities (one page) and, with count, how many match in all."""
+        selection = extra or store.EntityFilter()
+        if query.ids:
+            selection.add("id = ANY(%s)", query.ids)
+        if query.id_pattern:
+            try:
+                re.compile(query.id_pattern)
+            except re.error as error:
+                raise BadRequestData(f"Invalid idPattern {query.id_pattern!r}: {error}",
+                                     parameter="idPattern") from None
+            selection.add("id ~ %s", query.id_pattern)
+        if query.types:
+            selection.add("types && %s", query.types)
+        if query.attrs:
+            selection.add("doc ?| %s", query.attrs)
+        pool = await self.databases.pool(tenant, create=False)
+        async with pool.connection() as conn:
+            entities = await store.select_entities(conn, selection, limit=query.limit, offset=query.offset)
+            total = await store.count_entities(conn, selection) if query.count else None
+        return entities, total
+
+
+def _types_of(payload: Any) -> list[str]:
+    if isinstance(payload, dict) and "type" in payload:
+        value = payload["type"]
+        return value if isinstance(value, list) else [value]
+    return []

@@ -1,0 +1,117 @@
+"""SQL over `current_entities`: read, insert, replace, delete and filter entities (no HTTP here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from broker.entities.stored import StoredEntity, location_bbox
+
+COLUMNS = "id, types, scope, doc, created_at, modified_at"
+
+
+def row_to_entity(row: tuple[Any, ...]) -> StoredEntity:
+    return StoredEntity(
+        id=row[0], types=list(row[1]), scope=list(row[2]) if row[2] is not None else None,
+        doc=row[3], created_at=row[4], modified_at=row[5],
+    )  # fmt: skip
+
+
+def entity_params(entity: StoredEntity) -> tuple[Any, ...]:
+    return (
+        entity.id, entity.types, entity.scope, Jsonb(entity.doc), entity.created_at, entity.modified_at,
+        location_bbox(entity.doc),
+    )  # fmt: skip
+
+
+async def fetch_entity(conn: AsyncConnection, entity_id: str, *, for_update: bool = False) -> StoredEntity | None:
+    lock = " FOR UPDATE" if for_update else ""
+    cur = await conn.execute(f"SELECT {COLUMNS} FROM current_entities WHERE id = %s{lock}", (entity_id,))
+    row = await cur.fetchone()
+    return row_to_entity(row) if row else None
+
+
+async def fetch_entities(conn: AsyncConnection, entity_ids: list[str], *, for_update: bool = False
+                         ) -> dict[str, StoredEntity]:
+    lock = " FOR UPDATE" if for_update else ""
+    cur = await conn.execute(
+        f"SELECT {COLUMNS} FROM current_entities WHERE id = ANY(%s) ORDER BY id{lock}", (entity_ids,)
+    )
+    return {row[0]: row_to_entity(row) for row in await cur.fetchall()}
+
+
+async def insert_entity(conn: AsyncConnection, entity: StoredEntity) -> bool:
+    """Insert a new entity; False if one with the same id exists already."""
+    cur = await conn.execute(
+        "INSERT INTO current_entities (id, types, scope, doc, created_at, modified_at, geo_bbox)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+        entity_params(entity),
+    )
+    return cur.rowcount == 1
+
+
+async def save_entity(conn: AsyncConnection, entity: StoredEntity) -> None:
+    """Write an entity's whole current state (insert or overwrite)."""
+    await save_entities(conn, [entity])
+
+
+async def save_entities(conn: AsyncConnection, entities: list[StoredEntity]) -> None:
+    """Write many entities' current state in one round trip (pipelined executemany)."""
+    if not entities:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO current_entities (id, types, scope, doc, created_at, modified_at, geo_bbox)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET types = EXCLUDED.types, scope = EXCLUDED.scope,"
+            " doc = EXCLUDED.doc, created_at = EXCLUDED.created_at, modified_at = EXCLUDED.modified_at,"
+            " geo_bbox = EXCLUDED.geo_bbox",
+            [entity_params(entity) for entity in entities],
+        )
+
+
+async def delete_entities(conn: AsyncConnection, entity_ids: list[str]) -> list[StoredEntity]:
+    """Delete entities, returning the deleted ones."""
+    cur = await conn.execute(
+        f"DELETE FROM current_entities WHERE id = ANY(%s) RETURNING {COLUMNS}", (entity_ids,)
+    )
+    return [row_to_entity(row) for row in await cur.fetchall()]
+
+
+@dataclass
+class EntityFilter:
+    """A compiled entity selection: SQL conditions over `current_entities` and their parameters."""
+
+    conditions: list[str] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+
+    def add(self, condition: str, *params: Any) -> None:
+        self.conditions.append(condition)
+        self.params.extend(params)
+
+    def where(self) -> str:
+        return " AND ".join(f"({c})" for c in self.conditions) if self.conditions else "TRUE"
+
+
+async def select_entities(conn: AsyncConnection, selection: EntityFilter, *, limit: int, offset: int
+                          ) -> list[StoredEntity]:
+    if limit == 0:
+        return []
+    cur = await conn.execute(
+        f"SELECT {COLUMNS} FROM current_entities WHERE {selection.where()}"
+        " ORDER BY created_at, id LIMIT %s OFFSET %s",
+        [*selection.params, limit, offset],
+    )
+    return [row_to_entity(row) for row in await cur.fetchall()]
+
+
+async def count_entities(conn: AsyncConnection, selection: EntityFilter) -> int:
+    cur = await conn.execute(
+        f"SELECT count(*) FROM current_entities WHERE {selection.where()}",
+        selection.params,
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,182 @@
+"""Pure rules over the stored (expanded) entity shape: timestamps, attribute merges, location bounding box."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shapely.geometry import shape
+
+from ngsi.errors import BadRequestData
+
+LOCATION = "https://uri.etsi.org/ngsi-ld/location"
+NGSI_LD_NULL = "urn:ngsi-ld:null"
+
+Doc = dict[str, list[dict[str, Any]]]
+
+
+def iso_ms(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and `Z`, the timestamp form of docs/internals.md."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class StoredEntity:
+    """One row of `current_entities`."""
+
+    id: str
+    types: list[str]
+    scope: list[str] | None
+    doc: Doc
+    created_at: datetime
+    modified_at: datetime
+    touched: set[str] = field(default_factory=set)
+
+    def as_change_state(self) -> dict[str, Any]:
+        """The `before`/`after` dict of `broker.changes.EntityChange`."""
+        return {
+            "id": self.id,
+            "types": list(self.types),
+            "scope": list(self.scope) if self.scope is not None else None,
+            "doc": self.doc,
+            "createdAt": iso_ms(self.created_at),
+            "modifiedAt": iso_ms(self.modified_at),
+        }
+
+
+def stamp_instances(instances: list[dict[str, Any]], now: str, previous: list[dict[str, Any]] | None) -> None:
+    """Set createdAt/modifiedAt (GS CIM 009 4.8 system attributes), keeping createdAt of replaced ones."""
+    created = {inst.get("datasetId"): inst.get("createdAt") for inst in previous or []}
+    for instance in instances:
+        instance["createdAt"] = created.get(instance.get("datasetId")) or now
+        instance["modifiedAt"] = now
+
+
+def stamp_doc(doc: Doc, now: str) -> None:
+    for instances in doc.values():
+        stamp_instances(instances, now, None)
+
+
+def check_single_default_instance(name: str, instances: list[dict[str, Any]]) -> None:
+    dataset_ids = [inst.get("datasetId") for inst in instances]
+    if len(dataset_ids) != len(set(dataset_ids)):
+        raise BadRequestData(f"Attribute {name!r} has two instances with the same datasetId", attribute=name)
+
+
+def merge_instances(current: list[dict[str, Any]], incoming: list[dict[str, Any]], now: str) -> list[dict[str, Any]]:
+    """Replace the instances with the same datasetId, add the others (GS CIM 009 5.6.3)."""
+    by_dataset = {inst.get("datasetId"): inst for inst in current}
+    stamp_instances(incoming, now, current)
+    for instance in incoming:
+        by_dataset[instance.get("datasetId")] = instance
+    return list(by_dataset.values())
+
+
+def append_attributes(entity: StoredEntity, fragment: Doc, now: str, *, overwrite: bool) -> list[str]:
+    """GS CIM 009 5.6.3 Append: add attributes, overwrite existing ones unless noOverwrite.
+
+    Returns the names not updated (existing ones under noOverwrite).
+    """
+    not_updated = []
+    for name, instances in fragment.items():
+        check_single_default_instance(name, instances)
+        current = entity.doc.get(name)
+        if current is not None and not overwrite:
+            existing = {inst.get("datasetId") for inst in current}
+            fresh = [inst for inst in instances if inst.get("datasetId") not in existing]
+            if len(fresh) < len(instances):
+                not_updated.append(name)
+            if not fresh:
+                continue
+            instances = fresh
+        entity.doc[name] = merge_instances(current or [], instances, now)
+        entity.touched.add(name)
+    return not_updated
+
+
+def update_attributes(entity: StoredEntity, fragment: Doc, now: str) -> list[str]:
+    """GS CIM 009 5.6.2 Update: change existing attributes only; returns the names not found."""
+    not_found = []
+    for name, instances in fragment.items():
+        current = entity.doc.get(name)
+        existing = {inst.get("datasetId") for inst in current or []}
+        matching = [inst for inst in instances if inst.get("datasetId") in existing]
+        if not matching:
+            not_found.append(name)
+            continue
+        assert current is not None
+        entity.doc[name] = merge_instances(current, matching, now)
+        entity.touched.add(name)
+    return not_found
+
+
+def is_null_instance(instance: dict[str, Any]) -> bool:
+    return any(instance.get(key) == NGSI_LD_NULL for key in ("value", "object", "languageMap", "vocab", "json"))
+
+
+def merge_patch_attributes(entity: StoredEntity, fragment: Doc, now: str) -> None:
+    """GS CIM 009 5.6.17 Merge: patch attributes and sub-attributes; `urn:ngsi-ld:null` deletes."""
+    for name, instances in fragment.items():
+        current = {inst.get("datasetId"): inst for inst in entity.doc.get(name, [])}
+        for instance in instances:
+            key = instance.get("datasetId")
+            if is_null_instance(instance):
+                current.pop(key, None)
+                continue
+            old = current.get(key)
+            if old is None:
+                stamp_instances([instance], now, None)
+                current[key] = instance
+                continue
+            merged = dict(old)
+            for member, value in instance.items():
+                deleted = value == NGSI_LD_NULL or (
+                    isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+                    and is_null_instance(value[0])
+                )
+                if deleted:
+                    merged.pop(member, None)
+                else:
+                    merged[member] = value
+            merged["modifiedAt"] = now
+            current[key] = merged
+        entity.touched.add(name)
+        if current:
+            entity.doc[name] = list(current.values())
+        else:
+            entity.doc.pop(name, None)
+
+
+def delete_attribute(entity: StoredEntity, name: str, dataset_id: str | None, delete_all: bool) -> bool:
+    """GS CIM 009 5.6.5: remove the default instance, the one with `dataset_id`, or all of them."""
+    current = entity.doc.get(name)
+    if current is None:
+        return False
+    if delete_all:
+        del entity.doc[name]
+    else:
+        kept = [inst for inst in current if inst.get("datasetId") != dataset_id]
+        if len(kept) == len(current):
+            return False
+        if kept:
+            entity.doc[name] = kept
+        else:
+            del entity.doc[name]
+    entity.touched.add(name)
+    return True
+
+
+def location_bbox(doc: Doc) -> str | None:
+    """The `box` literal of the `location` GeoProperty's bounding box (lon,lat), None without one."""
+    instances = doc.get(LOCATION)
+    if not instances:
+        return None
+    value = instances[0].get("value")
+    if not isinstance(value, dict):
+        return None
+    try:
+        min_x, min_y, max_x, max_y = shape(value).bounds
+    except Exception as error:  # shapely raises several types for broken GeoJSON
+        raise BadRequestData(f"Invalid GeoJSON in 'location': {error}", attribute="location") from None
+    return f"(({min_x},{min_y}),({max_x},{max_y}))"

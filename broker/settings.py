@@ -1,0 +1,24 @@
+"""The embedded broker's configuration, read from `CLIMABOROUGH_*` environment variables."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ONE_MIB = 1024 * 1024
+
+
+class BrokerSettings(BaseSettings):
+    """Everything the broker app needs to know, passed to `create_app(settings)`."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIMABOROUGH_", extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/climaborough"
+    host: str = "127.0.0.1"
+    port: int = 1026
+    max_payload_bytes: int = ONE_MIB
+    default_limit: int = 20
+    max_limit: int = 1000
+    context_fetch_timeout_s: float = 5.0
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    tenant_pool_max_size: int = 4

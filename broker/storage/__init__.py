@@ -1,0 +1,1 @@
+"""Storage slice of the NGSI-LD broker."""
