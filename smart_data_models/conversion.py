@@ -34,6 +34,7 @@ class InvalidSmartDataModel(BadRequestData):
     """An entity that does not follow its Smart Data Model (its schema or the NGSI-LD forms)."""
 
     title = "Invalid Smart Data Model entity"
+    type = BadRequestData.type  # GS CIM 009 5.5.2: reported as the ETSI BadRequestData error
 
 
 def to_ngsi_ld(
