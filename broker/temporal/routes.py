@@ -1,0 +1,151 @@
+"""HTTP routes of the temporal API (GS CIM 009 6.18-6.22): parse parameters, call the service, render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response
+
+from broker.negotiation import JSON, accepted_media_type, json_response, query_context, read_payload
+from broker.settings import BrokerSettings
+from broker.temporal.parameters import parse_temporal_query
+from broker.temporal.service import TemporalService
+from ngsi.contexts import ContextStore, TermMap
+from ngsi.errors import BadRequestData
+
+TEMPORAL_PAYLOAD_FACTOR = 16
+"""The backfill path takes bodies this many times larger than the broker's usual payload limit."""
+
+
+def content_range(first: str, last: str, size: int | None) -> str:
+    """GS CIM 009 6.3.10: `date-time <start>-<end>/<size>` (size `*` unless lastN fixed it)."""
+    return f"date-time {first}-{last}/{size if size is not None else '*'}"
+
+
+def temporal_router(service: TemporalService, contexts: ContextStore, settings: BrokerSettings) -> APIRouter:
+    """The /temporal/entities routes bound to `service`."""
+    router = APIRouter()
+    max_bytes = settings.max_payload_bytes
+    backfill_bytes = settings.max_payload_bytes * TEMPORAL_PAYLOAD_FACTOR
+
+    async def terms_for(context: Any) -> TermMap:
+        return await contexts.term_map(context)
+
+    def context_url(context: Any) -> str:
+        return context if isinstance(context, str) else contexts.core_context_url
+
+    def with_context(body: dict[str, Any], kind: str, context: Any) -> dict[str, Any]:
+        return body if kind == JSON else {"@context": context or contexts.core_context_url, **body}
+
+    def params_of(request: Request) -> dict[str, str]:
+        return dict(request.query_params)
+
+    @router.get("/temporal/entities")
+    async def query_temporal_entities(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:
+        kind = accepted_media_type(request)
+        context = query_context(request)
+        terms = await terms_for(context)
+        query = parse_temporal_query(
+            params_of(request), default_limit=settings.default_limit, max_limit=settings.max_limit
+        )
+        page = await service.query(ngsild_tenant, query, terms)
+        headers: dict[str, str] = {}
+        if query.count:
+            headers["NGSILD-Results-Count"] = str(page.total)
+        status = 200
+        if page.truncated_range is not None:
+            status = 206
+            headers["Content-Range"] = content_range(*page.truncated_range, query.last_n)
+        content = [with_context(entity, kind, context) for entity in page.entities]
+        return json_response(content, status_code=status, kind=kind, context_url=context_url(context), headers=headers)
+
+    @router.post("/temporal/entities/query")
+    async def post_temporal_query(request: Request) -> Response:
+        raise BadRequestData("POST /temporal/entities/query is not supported; use GET /temporal/entities")
+
+    @router.get("/temporal/entities/{entity_id:path}")
+    async def retrieve_temporal_entity(
+        request: Request, entity_id: str, ngsild_tenant: str | None = Header(None)
+    ) -> Response:
+        kind = accepted_media_type(request)
+        context = query_context(request)
+        terms = await terms_for(context)
+        query = parse_temporal_query(
+            params_of(request), default_limit=settings.default_limit, max_limit=settings.max_limit
+        )
+        found = await service.retrieve(ngsild_tenant, entity_id, query, terms)
+        headers: dict[str, str] = {}
+        status = 200
+        if found.truncated_range is not None:
+            status = 206
+            headers["Content-Range"] = content_range(*found.truncated_range, query.last_n)
+        return json_response(
+            with_context(found.entities[0], kind, context),
+            status_code=status,
+            kind=kind,
+            context_url=context_url(context),
+            headers=headers,
+        )
+
+    @router.post("/temporal/entities")
+    async def create_temporal_entity(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:
+        payload = await read_payload(request, backfill_bytes)
+        entity_id, created = await service.create_or_append(
+            ngsild_tenant, payload.body, await terms_for(payload.context)
+        )
+        if not created:
+            return Response(status_code=204)
+        headers = {"Location": f"/ngsi-ld/v1/temporal/entities/{entity_id}"}
+        if ngsild_tenant:
+            headers["NGSILD-Tenant"] = ngsild_tenant
+        return Response(status_code=201, headers=headers)
+
+    @router.post("/temporal/entities/{entity_id:path}/attrs")
+    async def append_temporal_attributes(
+        request: Request, entity_id: str, ngsild_tenant: str | None = Header(None)
+    ) -> Response:
+        payload = await read_payload(request, backfill_bytes)
+        await service.append_attributes(ngsild_tenant, entity_id, payload.body, await terms_for(payload.context))
+        return Response(status_code=204)
+
+    @router.patch("/temporal/entities/{entity_id:path}/attrs/{attr}/{instance_id}")
+    async def modify_attribute_instance(
+        request: Request, entity_id: str, attr: str, instance_id: str, ngsild_tenant: str | None = Header(None)
+    ) -> Response:
+        payload = await read_payload(request, max_bytes)
+        terms = await terms_for(payload.context)
+        await service.update_instance(ngsild_tenant, entity_id, attr, instance_id, payload.body, terms)
+        return Response(status_code=204)
+
+    @router.delete("/temporal/entities/{entity_id:path}/attrs/{attr}/{instance_id}")
+    async def delete_attribute_instance(
+        request: Request, entity_id: str, attr: str, instance_id: str, ngsild_tenant: str | None = Header(None)
+    ) -> Response:
+        terms = await terms_for(query_context(request))
+        await service.delete_instance(ngsild_tenant, entity_id, attr, instance_id, terms)
+        return Response(status_code=204)
+
+    @router.delete("/temporal/entities/{entity_id:path}/attrs/{attr}")
+    async def delete_temporal_attribute(
+        request: Request,
+        entity_id: str,
+        attr: str,
+        datasetId: str | None = None,
+        deleteAll: str | None = None,
+        ngsild_tenant: str | None = Header(None),
+    ) -> Response:
+        if deleteAll not in (None, "true", "false"):
+            raise BadRequestData("deleteAll must be true or false", parameter="deleteAll")
+        terms = await terms_for(query_context(request))
+        await service.delete_attribute(
+            ngsild_tenant, entity_id, attr, terms, dataset_id=datasetId, delete_all=deleteAll == "true"
+        )
+        return Response(status_code=204)
+
+    @router.delete("/temporal/entities/{entity_id:path}")
+    async def delete_temporal_entity(entity_id: str, ngsild_tenant: str | None = Header(None)) -> Response:
+        await service.delete_entity(ngsild_tenant, entity_id)
+        return Response(status_code=204)
+
+    return router

@@ -1,0 +1,352 @@
+"""SQL over the TRoE history tables (entities, attributes, subAttributes): reads, aggregation, provision.
+
+Only Orion-LD's TRoE columns are used, so the same queries answer over a history Orion-LD wrote.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+
+from broker.storage.history import HistoryRows, write_history
+from broker.temporal.durations import Period
+from broker.temporal.parameters import TimeFilter
+
+EPOCH = datetime(1970, 1, 1)
+
+ISO_MS = '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\''
+
+# GS CIM 009 4.5.7: `observedAt` is the default temporal property; instances whose source gave none
+# are placed at their write time, as the Grafana view does (broker_config/sql/troe.sql).
+TIME_COLUMNS = {
+    "observedAt": sql.SQL("coalesce(a.observedAt, a.ts)"),
+    "modifiedAt": sql.SQL("a.ts"),
+    "createdAt": sql.SQL("a.ts"),
+}
+
+AGGREGATE_SQL = {
+    "totalCount": "count(*)",
+    "distinctCount": "count(DISTINCT coalesce(a.number::text, a.text, a.boolean::text, a.datetime::text,"
+    " a.compound::text))",
+    "sum": "sum(a.number)",
+    "avg": "avg(a.number)",
+    "min": "min(a.number)",
+    "max": "max(a.number)",
+    "stddev": "stddev_samp(a.number)",
+    "sumsq": "sum(a.number * a.number)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EntityFilter:
+    """Which entities a temporal query selects, in expanded names; `extra` is SQL over `current_entities`."""
+
+    ids: Sequence[str] = ()
+    id_pattern: str | None = None
+    types: Sequence[str] = ()
+    attrs: Sequence[str] = ()
+    current_state_condition: sql.Composable | None = None
+    current_state_params: Sequence[Any] = ()
+
+
+def time_condition(time: TimeFilter) -> tuple[sql.Composable, list[Any]]:
+    """GS CIM 009 4.11: before is strictly earlier, after is at or later, between is [timeAt, endTimeAt)."""
+    column = TIME_COLUMNS[time.timeproperty]
+    if time.timerel == "before":
+        return sql.SQL("{} < %s").format(column), [time.time_at]
+    if time.timerel == "after":
+        return sql.SQL("{} >= %s").format(column), [time.time_at]
+    if time.timerel == "between":
+        return sql.SQL("{col} >= %s AND {col} < %s").format(col=column), [time.time_at, time.end_time_at]
+    return sql.SQL("TRUE"), []
+
+
+def _attribute_conditions(time: TimeFilter, attrs: Sequence[str]) -> tuple[list[sql.Composable], list[Any]]:
+    conditions: list[sql.Composable] = [
+        sql.SQL("a.opMode IS DISTINCT FROM 'Delete'"),
+        sql.SQL("a.valueType IS NOT NULL"),
+    ]
+    params: list[Any] = []
+    if attrs:
+        conditions.append(sql.SQL("a.id = ANY(%s)"))
+        params.append(list(attrs))
+    condition, time_params = time_condition(time)
+    conditions.append(condition)
+    params.extend(time_params)
+    return conditions, params
+
+
+class TemporalStore:
+    """Reads and writes the TRoE tables of one tenant database, through a connection passed in."""
+
+    def __init__(self) -> None:
+        self._timescale: dict[str, bool] = {}
+
+    async def has_timescale(self, conn: AsyncConnection) -> bool:
+        database = conn.info.dbname
+        known = self._timescale.get(database)
+        if known is None:
+            cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')")
+            row = await cur.fetchone()
+            known = bool(row and row[0])
+            self._timescale[database] = known
+        return known
+
+    # -- entities --------------------------------------------------------------------------------
+
+    async def latest_entity_type(self, conn: AsyncConnection, entity_id: str) -> str | None:
+        """The type of the entity's most recent history row; None if it has no history."""
+        cur = await conn.execute("SELECT type FROM entities WHERE id = %s ORDER BY ts DESC LIMIT 1", (entity_id,))
+        row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def select_entities(
+        self, conn: AsyncConnection, where: EntityFilter, time: TimeFilter, *, limit: int, offset: int
+    ) -> tuple[list[tuple[str, str]], int]:
+        """(id, type) of the entities with history that match, a page of them, and how many match."""
+        inner: list[sql.Composable] = []
+        params: list[Any] = []
+        if where.ids:
+            inner.append(sql.SQL("id = ANY(%s)"))
+            params.append(list(where.ids))
+        if where.id_pattern:
+            inner.append(sql.SQL("id ~ %s"))
+            params.append(where.id_pattern)
+        outer: list[sql.Composable] = []
+        if where.types:
+            outer.append(sql.SQL("e.type = ANY(%s)"))
+            params.append(list(where.types))
+        if where.current_state_condition is not None:
+            outer.append(
+                sql.SQL("e.id IN (SELECT id FROM current_entities WHERE {})").format(where.current_state_condition)
+            )
+            params.extend(where.current_state_params)
+        if where.attrs or time.timerel:
+            conditions, attr_params = _attribute_conditions(time, where.attrs)
+            outer.append(
+                sql.SQL("EXISTS (SELECT 1 FROM attributes a WHERE a.entityId = e.id AND {})").format(
+                    sql.SQL(" AND ").join(conditions)
+                )
+            )
+            params.extend(attr_params)
+        query = sql.SQL(
+            "SELECT e.id, e.type, count(*) OVER () FROM ("
+            " SELECT DISTINCT ON (id) id, type FROM entities WHERE {inner} ORDER BY id, ts DESC) e"
+            " WHERE {outer} ORDER BY e.id LIMIT %s OFFSET %s"
+        ).format(
+            inner=sql.SQL(" AND ").join(inner) if inner else sql.SQL("TRUE"),
+            outer=sql.SQL(" AND ").join(outer) if outer else sql.SQL("TRUE"),
+        )
+        cur = await conn.execute(query, [*params, limit, offset])
+        rows = await cur.fetchall()
+        total = int(rows[0][2]) if rows else 0
+        if not rows and offset:
+            total = await self._count_entities(conn, query, params)
+        return [(str(r[0]), str(r[1])) for r in rows], total
+
+    async def _count_entities(self, conn: AsyncConnection, query: sql.Composable, params: list[Any]) -> int:
+        cur = await conn.execute(sql.SQL("SELECT count(*) FROM ({}) page").format(query), [*params, None, 0])
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # -- instances -------------------------------------------------------------------------------
+
+    async def attribute_instances(
+        self,
+        conn: AsyncConnection,
+        entity_ids: Sequence[str],
+        time: TimeFilter,
+        attrs: Sequence[str],
+        *,
+        last_n: int | None,
+        per_attribute_limit: int,
+    ) -> list[dict[str, Any]]:
+        """The instances of the entities' attributes in time order, at most `per_attribute_limit` + 1 each.
+
+        GS CIM 009 6.3.10: with lastN the most recent N count; otherwise the oldest come first.
+        One extra row per attribute tells the caller the range was cut.
+        """
+        conditions, params = _attribute_conditions(time, attrs)
+        column = TIME_COLUMNS[time.timeproperty]
+        keep = min(last_n, per_attribute_limit) if last_n else per_attribute_limit
+        direction = sql.SQL("DESC") if last_n else sql.SQL("ASC")
+        query = sql.SQL(
+            "SELECT entity_id, attr, instance_id, value_type, text, boolean, number, compound, unit_code,"
+            " dataset_id, sub_properties, to_char(t, {iso}) AS t_text, to_char(observed_at, {iso}) AS observed_at,"
+            " to_char(ts, {iso}) AS modified_at, to_char(datetime, {iso}) AS datetime, rn"
+            " FROM (SELECT a.entityId AS entity_id, a.id AS attr, a.instanceId AS instance_id,"
+            "   a.valueType::text AS value_type, a.text, a.boolean, a.number, a.compound, a.unitCode AS unit_code,"
+            "   a.datasetId AS dataset_id, a.subProperties AS sub_properties, {col} AS t,"
+            "   a.observedAt AS observed_at, a.ts, a.datetime,"
+            "   row_number() OVER (PARTITION BY a.entityId, a.id ORDER BY {col} {dir}, a.ts {dir}) AS rn"
+            "  FROM attributes a WHERE a.entityId = ANY(%s) AND {cond}) i"
+            " WHERE rn <= %s ORDER BY entity_id, attr, t, ts"
+        ).format(
+            iso=sql.SQL(ISO_MS),
+            col=column,
+            dir=direction,
+            cond=sql.SQL(" AND ").join(conditions),
+        )
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, [list(entity_ids), *params, keep + 1])
+            return await cur.fetchall()
+
+    async def sub_attributes(self, conn: AsyncConnection, instance_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The sub-attributes written with the given attribute instances."""
+        if not instance_ids:
+            return []
+        query = sql.SQL(
+            "SELECT attrInstanceId AS attr_instance_id, id AS name, valueType::text AS value_type, text,"
+            " boolean, number, compound, unitCode AS unit_code, to_char(observedAt, {iso}) AS observed_at,"
+            " to_char(datetime, {iso}) AS datetime"
+            " FROM subAttributes WHERE attrInstanceId = ANY(%s) ORDER BY ts"
+        ).format(iso=sql.SQL(ISO_MS))
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, (list(instance_ids),))
+            return await cur.fetchall()
+
+    # -- aggregation -----------------------------------------------------------------------------
+
+    async def aggregate(
+        self,
+        conn: AsyncConnection,
+        entity_ids: Sequence[str],
+        time: TimeFilter,
+        attrs: Sequence[str],
+        methods: Sequence[str],
+        period: Period,
+    ) -> list[dict[str, Any]]:
+        """GS CIM 009 4.5.19: one row per entity, attribute and period with each method's value, in SQL.
+
+        Fixed periods use `time_bucket` (TimescaleDB) or `date_bin`; months and years follow the
+        calendar; P0D makes the whole requested interval one period.
+        """
+        conditions, params = _attribute_conditions(time, attrs)
+        column = TIME_COLUMNS[time.timeproperty]
+        origin = time.time_at if time.timerel in ("after", "between") and time.time_at else EPOCH
+        bucket_params: list[Any] = []
+        bucket: sql.Composable
+        if period.is_zero:
+            bucket = sql.SQL("NULL::timestamp")
+        elif period.is_calendar:
+            bucket = calendar_bucket(column)
+            origin_ym = origin.year * 12 + origin.month
+            bucket_params = [origin, origin_ym, origin, origin_ym, period.months, period.months]
+        elif await self.has_timescale(conn):
+            bucket = sql.SQL("time_bucket(%s::interval, {col}, %s::timestamp)").format(col=column)
+            bucket_params = [period.fixed, origin]
+        else:
+            bucket = sql.SQL("date_bin(%s::interval, {col}, %s::timestamp)").format(col=column)
+            bucket_params = [period.fixed, origin]
+        aggregates = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(sql.SQL(AGGREGATE_SQL[m]), sql.Identifier(m)) for m in methods
+        )
+        query = sql.SQL(
+            "SELECT a.entityId AS entity_id, a.id AS attr, {bucket} AS bucket,"
+            " min({col}) AS first_time, max({col}) AS last_time, {aggregates}"
+            " FROM attributes a WHERE a.entityId = ANY(%s) AND {cond}"
+            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).format(bucket=bucket, col=column, aggregates=aggregates, cond=sql.SQL(" AND ").join(conditions))
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, [*bucket_params, list(entity_ids), *params])
+            return await cur.fetchall()
+
+    # -- provision -------------------------------------------------------------------------------
+
+    async def write_instances(self, conn: AsyncConnection, rows: HistoryRows) -> None:
+        """Append history rows with COPY (the backfill path)."""
+        await write_history(conn, rows)
+
+    async def update_instance(
+        self,
+        conn: AsyncConnection,
+        entity_id: str,
+        attr: str,
+        instance_id: str,
+        row: tuple[Any, ...],
+    ) -> bool:
+        """Overwrite one instance's value columns (GS CIM 009 5.6.19); False if there is no such instance.
+
+        `row` is an attribute row as `HistoryRows` builds it; instanceId and ts stay as they were.
+        """
+        (_, _, _, _, observed_at, sub_properties, unit_code, dataset_id, value_type, text, boolean, number,
+         moment, compound, _) = row  # fmt: skip
+        cur = await conn.execute(
+            "UPDATE attributes SET observedAt = coalesce(%s, observedAt), unitCode = %s, datasetId = %s,"
+            " valueType = %s, text = %s, boolean = %s, number = %s, datetime = %s, compound = %s,"
+            " subProperties = %s, opMode = 'Update'"
+            " WHERE instanceId = %s AND entityId = %s AND id = %s AND opMode IS DISTINCT FROM 'Delete'",
+            (observed_at, unit_code, dataset_id, value_type, text, boolean, number, moment, compound,
+             sub_properties, instance_id, entity_id, attr),
+        )  # fmt: skip
+        return cur.rowcount > 0
+
+    async def delete_entity(self, conn: AsyncConnection, entity_id: str) -> bool:
+        """Remove an entity's whole history; False if it had none."""
+        cur = await conn.execute("DELETE FROM entities WHERE id = %s", (entity_id,))
+        deleted = cur.rowcount > 0
+        await conn.execute("DELETE FROM subAttributes WHERE entityId = %s", (entity_id,))
+        cur = await conn.execute("DELETE FROM attributes WHERE entityId = %s", (entity_id,))
+        return deleted or cur.rowcount > 0
+
+    async def delete_attribute(
+        self, conn: AsyncConnection, entity_id: str, attr: str, *, dataset_id: str | None, delete_all: bool
+    ) -> bool:
+        """Remove an attribute's history: the default instances, one datasetId, or all (5.6.17)."""
+        if delete_all:
+            selector, params = sql.SQL("TRUE"), []
+        elif dataset_id is not None:
+            selector, params = sql.SQL("datasetId = %s"), [dataset_id]
+        else:
+            selector, params = sql.SQL("datasetId IS NULL"), []
+        cur = await conn.execute(
+            sql.SQL(
+                "WITH gone AS (DELETE FROM attributes WHERE entityId = %s AND id = %s AND {}"
+                " RETURNING instanceId),"
+                " subs AS (DELETE FROM subAttributes s USING gone WHERE s.attrInstanceId = gone.instanceId)"
+                " SELECT count(*) FROM gone"
+            ).format(selector),
+            [entity_id, attr, *params],
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def delete_instance(self, conn: AsyncConnection, entity_id: str, attr: str, instance_id: str) -> bool:
+        """Remove one attribute instance (GS CIM 009 5.6.20); False if there is none."""
+        cur = await conn.execute(
+            "DELETE FROM attributes WHERE entityId = %s AND id = %s AND instanceId = %s",
+            (entity_id, attr, instance_id),
+        )
+        if cur.rowcount == 0:
+            return False
+        await conn.execute("DELETE FROM subAttributes WHERE attrInstanceId = %s", (instance_id,))
+        return True
+
+
+def calendar_bucket(column: sql.Composable) -> sql.Composable:
+    """The start of the n-month period holding `column`, counted from an origin (params: see aggregate).
+
+    Months since the origin, minus one when the day-of-month/time is before the origin's, floored
+    to a multiple of n: P1M from 2016-01-01 gives calendar months, P3M quarters, P1Y years.
+    """
+    months = sql.SQL("(extract(year FROM {c}) * 12 + extract(month FROM {c}))::int - %s").format(c=column)
+    whole = sql.SQL(
+        "(({m}) - CASE WHEN {c} < %s::timestamp + make_interval(months => ({m2})) THEN 1 ELSE 0 END)"
+    ).format(m=months, c=column, m2=months)
+    return sql.SQL("(%s::timestamp + make_interval(months => (floor({w}::float8 / %s) * %s)::int))").format(w=whole)
+
+
+def period_end(start: datetime, period: Period) -> datetime:
+    """The end of the period starting at `start` (exclusive); month ends clamp (Jan 31 + P1M = Feb 28/29)."""
+    if period.is_calendar:
+        months = start.month - 1 + period.months
+        year, month = start.year + months // 12, months % 12 + 1
+        day = min(start.day, calendar.monthrange(year, month)[1])
+        return start.replace(year=year, month=month, day=day)
+    return start + period.fixed
