@@ -1,0 +1,1 @@
+"""Notification delivery: outbox lanes, retries, rendering, and the HTTP and MQTT senders."""

@@ -1,0 +1,151 @@
+"""NGSI-LD subscription operations (GS CIM 009 5.8): create, retrieve, list, update, delete."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from broker.storage.tenants import TenantDatabases
+from broker.subscriptions import store
+from broker.subscriptions.model import (
+    check_members,
+    merge_update,
+    new_subscription_id,
+    parse_datetime,
+    validate_body,
+)
+from broker.subscriptions.notifier.delivery import Notifier
+from broker.subscriptions.registry import SubscriptionRegistry
+from ngsi.errors import AlreadyExists, InvalidRequest, NonexistentTenant, ResourceNotFound
+
+SUBSCRIPTION_TYPE = "Subscription"
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SubscriptionService:
+    """The rules of the subscription API; storage through `store`, matching state through the registry."""
+
+    def __init__(self, databases: TenantDatabases, registry: SubscriptionRegistry, notifier: Notifier) -> None:
+        self._databases = databases
+        self._registry = registry
+        self._notifier = notifier
+
+    async def create(self, body: Any, context: Any, tenant: str | None) -> str:
+        """GS CIM 009 5.8.1: validate, store, return the new id."""
+        now = datetime.now(UTC)
+        if not isinstance(body, dict):
+            raise InvalidRequest("A subscription must be a JSON object")
+        validate_body(body, now)
+        stored = {**body, "type": SUBSCRIPTION_TYPE}
+        stored.setdefault("id", new_subscription_id())
+        if context is not None:
+            stored["@context"] = context
+        row = {"body": stored, "tenant": tenant}
+        await self._registry.compile(row)  # q / geoQ / @context problems surface as 400 before storing
+        pool = await self._databases.pool(tenant, create=True)
+        async with pool.connection() as conn:
+            inserted = await store.insert_subscription(
+                conn, stored, tenant, _expires(stored), stored.get("timeInterval"), now
+            )
+            if not inserted:
+                raise AlreadyExists(f"Subscription {stored['id']} already exists", id=stored["id"])
+            self._registry.invalidate(conn.info.dbname)
+        self._notifier.watch_soon(tenant)
+        return str(stored["id"])
+
+    async def retrieve(self, subscription_id: str, tenant: str | None) -> dict[str, Any]:
+        pool = await self._databases.pool(tenant, create=False)
+        async with pool.connection() as conn:
+            row = await store.fetch_subscription(conn, subscription_id)
+        if row is None:
+            raise ResourceNotFound(f"Subscription {subscription_id} not found", id=subscription_id)
+        return self.represent(row)
+
+    async def list(self, tenant: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        try:
+            pool = await self._databases.pool(tenant, create=False)
+        except NonexistentTenant:
+            return [], 0
+        async with pool.connection() as conn:
+            rows, total = await store.list_subscriptions(conn, limit, offset)
+        return [self.represent(row) for row in rows], total
+
+    async def update(self, subscription_id: str, patch: Any, context: Any, tenant: str | None) -> None:
+        """GS CIM 009 5.8.2: members in the patch replace the stored ones; the result must be valid."""
+        now = datetime.now(UTC)
+        if isinstance(patch, dict):
+            check_members(patch)
+        pool = await self._databases.pool(tenant, create=False)
+        async with pool.connection() as conn:
+            row = await store.fetch_subscription(conn, subscription_id)
+            if row is None:
+                raise ResourceNotFound(f"Subscription {subscription_id} not found", id=subscription_id)
+            merged = merge_update(row["body"], patch)
+            if context is not None:
+                merged["@context"] = context
+            validate_body({k: v for k, v in merged.items() if k != "@context"}, now,
+                          check_expiry="expiresAt" in patch)
+            await self._registry.compile({"body": merged, "tenant": row["tenant"]})
+            await store.update_subscription(
+                conn, merged, _expires(merged), merged.get("timeInterval"), now,
+                reset_failures="notification" in patch,
+            )
+            self._registry.invalidate(conn.info.dbname)
+        self._notifier.wake(tenant, subscription_id)
+
+    async def delete(self, subscription_id: str, tenant: str | None) -> None:
+        pool = await self._databases.pool(tenant, create=False)
+        async with pool.connection() as conn:
+            if not await store.delete_subscription(conn, subscription_id):
+                raise ResourceNotFound(f"Subscription {subscription_id} not found", id=subscription_id)
+            self._registry.invalidate(conn.info.dbname)
+
+    def represent(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The subscription as GET returns it: the user's members plus the broker-maintained ones."""
+        body = {k: v for k, v in row["body"].items() if k != "@context"}
+        now = datetime.now(UTC)
+        failed = row["consecutive_failures"] >= self._notifier.settings.failed_after
+        if not row["is_active"]:
+            status = "paused"
+        elif row["expires_at"] is not None and row["expires_at"] <= now:
+            status = "expired"
+        elif failed:
+            status = "failed"
+        else:
+            status = "active"
+        notification = dict(body.get("notification") or {})
+        counters = {
+            "timesSent": row["times_sent"],
+            "timesFailed": row["times_failed"],
+            "lastNotification": _iso(row["last_notification"]),
+            "lastSuccess": _iso(row["last_success"]),
+            "lastFailure": _iso(row["last_failure"]),
+        }
+        notification.update({k: v for k, v in counters.items() if v is not None})
+        if row["times_sent"]:
+            notification["status"] = "failed" if failed else "ok"
+        result = {
+            "id": body["id"],
+            "type": SUBSCRIPTION_TYPE,
+            **{k: v for k, v in body.items() if k not in {"id", "type", "notification"}},
+            "isActive": row["is_active"],
+            "status": status,
+            "notification": notification,
+            "createdAt": _iso(row["created_at"]),
+            "modifiedAt": _iso(row["modified_at"]),
+        }
+        result.update({k: v for k, v in counters.items() if v is not None})
+        if "@context" in row["body"]:
+            result["jsonldContext"] = row["body"]["@context"] if isinstance(row["body"]["@context"], str) else None
+            if result["jsonldContext"] is None:
+                del result["jsonldContext"]
+        return result
+
+
+def _expires(body: dict[str, Any]) -> datetime | None:
+    return parse_datetime(body["expiresAt"], "expiresAt") if "expiresAt" in body else None

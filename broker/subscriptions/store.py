@@ -1,0 +1,223 @@
+"""SQL of the subscriptions slice: the `subscriptions` table and the notification outbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+OUTBOX_CHANNEL = "climaborough_outbox"
+"""LISTEN/NOTIFY channel: the payload is the subscription id whose lane has new notifications."""
+
+SUBSCRIPTION_COLUMNS = (
+    "id, tenant, body, is_active, expires_at, time_interval, times_sent, times_failed, "
+    "consecutive_failures, last_notification, last_success, last_failure, created_at, modified_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One pending notification."""
+
+    seq: int
+    subscription_id: str
+    notification_id: str
+    entities: list[dict[str, Any]]
+    attempts: int
+    next_attempt_at: datetime
+
+
+async def insert_subscription(
+    conn: AsyncConnection, body: dict[str, Any], tenant: str | None, expires_at: datetime | None,
+    time_interval: float | None, now: datetime,
+) -> bool:
+    """Insert a subscription; False when one with this id exists already."""
+    cur = await conn.execute(
+        "INSERT INTO subscriptions (id, tenant, body, is_active, expires_at, time_interval, created_at, "
+        "modified_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+        (body["id"], tenant, Jsonb(body), body.get("isActive", True), expires_at, time_interval, now, now),
+    )
+    return cur.rowcount == 1
+
+
+async def update_subscription(
+    conn: AsyncConnection, body: dict[str, Any], expires_at: datetime | None, time_interval: float | None,
+    now: datetime, *, reset_failures: bool,
+) -> bool:
+    cur = await conn.execute(
+        "UPDATE subscriptions SET body = %s, is_active = %s, expires_at = %s, time_interval = %s, "
+        "modified_at = %s, consecutive_failures = CASE WHEN %s THEN 0 ELSE consecutive_failures END "
+        "WHERE id = %s",
+        (Jsonb(body), body.get("isActive", True), expires_at, time_interval, now, reset_failures, body["id"]),
+    )
+    return cur.rowcount == 1
+
+
+async def fetch_subscription(conn: AsyncConnection, subscription_id: str) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = %s", (subscription_id,))
+        return await cur.fetchone()
+
+
+async def list_subscriptions(
+    conn: AsyncConnection, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of subscriptions (oldest first) and how many there are in all."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {SUBSCRIPTION_COLUMNS}, count(*) OVER () AS total FROM subscriptions "
+            "ORDER BY created_at, id LIMIT %s OFFSET %s",
+            (limit, offset),
+        )
+        rows = await cur.fetchall()
+    if rows:
+        return rows, int(rows[0]["total"])
+    cur2 = await conn.execute("SELECT count(*) FROM subscriptions")
+    total = await cur2.fetchone()
+    return [], int(total[0]) if total else 0
+
+
+async def all_subscriptions(conn: AsyncConnection) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id")
+        return await cur.fetchall()
+
+
+async def subscriptions_version(conn: AsyncConnection) -> tuple[int, datetime | None]:
+    """A cheap fingerprint of the subscription set (count, last modification) for cache checks."""
+    cur = await conn.execute("SELECT count(*), max(modified_at) FROM subscriptions")
+    row = await cur.fetchone()
+    return (int(row[0]), row[1]) if row else (0, None)
+
+
+async def delete_subscription(conn: AsyncConnection, subscription_id: str) -> bool:
+    cur = await conn.execute("DELETE FROM subscriptions WHERE id = %s", (subscription_id,))
+    return cur.rowcount == 1
+
+
+async def enqueue(conn: AsyncConnection, rows: list[tuple[str, str, list[dict[str, Any]]]]) -> None:
+    """Add notifications (subscription id, notification id, entities) in the caller's transaction.
+
+    The NOTIFY is delivered to listeners only when that transaction commits, so workers never
+    see a notification of a change that rolled back.
+    """
+    if not rows:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO subscription_outbox (subscription_id, notification_id, entities) VALUES (%s, %s, %s)",
+            [(sub_id, notification_id, Jsonb(entities)) for sub_id, notification_id, entities in rows],
+        )
+        for sub_id in dict.fromkeys(sub_id for sub_id, _, _ in rows):
+            await cur.execute("SELECT pg_notify(%s, %s)", (OUTBOX_CHANNEL, sub_id))
+
+
+async def lanes_with_pending(conn: AsyncConnection) -> list[str]:
+    """Subscriptions that have notifications waiting (a loose index scan over the lane index)."""
+    cur = await conn.execute(
+        "WITH RECURSIVE lanes AS ("
+        " (SELECT subscription_id FROM subscription_outbox ORDER BY subscription_id LIMIT 1)"
+        " UNION ALL"
+        " SELECT (SELECT o.subscription_id FROM subscription_outbox o WHERE o.subscription_id > l.subscription_id"
+        "         ORDER BY o.subscription_id LIMIT 1) FROM lanes l WHERE l.subscription_id IS NOT NULL)"
+        " SELECT subscription_id FROM lanes WHERE subscription_id IS NOT NULL"
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
+async def claim_lane(conn: AsyncConnection, subscription_id: str, limit: int) -> list[OutboxRow]:
+    """The oldest pending notifications of one subscription, in order.
+
+    `FOR UPDATE SKIP LOCKED` keeps two broker processes on one database from sending the same
+    row at the same moment; the caller holds the transaction while it delivers the batch.
+    """
+    cur = await conn.execute(
+        "SELECT seq, subscription_id, notification_id, entities, attempts, next_attempt_at "
+        "FROM subscription_outbox WHERE subscription_id = %s ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
+        (subscription_id, limit),
+    )
+    return [OutboxRow(*row) for row in await cur.fetchall()]
+
+
+async def record_delivered(
+    conn: AsyncConnection, subscription_id: str, seqs: list[int], at: datetime
+) -> None:
+    """Delivered rows leave the outbox; the subscription counts them (GS CIM 009 5.2.12 timesSent)."""
+    await conn.execute("DELETE FROM subscription_outbox WHERE seq = ANY(%s)", (seqs,))
+    await conn.execute(
+        "UPDATE subscriptions SET times_sent = times_sent + %s, last_notification = %s, last_success = %s, "
+        "consecutive_failures = 0 WHERE id = %s",
+        (len(seqs), at, at, subscription_id),
+    )
+
+
+async def record_failed(
+    conn: AsyncConnection, subscription_id: str, seq: int, error: str, at: datetime, next_attempt_at: datetime
+) -> None:
+    await conn.execute(
+        "UPDATE subscription_outbox SET attempts = attempts + 1, next_attempt_at = %s, last_error = %s "
+        "WHERE seq = %s",
+        (next_attempt_at, error[:500], seq),
+    )
+    await conn.execute(
+        "UPDATE subscriptions SET times_sent = times_sent + 1, times_failed = times_failed + 1, "
+        "last_notification = %s, last_failure = %s, consecutive_failures = consecutive_failures + 1 "
+        "WHERE id = %s",
+        (at, at, subscription_id),
+    )
+
+
+async def pending_count(conn: AsyncConnection, subscription_id: str | None = None) -> int:
+    if subscription_id is None:
+        cur = await conn.execute("SELECT count(*) FROM subscription_outbox")
+    else:
+        cur = await conn.execute(
+            "SELECT count(*) FROM subscription_outbox WHERE subscription_id = %s", (subscription_id,)
+        )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def conditions_hold(
+    conn: AsyncConnection, entity_id: str, conditions: list[sql.Composable | None]
+) -> list[bool]:
+    """Evaluate subscription conditions (q, geoQ) on one entity's current state, in one query.
+
+    Run inside the writing transaction, so the entity is seen as the change left it.
+    """
+    compiled = [c for c in conditions if c is not None]
+    if not compiled:
+        return [True] * len(conditions)
+    query = sql.SQL("SELECT {} FROM current_entities WHERE id = %s").format(
+        sql.SQL(", ").join(sql.SQL("coalesce({}, false)").format(c) for c in compiled)
+    )
+    cur = await conn.execute(query, (entity_id,))
+    row = await cur.fetchone()
+    answers = iter(row if row is not None else [False] * len(compiled))
+    return [True if c is None else bool(next(answers)) for c in conditions]
+
+
+async def entities_of_types(
+    conn: AsyncConnection, types: list[str] | None, condition: sql.Composable | None
+) -> list[dict[str, Any]]:
+    """Current entities (stored shape) for periodic notifications, filtered by type and q/geoQ."""
+    clauses: list[sql.Composable] = []
+    params: tuple[Any, ...] = ()
+    if types is not None:
+        clauses.append(sql.SQL("types && %s"))
+        params = (types,)
+    if condition is not None:
+        clauses.append(condition)
+    query: sql.Composable = sql.SQL("SELECT id, types, scope, doc, created_at, modified_at FROM current_entities")
+    if clauses:
+        query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses)
+    cur = await conn.execute(query + sql.SQL(" ORDER BY id"), params)
+    return [
+        {"id": row[0], "types": row[1], "scope": row[2], "doc": row[3],
+         "createdAt": row[4], "modifiedAt": row[5]}
+        for row in await cur.fetchall()
+    ]
