@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.batch.routes import batch_router
 from broker.batch.service import BatchService
-from broker.changes import ChangeSink, NoChangeSink
+from broker.changes import ChangeSink
 from broker.contexts.routes import contexts_router
 from broker.contexts.service import UserContextService
 from broker.discovery.routes import discovery_router
@@ -27,6 +27,13 @@ from broker.entities.routes import entities_router
 from broker.entities.service import EntityService
 from broker.settings import BrokerSettings
 from broker.storage.tenants import TenantDatabases
+from broker.subscriptions import (
+    Notifier,
+    SubscriptionRegistry,
+    SubscriptionService,
+    SubscriptionSink,
+    subscriptions_router,
+)
 from ngsi.contexts import CORE_CONTEXT_URL, ContextStore
 from ngsi.errors import (
     BadRequestData,
@@ -67,7 +74,10 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
         fetch_timeout=settings.context_fetch_timeout_s,
         hosted_base_url=f"http://{settings.host}:{settings.port}{API_PREFIX}/jsonldContexts/",
     )
-    sink = change_sink or NoChangeSink()
+    subscription_registry = SubscriptionRegistry(contexts)
+    notifier = Notifier(databases, contexts, subscription_registry)
+    sink = change_sink or SubscriptionSink(subscription_registry, notifier.watch_soon)
+    subscription_service = SubscriptionService(databases, subscription_registry, notifier)
     started_at = datetime.now(UTC)
 
     entity_service = EntityService(databases, sink, settings)
@@ -79,9 +89,11 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await databases.open()
         await user_contexts.load()
+        await notifier.start()
         try:
             yield
         finally:
+            await notifier.stop()
             await databases.close()
 
     app = FastAPI(title="climaborough NGSI-LD broker", version=BROKER_VERSION, lifespan=lifespan,
@@ -149,6 +161,7 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
     app.include_router(batch_router(batch_service, contexts, settings), prefix=API_PREFIX)
     app.include_router(discovery_router(discovery_service, contexts), prefix=API_PREFIX)
     app.include_router(contexts_router(user_contexts, settings), prefix=API_PREFIX)
+    app.include_router(subscriptions_router(subscription_service, settings), prefix=API_PREFIX)
     app.add_middleware(TrailingSlashTolerance)
     return app
 
