@@ -1,0 +1,34 @@
+"""NGSI-LD timestamps: ISO 8601 in UTC with milliseconds and `Z`, parsed strictly enough to reject garbage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def format_timestamp(moment: datetime) -> str:
+    """`2016-03-15T11:00:00.000Z`; naive datetimes are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def utc_now_iso() -> str:
+    """The current time as an NGSI-LD timestamp."""
+    return format_timestamp(datetime.now(UTC))
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an ISO 8601 date-time (with `Z`, an offset, or none meaning UTC) into an aware datetime.
+
+    Raises ValueError when `text` is not a date-time (dates alone are not accepted).
+    """
+    if not isinstance(text, str) or "T" not in text.upper():
+        raise ValueError(f"{text!r} is not an ISO 8601 date-time")
+    moment = datetime.fromisoformat(text.strip())
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def normalize_timestamp(text: str) -> str:
+    """Re-format any ISO 8601 date-time as UTC with milliseconds and `Z`."""
+    return format_timestamp(parse_timestamp(text))
