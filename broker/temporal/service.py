@@ -54,6 +54,7 @@ class TemporalService:
         where = self._entity_filter(query, terms)
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn:
+            await self.store.ensure_indexes(conn)
             selected, total = await self.store.select_entities(
                 conn, where, query.time, limit=query.limit, offset=query.offset
             )
@@ -66,6 +67,7 @@ class TemporalService:
         check_uri(entity_id, "Entity id")
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn:
+            await self.store.ensure_indexes(conn)
             entity_type = await self.store.latest_entity_type(conn, entity_id)
             if entity_type is None:
                 raise ResourceNotFound(f"Entity {entity_id!r} has no temporal evolution", entityId=entity_id)
@@ -160,6 +162,8 @@ class TemporalService:
         now = datetime.now(UTC)
         rows = HistoryRows()
         pool = await self.databases.pool(tenant, create=True)
+        async with pool.connection() as conn:
+            await self.store.ensure_indexes(conn)
         async with pool.connection() as conn, conn.transaction():
             known_type = await self.store.latest_entity_type(conn, entity_id)
             created = known_type is None

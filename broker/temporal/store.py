@@ -9,6 +9,7 @@ import calendar
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import resources
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -82,11 +83,30 @@ def _attribute_conditions(time: TimeFilter, attrs: Sequence[str]) -> tuple[list[
     return conditions, params
 
 
+def troe_indexes_sql() -> str:
+    """The setup SQL of the indexes the temporal queries need (broker_config/sql/troe_indexes.sql)."""
+    return resources.files("broker_config").joinpath("sql/troe_indexes.sql").read_text(encoding="utf-8")
+
+
 class TemporalStore:
     """Reads and writes the TRoE tables of one tenant database, through a connection passed in."""
 
     def __init__(self) -> None:
         self._timescale: dict[str, bool] = {}
+        self._indexed: set[str] = set()
+
+    async def ensure_indexes(self, conn: AsyncConnection) -> None:
+        """Create the temporal indexes once per database and process (idempotent SQL).
+
+        Until the storage migrations run troe_indexes.sql after troe.sql themselves, the temporal
+        slice makes sure of them on first use of each tenant database.
+        """
+        database = conn.info.dbname
+        if database in self._indexed:
+            return
+        async with conn.transaction():
+            await conn.execute(sql.SQL(troe_indexes_sql()))
+        self._indexed.add(database)
 
     async def has_timescale(self, conn: AsyncConnection) -> bool:
         database = conn.info.dbname
