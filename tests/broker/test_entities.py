@@ -1,0 +1,65 @@
+"""Entity CRUD over HTTP against the real broker (GS CIM 009 5.6, 5.7)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+
+FIXTURES = Path(__file__).parent / "fixtures"
+API = "/ngsi-ld/v1"
+LD = {"Content-Type": "application/ld+json"}
+
+
+def air_quality(entity_id: str) -> dict:
+    entity = json.loads((FIXTURES / "AirQualityObserved-normalized.jsonld").read_text())
+    entity["id"] = entity_id
+    return entity
+
+
+def new_id() -> str:
+    return f"urn:ngsi-ld:AirQualityObserved:test:{uuid.uuid4().hex[:8]}"
+
+
+async def test_created_smart_data_model_entity_reads_back(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    created = await http.post(f"{API}/entities", content=json.dumps(air_quality(entity_id)),
+                              headers={**LD, "NGSILD-Tenant": tenant})
+    assert created.status_code == 201, created.text
+    assert created.headers["Location"].endswith(entity_id)
+    context = air_quality(entity_id)["@context"]
+    context_url = context[0] if isinstance(context, list) else context
+    link = f'<{context_url}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
+    got = await http.get(f"{API}/entities/{entity_id}", headers={"NGSILD-Tenant": tenant, "Link": link})
+    assert got.status_code == 200
+    body = got.json()
+    assert body["id"] == entity_id and body["type"] == "AirQualityObserved"
+    assert body["no2"]["value"] == 22
+
+
+async def test_duplicate_create_is_409(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    headers = {**LD, "NGSILD-Tenant": tenant}
+    await http.post(f"{API}/entities", content=json.dumps(air_quality(entity_id)), headers=headers)
+    again = await http.post(f"{API}/entities", content=json.dumps(air_quality(entity_id)), headers=headers)
+    assert again.status_code == 409
+    assert again.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/AlreadyExists"
+
+
+async def test_unknown_tenant_read_is_404(http: httpx.AsyncClient, tenant: str) -> None:
+    got = await http.get(f"{API}/entities/{new_id()}", headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 404
+    assert got.json()["type"].endswith("NonexistentTenant")
+
+
+async def test_update_and_delete_change_what_is_read(http: httpx.AsyncClient) -> None:
+    entity_id = new_id()
+    await http.post(f"{API}/entities", json={"id": entity_id, "type": "Sensor", "temp": {"type": "Property", "value": 1}})
+    patched = await http.patch(f"{API}/entities/{entity_id}/attrs", json={"temp": {"type": "Property", "value": 5}})
+    assert patched.status_code == 204
+    got = await http.get(f"{API}/entities/{entity_id}", params={"options": "keyValues"})
+    assert got.json()["temp"] == 5
+    assert (await http.delete(f"{API}/entities/{entity_id}")).status_code == 204
+    assert (await http.get(f"{API}/entities/{entity_id}")).status_code == 404
