@@ -21,6 +21,7 @@ from broker.batch.service import BatchService
 from broker.changes import ChangeSink
 from broker.contexts.routes import contexts_router
 from broker.contexts.service import UserContextService
+from broker.csource import RegistrationService, csource_router
 from broker.discovery.routes import discovery_router
 from broker.discovery.service import DiscoveryService
 from broker.entities.routes import entities_router
@@ -34,6 +35,7 @@ from broker.subscriptions import (
     SubscriptionSink,
     subscriptions_router,
 )
+from broker.temporal import TemporalService, temporal_router
 from ngsi.contexts import CORE_CONTEXT_URL, ContextStore
 from ngsi.errors import (
     BadRequestData,
@@ -161,6 +163,8 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
     app.include_router(batch_router(batch_service, contexts, settings), prefix=API_PREFIX)
     app.include_router(discovery_router(discovery_service, contexts), prefix=API_PREFIX)
     app.include_router(contexts_router(user_contexts, settings), prefix=API_PREFIX)
+    app.include_router(temporal_router(TemporalService(databases), contexts, settings), prefix=API_PREFIX)
+    app.include_router(csource_router(RegistrationService(databases), contexts, settings), prefix=API_PREFIX)
     app.include_router(subscriptions_router(subscription_service, settings), prefix=API_PREFIX)
     app.add_middleware(TrailingSlashTolerance)
     return app
