@@ -473,6 +473,10 @@ _DATE_GUARD = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _TIME_GUARD = r"^[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z?$"
 # PostgreSQL's .datetime() does not read a `Z` suffix: UTC stamps are read with explicit templates
 # into naive UTC timestamps and compared with the naive form of the query value.
+_UTC_FRACTION_SHAPE = r"\.[0-9]{1,6}Z$"
+_UTC_WHOLE_SHAPE = r":[0-9]{2}Z$"
+_OFFSET_SHAPE = r"[+-][0-9]{2}(:[0-9]{2})?$"
+_NAIVE_SHAPE = r"T[0-9:.]+$"
 _UTC_TEMPLATES = ('YYYY-MM-DD"T"HH24:MI:SS.US"Z"', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
 
 
@@ -601,10 +605,16 @@ def _scalar_condition(op: str, value: Scalar, vars_: _Vars) -> str:
         instant: datetime = value.value
         naive = vars_.add(instant.replace(tzinfo=None).isoformat())
         aware = vars_.add(instant.isoformat())
-        alternatives = [f"@.datetime({jsonpath_key(t)}) {op} {naive}.datetime()" for t in _UTC_TEMPLATES]
-        alternatives.append(f"@.datetime() {op} {aware}.datetime()")
-        alternatives.append(f"@.datetime() {op} {naive}.datetime()")
-        return f"@ like_regex {jsonpath_key(_INSTANT_GUARD)} && (" + " || ".join(alternatives) + ")"
+        # Each stored form is compared in exactly one branch, guarded by its shape: PostgreSQL raises
+        # (even in silent mode) when it would compare a naive timestamp with an aware one.
+        utc_fraction, utc_whole = (jsonpath_key(t) for t in _UTC_TEMPLATES)
+        alternatives = [
+            f"@ like_regex {jsonpath_key(_UTC_FRACTION_SHAPE)} && @.datetime({utc_fraction}) {op} {naive}.datetime()",
+            f"@ like_regex {jsonpath_key(_UTC_WHOLE_SHAPE)} && @.datetime({utc_whole}) {op} {naive}.datetime()",
+            f"@ like_regex {jsonpath_key(_OFFSET_SHAPE)} && @.datetime() {op} {aware}.datetime()",
+            f"@ like_regex {jsonpath_key(_NAIVE_SHAPE)} && @.datetime() {op} {naive}.datetime()",
+        ]
+        return f"@ like_regex {jsonpath_key(_INSTANT_GUARD)} && (" + " || ".join(f"({a})" for a in alternatives) + ")"
     if value.kind == "date":
         return f"@ like_regex {jsonpath_key(_DATE_GUARD)} && @ {op} {vars_.add(value.value)}"
     if value.kind == "time":
