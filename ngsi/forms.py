@@ -341,11 +341,12 @@ def to_concise(entity: Mapping[str, Any]) -> dict[str, Any]:
 
 def _map_instances(raw: Any, convert: Any) -> Any:
     if isinstance(raw, list) and raw and all(_looks_like_instance(item) for item in raw):
-        return [convert(item) for item in raw]
+        # Instances of a multi-attribute stay objects, or the array would read as a Property value.
+        return [convert(item, in_array=True) for item in raw]
     return convert(raw) if _looks_like_instance(raw) else raw
 
 
-def _concise_instance(instance: Mapping[str, Any]) -> Any:
+def _concise_instance(instance: Mapping[str, Any], in_array: bool = False) -> Any:
     kind = instance.get("type")
     concise: dict[str, Any] = {}
     for key, member in instance.items():
@@ -356,7 +357,7 @@ def _concise_instance(instance: Mapping[str, Any]) -> Any:
         else:
             concise[key] = _map_instances(member, _concise_instance)
     # With nothing but its value, a Property is just the value (scalars) and a GeoProperty just the geometry.
-    if set(concise) == {"value"}:
+    if set(concise) == {"value"} and not in_array:
         value = concise["value"]
         if kind == "GeoProperty" or (not isinstance(value, dict | list) and value is not None):
             return value
