@@ -186,6 +186,15 @@ class ContextStore:
             self._implicit_by_key[key] = entry
         return entry
 
+    def restore(self, entry: ContextEntry) -> None:
+        """Put back an entry persisted elsewhere (e.g. hosted contexts reloaded from the database at start)."""
+        if not isinstance(entry.document, dict) or "@context" not in entry.document:
+            raise BadRequestData(f"stored @context {entry.url} has no @context member")
+        self._remember(entry)
+        if entry.kind is ContextKind.IMPLICITLY_CREATED:
+            self._implicit_by_key[_canonical_key(entry.document["@context"])] = entry
+        self._term_maps.clear()
+
     def list(self, kind: ContextKind | None = None) -> builtins.list[ContextEntry]:
         """Stored and cached contexts (not the built-ins), oldest first."""
         return [entry for entry in self._entries.values() if kind is None or entry.kind is kind]

@@ -14,6 +14,7 @@ from ngsi.contexts import (
     BUILTIN_CONTEXT_FILES,
     CORE_CONTEXT_URL,
     DEFAULT_VOCAB,
+    ContextEntry,
     ContextKind,
     ContextStore,
 )
@@ -204,6 +205,14 @@ def test_hosted_context_can_be_added_used_listed_and_deleted(store: ContextStore
         store.get(entry.local_id)
     with pytest.raises(LdContextNotAvailable):
         store.term_map_sync(entry.url)
+
+
+def test_a_persisted_hosted_context_can_be_restored(store: ContextStore) -> None:
+    entry = ContextEntry(url="http://broker.test/ngsi-ld/v1/jsonldContexts/abc", local_id="abc",
+                         kind=ContextKind.HOSTED, document={"@context": {"brand": "https://example.org/brand"}})
+    store.restore(entry)
+    assert store.get("abc") is entry
+    assert store.term_map_sync(entry.url).expand("brand") == "https://example.org/brand"
 
 
 def test_hosted_context_may_import_a_built_in_one(store: ContextStore) -> None:
