@@ -172,7 +172,9 @@ def run_demo(settings: CliSettings, *, console: Console, port: int, hours: int, 
     """Start everything, load data, query it, say where to look, stop (or keep running)."""
     announce_auth(settings, console)
     host = "127.0.0.1"
-    if not port_is_free(host, port):
+    if port == 0:
+        port = free_port(host)
+    elif not port_is_free(host, port):
         busy, port = port, free_port(host)
         console.print(f"Port {busy} is busy; the broker uses {port} instead.")
     with (

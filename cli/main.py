@@ -88,7 +88,7 @@ def up(
 
 @app.command()
 def demo(
-    port: Annotated[int, typer.Option(help="Broker port; a free one is used if it is busy.")] = BROKER_PORT,
+    port: Annotated[int, typer.Option(help="Broker port; a free one is used if it is busy or 0.")] = BROKER_PORT,
     hours: Annotated[int, typer.Option(min=1, help="How many hours of Beijing data to load.")] = 24 * 31,
     keep_running: Annotated[
         bool, typer.Option("--keep-running", help="Keep the broker running after the demo (Ctrl-C stops).")
