@@ -10,6 +10,7 @@ Fixtures:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -38,16 +39,24 @@ FAST_RETRIES = {
 }
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Wait until `check()` returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Any], within: float = 10.0, what: str = "condition") -> Any:
+    """Wait until `check()` returns something truthy; fail naming `what` after `within` seconds."""
+    deadline = time.monotonic() + within
     while True:
         result = check()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    """`await wait_for(check, within=10, what="...")`: poll a condition with a deadline, never a blind sleep."""
+    return eventually
 
 
 @dataclass
@@ -189,11 +198,11 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def make_receiver() -> Iterator[Callable[[], Receiver]]:
+def make_receiver() -> Iterator[Callable[..., Receiver]]:
     receivers: list[Receiver] = []
 
-    def make() -> Receiver:
-        recv = Receiver(free_port())
+    def make(port: int | None = None) -> Receiver:
+        recv = Receiver(port or free_port())
         recv.start()
         receivers.append(recv)
         return recv
