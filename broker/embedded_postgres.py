@@ -317,6 +317,7 @@ class EmbeddedPostgres:
         """Initialise the cluster if needed, start the server and wait until it accepts SQL."""
         if self.running:
             return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         binaries = self._usable_binaries()
         self._prepare_folders(binaries)
         if not (self.pgdata / "PG_VERSION").exists():
