@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from broker.entities.representation import check_uri, to_geojson_feature
+from broker.entities.representation import check_uri
 from broker.entities.service import EntityQuery, EntityService, RenderOptions, render
 from broker.negotiation import (
     GEO_JSON,
@@ -17,9 +17,11 @@ from broker.negotiation import (
     query_context,
     read_payload,
 )
+from broker.query.types import parse_ids
 from broker.settings import BrokerSettings
 from ngsi.contexts import ContextStore, TermMap
 from ngsi.errors import BadRequestData, TooManyResults
+from ngsi.forms import Form, to_geojson_feature, to_geojson_feature_collection
 
 FORMS = {"keyValues", "concise", "normalized"}
 
@@ -31,7 +33,7 @@ def split_list(value: str | None) -> list[str] | None:
     return items or None
 
 
-def render_options(terms: TermMap, options: str | None, format_: str | None, attrs: str | None,
+def render_options(options: str | None, format_: str | None, attrs: str | None,
                    pick: str | None, omit: str | None, lang: str | None) -> RenderOptions:
     """GS CIM 009 6.3.7 `options`/`format`, 4.21 pick/omit and `attrs` projection, 4.15 lang."""
     flags = set(split_list(options) or [])
@@ -40,13 +42,17 @@ def render_options(terms: TermMap, options: str | None, format_: str | None, att
         raise BadRequestData(f"Unknown options {sorted(unknown)}", parameter="options")
     if format_ is not None and format_ not in FORMS:
         raise BadRequestData(f"Unknown format {format_!r}", parameter="format")
-    form = format_ or ("keyValues" if "keyValues" in flags else "concise" if "concise" in flags else "normalized")
+    form: Form = "normalized"
+    if format_ in FORMS:
+        form = format_  # type: ignore[assignment]
+    elif "keyValues" in flags:
+        form = "keyValues"
+    elif "concise" in flags:
+        form = "concise"
     if pick and attrs:
         raise BadRequestData("pick and attrs cannot be combined", parameter="pick")
-    wanted = split_list(pick) or split_list(attrs)
-    picked = frozenset(terms.expand(a) for a in wanted if a not in ("id", "type")) if wanted else None
-    omitted = frozenset(terms.expand(a) for a in split_list(omit) or [])
-    return RenderOptions(form=form, sys_attrs="sysAttrs" in flags, attrs=picked, omit=omitted or None, lang=lang)
+    return RenderOptions(form=form, sys_attrs="sysAttrs" in flags, attrs=split_list(attrs),
+                         pick=split_list(pick), omit=split_list(omit), lang=lang)
 
 
 def entities_router(service: EntityService, contexts: ContextStore, settings: BrokerSettings) -> APIRouter:
@@ -84,11 +90,11 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         kind = accepted_media_type(request, geo=True)
         context = query_context(request)
         terms = await terms_for(context)
-        opts = render_options(terms, options, format, attrs, pick, omit, lang)
+        opts = render_options(options, format, attrs, pick, omit, lang)
         entity = await service.retrieve(ngsild_tenant, entity_id)
         body = render(entity, terms, opts)
         if kind == GEO_JSON:
-            body = to_geojson_feature(body, geometryProperty, opts.form)
+            body = to_geojson_feature(body, geometryProperty)
         elif kind != JSON:
             body = {"@context": context or contexts.core_context_url, **body}
         return json_response(body, kind=kind, context_url=context_url(context))
@@ -109,9 +115,9 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         if not any((id, idPattern, type, attrs, q, georel, geometry)):
             raise BadRequestData("Give at least one of id, idPattern, type, attrs, q or geo query",
                                  title="Too broad query")
-        if q is not None or georel is not None or scopeQ is not None:
-            # TODO(query): q-language and geo-queries come from broker/query (engineer "query").
-            raise BadRequestData("q, geo and scopeQ queries are not available yet", parameter="q")
+        if georel is not None or geometry is not None or scopeQ is not None:
+            # TODO(query): geo-queries and scopeQ come from broker/query (engineer "query").
+            raise BadRequestData("geo and scopeQ queries are not available yet", parameter="georel")
         page = settings.default_limit if limit is None else limit
         if page < 0 or offset < 0:
             raise BadRequestData("limit and offset must not be negative", parameter="limit")
@@ -119,23 +125,18 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             raise TooManyResults(f"limit {page} is above the maximum of {settings.max_limit}", parameter="limit")
         if page == 0 and not count:
             raise BadRequestData("limit=0 is only allowed with count=true", parameter="limit")
-        opts = render_options(terms, options, format, None if pick else attrs, pick, omit, lang)
-        ids = split_list(id)
-        for entity_id in ids or []:
-            check_uri(entity_id, "Entity id")
+        opts = render_options(options, format, attrs, pick, omit, lang)
         query = EntityQuery(
-            ids=ids, id_pattern=idPattern,
-            types=[terms.expand_type(t) for t in split_list(type.replace("|", ",") if type else None) or []] or None,
-            attrs=[terms.expand(a) for a in split_list(attrs) or []] or None,
+            ids=list(parse_ids(id)) if id else None, id_pattern=idPattern, types=type,
+            attrs=[terms.expand(a) for a in split_list(attrs) or []] or None, q=q,
             limit=page, offset=offset, count=count,
         )  # fmt: skip
-        entities, total = await service.query(ngsild_tenant, query)
+        entities, total = await service.query(ngsild_tenant, query, terms)
         bodies = [render(entity, terms, opts) for entity in entities]
         headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
         content: Any = bodies
         if kind == GEO_JSON:
-            content = {"type": "FeatureCollection",
-                       "features": [to_geojson_feature(b, geometryProperty, opts.form) for b in bodies]}
+            content = to_geojson_feature_collection(bodies, geometryProperty)
         elif kind != JSON:
             content = [{"@context": context or contexts.core_context_url, **b} for b in bodies]
         return json_response(content, kind=kind, context_url=context_url(context), headers=headers)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 from broker.changes import ChangeKind, ChangeSink, EntityChange
 from broker.entities import store
-from broker.entities.representation import compact_entity, expand_attributes, expand_entity
+from broker.entities.representation import expand_attributes, expand_entity
 from broker.entities.stored import (
     StoredEntity,
     append_attributes,
@@ -21,21 +20,26 @@ from broker.entities.stored import (
     stamp_doc,
     update_attributes,
 )
+from broker.query.params import Param
+from broker.query.q import compile_q, parse_q
+from broker.query.types import compile_id_pattern, compile_ids, compile_types, parse_id_pattern, parse_types
 from broker.settings import BrokerSettings
 from broker.storage.history import HistoryRows, OpMode, write_history
 from broker.storage.tenants import TenantDatabases
 from ngsi.contexts import TermMap
 from ngsi.errors import AlreadyExists, BadRequestData, ResourceNotFound
+from ngsi.forms import Form, compact_entity
 
 
 @dataclass(frozen=True, slots=True)
 class RenderOptions:
     """How to render entities: form, system attributes, attribute projection, language."""
 
-    form: str = "normalized"
+    form: Form = "normalized"
     sys_attrs: bool = False
-    attrs: frozenset[str] | None = None
-    omit: frozenset[str] | None = None
+    attrs: list[str] | None = None
+    pick: list[str] | None = None
+    omit: list[str] | None = None
     lang: str | None = None
 
 
@@ -45,8 +49,9 @@ class EntityQuery:
 
     ids: list[str] | None = None
     id_pattern: str | None = None
-    types: list[str] | None = None
+    types: str | None = None
     attrs: list[str] | None = None
+    q: str | None = None
     limit: int = 20
     offset: int = 0
     count: bool = False
@@ -54,11 +59,9 @@ class EntityQuery:
 
 def render(entity: StoredEntity, terms: TermMap, options: RenderOptions) -> dict[str, Any]:
     return compact_entity(
-        entity.id, entity.types, entity.scope, entity.doc, terms, form=options.form,
-        sys_attrs=options.sys_attrs, attrs=set(options.attrs) if options.attrs is not None else None,
-        omit=set(options.omit) if options.omit else None, lang=options.lang,
-        created_at=iso_ms(entity.created_at), modified_at=iso_ms(entity.modified_at),
-    )  # fmt: skip
+        entity.as_change_state(), terms, form=options.form, sys_attrs=options.sys_attrs,
+        attrs=options.attrs, pick=options.pick, omit=options.omit, lang=options.lang,
+    )
 
 
 class EntityService:
@@ -264,27 +267,24 @@ class EntityService:
             raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
         return entity
 
-    async def query(self, tenant: str | None, query: EntityQuery,
-                    extra: store.EntityFilter | None = None) -> tuple[list[StoredEntity], int | None]:
+    async def query(self, tenant: str | None, query: EntityQuery, terms: TermMap
+                    ) -> tuple[list[StoredEntity], int | None]:
         """GS CIM 009 5.7.2: matching entities (one page) and, with count, how many match in all."""
-        selection = extra or store.EntityFilter()
+        conditions: list[sql.Composable] = []
         if query.ids:
-            selection.add("id = ANY(%s)", query.ids)
+            conditions.append(compile_ids(query.ids))
         if query.id_pattern:
-            try:
-                re.compile(query.id_pattern)
-            except re.error as error:
-                raise BadRequestData(f"Invalid idPattern {query.id_pattern!r}: {error}",
-                                     parameter="idPattern") from None
-            selection.add("id ~ %s", query.id_pattern)
+            conditions.append(compile_id_pattern(parse_id_pattern(query.id_pattern)))
         if query.types:
-            selection.add("types && %s", query.types)
+            conditions.append(compile_types(parse_types(query.types), terms.expand_type))
         if query.attrs:
-            selection.add("doc ?| %s", query.attrs)
+            conditions.append(sql.SQL("doc ?| {}::text[]").format(Param(query.attrs)))
+        if query.q:
+            conditions.append(compile_q(parse_q(query.q), terms.expand))
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn:
-            entities = await store.select_entities(conn, selection, limit=query.limit, offset=query.offset)
-            total = await store.count_entities(conn, selection) if query.count else None
+            entities = await store.select_entities(conn, conditions, limit=query.limit, offset=query.offset)
+            total = await store.count_entities(conn, conditions) if query.count else None
         return entities, total
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
 from broker.entities.stored import StoredEntity, location_bbox
+from broker.query.params import Param, bound_params
 
 COLUMNS = "id, types, scope, doc, created_at, modified_at"
 
@@ -81,37 +81,26 @@ async def delete_entities(conn: AsyncConnection, entity_ids: list[str]) -> list[
     return [row_to_entity(row) for row in await cur.fetchall()]
 
 
-@dataclass
-class EntityFilter:
-    """A compiled entity selection: SQL conditions over `current_entities` and their parameters."""
-
-    conditions: list[str] = field(default_factory=list)
-    params: list[Any] = field(default_factory=list)
-
-    def add(self, condition: str, *params: Any) -> None:
-        self.conditions.append(condition)
-        self.params.extend(params)
-
-    def where(self) -> str:
-        return " AND ".join(f"({c})" for c in self.conditions) if self.conditions else "TRUE"
-
-
-async def select_entities(conn: AsyncConnection, selection: EntityFilter, *, limit: int, offset: int
+async def select_entities(conn: AsyncConnection, conditions: list[sql.Composable], *, limit: int, offset: int
                           ) -> list[StoredEntity]:
+    """One page of the entities matching all `conditions` (compiled by broker/query), oldest first."""
     if limit == 0:
         return []
-    cur = await conn.execute(
-        f"SELECT {COLUMNS} FROM current_entities WHERE {selection.where()}"
-        " ORDER BY created_at, id LIMIT %s OFFSET %s",
-        [*selection.params, limit, offset],
+    statement = sql.SQL("SELECT {} FROM current_entities WHERE {} ORDER BY created_at, id LIMIT {} OFFSET {}").format(
+        sql.SQL(COLUMNS), where(conditions), Param(limit), Param(offset)
     )
+    cur = await conn.execute(statement, bound_params(statement))
     return [row_to_entity(row) for row in await cur.fetchall()]
 
 
-async def count_entities(conn: AsyncConnection, selection: EntityFilter) -> int:
-    cur = await conn.execute(
-        f"SELECT count(*) FROM current_entities WHERE {selection.where()}",
-        selection.params,
-    )
+async def count_entities(conn: AsyncConnection, conditions: list[sql.Composable]) -> int:
+    statement = sql.SQL("SELECT count(*) FROM current_entities WHERE {}").format(where(conditions))
+    cur = await conn.execute(statement, bound_params(statement))
     row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+def where(conditions: list[sql.Composable]) -> sql.Composable:
+    if not conditions:
+        return sql.SQL("TRUE")
+    return sql.SQL(" AND ").join(sql.SQL("(") + condition + sql.SQL(")") for condition in conditions)

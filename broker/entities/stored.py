@@ -131,6 +131,8 @@ def merge_patch_attributes(entity: StoredEntity, fragment: Doc, now: str) -> Non
                 continue
             merged = dict(old)
             for member, value in instance.items():
+                if member == "createdAt":
+                    continue
                 deleted = value == NGSI_LD_NULL or (
                     isinstance(value, list) and bool(value) and isinstance(value[0], dict)
                     and is_null_instance(value[0])

@@ -1,0 +1,55 @@
+"""GET /entities with type, q, id, idPattern, paging and count (GS CIM 009 5.7.2)."""
+
+from __future__ import annotations
+
+import httpx
+
+API = "/ngsi-ld/v1"
+
+
+async def seed(http: httpx.AsyncClient, tenant: str) -> None:
+    entities = [
+        {"id": f"urn:ngsi-ld:Station:{n}", "type": "Station", "no2": {"type": "Property", "value": n * 10}}
+        for n in range(1, 6)
+    ]
+    got = await http.post(f"{API}/entityOperations/create", json=entities, headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 201, got.text
+
+
+async def test_type_and_q_select_matching_entities(http: httpx.AsyncClient, tenant: str) -> None:
+    await seed(http, tenant)
+    got = await http.get(f"{API}/entities", params={"type": "Station", "q": "no2>25", "options": "keyValues"},
+                         headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 200, got.text
+    assert sorted(e["no2"] for e in got.json()) == [30, 40, 50]
+
+
+async def test_paging_and_count(http: httpx.AsyncClient, tenant: str) -> None:
+    await seed(http, tenant)
+    got = await http.get(f"{API}/entities", params={"type": "Station", "limit": 2, "offset": 1, "count": "true"},
+                         headers={"NGSILD-Tenant": tenant})
+    assert len(got.json()) == 2
+    assert got.headers["NGSILD-Results-Count"] == "5"
+    only_count = await http.get(f"{API}/entities", params={"type": "Station", "limit": 0, "count": "true"},
+                                headers={"NGSILD-Tenant": tenant})
+    assert only_count.json() == [] and only_count.headers["NGSILD-Results-Count"] == "5"
+
+
+async def test_id_pattern_and_geojson(http: httpx.AsyncClient, tenant: str) -> None:
+    await seed(http, tenant)
+    got = await http.get(f"{API}/entities", params={"idPattern": "Station:[12]$"},
+                         headers={"NGSILD-Tenant": tenant, "Accept": "application/geo+json"})
+    assert got.headers["content-type"].startswith("application/geo+json")
+    assert {f["id"] for f in got.json()["features"]} == {"urn:ngsi-ld:Station:1", "urn:ngsi-ld:Station:2"}
+
+
+async def test_query_without_filter_is_400(http: httpx.AsyncClient) -> None:
+    assert (await http.get(f"{API}/entities")).status_code == 400
+
+
+async def test_invalid_q_is_400_naming_q(http: httpx.AsyncClient, tenant: str) -> None:
+    await seed(http, tenant)
+    got = await http.get(f"{API}/entities", params={"type": "Station", "q": "no2>>"},
+                         headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 400
+    assert "q" in got.text
