@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from broker.entities.representation import check_uri
+from ngsi import forms
 from ngsi.contexts import TermMap
 from ngsi.errors import BadRequestData
 
@@ -28,6 +28,12 @@ class RegistrationFilter:
     id_pattern: str | None = None
     types: Sequence[str] = ()
     attrs: Sequence[str] = ()
+
+
+def check_uri(value: Any, what: str) -> str:
+    if not forms.is_uri(value):
+        raise BadRequestData(f"{what} must be a URI, got {value!r}", attribute=what)
+    return str(value)
 
 
 def new_registration_id() -> str:

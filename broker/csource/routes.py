@@ -8,9 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from broker.csource.registrations import RegistrationFilter
+from broker.csource.registrations import RegistrationFilter, check_uri
 from broker.csource.service import RegistrationService
-from broker.entities.representation import check_uri
 from broker.negotiation import JSON, accepted_media_type, json_response, query_context, read_payload
 from broker.settings import BrokerSettings
 from ngsi.contexts import ContextStore, TermMap

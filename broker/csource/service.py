@@ -13,10 +13,10 @@ from broker.csource.registrations import (
     matches,
     new_registration_id,
 )
-from broker.entities.stored import iso_ms
 from broker.storage.tenants import TenantDatabases
 from ngsi.contexts import TermMap
 from ngsi.errors import AlreadyExists, BadRequestData, ResourceNotFound
+from ngsi.timestamps import format_timestamp as iso_ms
 
 
 def _render(row: dict[str, Any], terms: TermMap, sys_attrs: bool) -> dict[str, Any]:

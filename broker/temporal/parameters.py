@@ -164,17 +164,17 @@ def parse_aggregation(params: Mapping[str, str], form: Form | None) -> Aggregati
         return None
     methods = _split(methods_text)
     if not methods:
-        raise BadRequestData("aggrMethods is empty", parameter="aggrMethods")
+        raise BadRequestData("aggrMethods: no method given", parameter="aggrMethods")
     for method in methods:
         if method not in AGGREGATION_METHODS:
             raise BadRequestData(
-                f"unknown aggregation method '{method}'; known: {', '.join(AGGREGATION_METHODS)}",
+                f"aggrMethods: unknown aggregation method '{method}'; known: {', '.join(AGGREGATION_METHODS)}",
                 parameter="aggrMethods",
             )
     try:
         period = parse_duration(duration_text or "P0D")
     except ValueError as error:
-        raise BadRequestData(str(error), parameter="aggrPeriodDuration") from None
+        raise BadRequestData(f"aggrPeriodDuration: {error}", parameter="aggrPeriodDuration") from None
     return Aggregation(methods=tuple(dict.fromkeys(methods)), period=period)
 
 

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from broker.entities.representation import check_uri, expand_attributes, expand_entity, expand_instance
 from broker.storage.history import HistoryRows
 from broker.storage.tenants import TenantDatabases
 from broker.temporal.parameters import TemporalQuery
+from broker.temporal.provision import attribute_rows, entity_header
 from broker.temporal.representation import aggregated_entity, temporal_entity
 from broker.temporal.store import EntityFilter, TemporalStore, period_end
+from ngsi import forms
 from ngsi.contexts import TermMap
 from ngsi.errors import BadRequestData, ResourceNotFound
 
@@ -136,7 +137,9 @@ class TemporalService:
         )
         limit = min(query.last_n, self.max_instances) if query.last_n else self.max_instances
         kept = [row for row in rows if row["rn"] <= limit]
-        truncated = len(kept) < len(rows)
+        # GS CIM 009 6.3.10: the answer is partial when the broker's limit, not lastN, cut it.
+        cut_by_broker = not query.last_n or query.last_n > self.max_instances
+        truncated = cut_by_broker and len(kept) < len(rows)
         subs_by_instance: dict[str, list[dict[str, Any]]] = {}
         if query.form != "temporalValues":
             with_subs = [row["instance_id"] for row in kept if row["sub_properties"]]
@@ -158,17 +161,16 @@ class TemporalService:
 
     async def create_or_append(self, tenant: str | None, body: Any, terms: TermMap) -> tuple[str, bool]:
         """GS CIM 5.6.11: add the instances of a temporal entity; True when the entity is new."""
-        entity_id, types, _, doc = expand_entity(body, terms)
+        entity_id, entity_type = entity_header(body, terms)
         now = datetime.now(UTC)
         rows = HistoryRows()
+        attribute_rows(rows, entity_id, body, terms, now)
         pool = await self.databases.pool(tenant, create=True)
         async with pool.connection() as conn:
             await self.store.ensure_indexes(conn)
         async with pool.connection() as conn, conn.transaction():
-            known_type = await self.store.latest_entity_type(conn, entity_id)
-            created = known_type is None
-            rows.add_entity("Create" if created else "Append", entity_id, types, now)
-            rows.add_attributes("Append", entity_id, doc, now)
+            created = await self.store.latest_entity_type(conn, entity_id) is None
+            rows.add_entity("Create" if created else "Append", entity_id, [entity_type], now)
             await self.store.write_instances(conn, rows)
         return entity_id, created
 
@@ -177,18 +179,16 @@ class TemporalService:
         check_uri(entity_id, "Entity id")
         if not isinstance(body, dict):
             raise BadRequestData("The body must be a JSON object of attributes and their instances")
-        doc = expand_attributes(body, terms)
-        if not doc:
-            raise BadRequestData("The body has no attributes")
-        now = datetime.now(UTC)
         rows = HistoryRows()
-        rows.add_attributes("Append", entity_id, doc, now)
+        count = attribute_rows(rows, entity_id, body, terms, datetime.now(UTC))
+        if not count:
+            raise BadRequestData("The body has no attributes")
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn, conn.transaction():
             if await self.store.latest_entity_type(conn, entity_id) is None:
                 raise ResourceNotFound(f"Entity {entity_id!r} has no temporal evolution", entityId=entity_id)
             await self.store.write_instances(conn, rows)
-        return len(rows.attributes)
+        return count
 
     async def update_instance(
         self, tenant: str | None, entity_id: str, attr: str, instance_id: str, body: Any, terms: TermMap
@@ -198,13 +198,17 @@ class TemporalService:
         if not isinstance(body, dict):
             raise BadRequestData("The body must be a JSON object: the attribute instance")
         instance = body[attr] if attr in body else body
-        expanded_attr = terms.expand(attr)
+        if isinstance(instance, list):
+            if len(instance) != 1:
+                raise BadRequestData("Give exactly one instance to modify", attribute=attr)
+            instance = instance[0]
         rows = HistoryRows()
-        rows.add_attribute("Update", entity_id, expanded_attr, expand_instance(attr, instance, terms),
-                           datetime.now(UTC))  # fmt: skip
+        attribute_rows(rows, entity_id, {attr: instance}, terms, datetime.now(UTC), op="Update")
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn, conn.transaction():
-            if not await self.store.update_instance(conn, entity_id, expanded_attr, instance_id, rows.attributes[0]):
+            if not await self.store.update_instance(
+                conn, entity_id, terms.expand(attr), instance_id, rows.attributes[0]
+            ):
                 raise ResourceNotFound(
                     f"Entity {entity_id!r} has no instance {instance_id!r} of {attr!r}", instanceId=instance_id
                 )
@@ -247,6 +251,12 @@ class TemporalService:
                 raise ResourceNotFound(
                     f"Entity {entity_id!r} has no instance {instance_id!r} of {attr!r}", instanceId=instance_id
                 )
+
+
+def check_uri(value: Any, what: str) -> str:
+    if not forms.is_uri(value):
+        raise BadRequestData(f"{what} must be a URI, got {value!r}", title="Invalid entity id")
+    return str(value)
 
 
 def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
