@@ -148,8 +148,12 @@ def link_header(context_url: str) -> str:
     return f'<{context_url}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
 
 
-async def read_entity(broker_url: str, entity_id: str, context_url: str | None) -> httpx.Response:
-    headers = {"Accept": "application/json", "NGSILD-Tenant": TENANT}
+async def read_entity(
+    broker_url: str, entity_id: str, context_url: str | None, tenant: str | None = TENANT
+) -> httpx.Response:
+    headers = {"Accept": "application/json"}
+    if tenant is not None:
+        headers["NGSILD-Tenant"] = tenant
     if context_url is not None:
         headers["Link"] = link_header(context_url)
     async with httpx.AsyncClient(base_url=broker_url, timeout=10) as client:
@@ -205,6 +209,10 @@ async def test_device_measures_sent_by_iotagent_node_lib_become_the_entity_state
     body = expanded.json()
     assert body["type"] == f"{SDM_ENVIRONMENT}{ENTITY_TYPE}"
     assert body[f"{SDM_ENVIRONMENT}no2"]["value"] == MEASURES[-1]["no2"]
+
+    # The library sent NGSILD-Tenant = fiware-service: the device lives in that tenant only.
+    elsewhere = await read_entity(broker_url, entity_id_for(device_id), user_context_url, tenant=None)
+    assert elsewhere.status_code == 404, elsewhere.text
 
 
 async def test_every_measure_sent_by_iotagent_node_lib_is_in_the_history(
