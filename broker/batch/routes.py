@@ -25,8 +25,9 @@ def batch_router(service: BatchService, contexts: ContextStore, settings: Broker
         result = await service.run(kind, tenant, payload.body, terms, options=flags)
         if result.errors:
             return json_response({"success": result.success, "errors": result.errors}, status_code=207)
-        if kind == "create" or (kind == "upsert" and result.success):
-            return json_response(result.success, status_code=201) if kind == "create" else Response(status_code=204)
+        # GS CIM 009 6.14-6.15: create answers the created ids; upsert too when it created any.
+        if kind == "create" or (kind == "upsert" and result.created):
+            return json_response(result.created, status_code=201)
         return Response(status_code=204)
 
     def endpoint_for(kind: BatchKind):

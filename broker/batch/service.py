@@ -31,6 +31,7 @@ class BatchResult:
     """GS CIM 009 5.2.16 BatchOperationResult."""
 
     success: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def fail(self, entity_id: Any, error: NgsiError) -> None:
@@ -88,6 +89,8 @@ class BatchService:
                 current[entity_id] = after
                 writes.append((copy_entity(before) if before else None, after, op))
                 result.success.append(entity_id)
+                if op == "Create":
+                    result.created.append(entity_id)
             to_save = [e for e in current.values() if e is not None and (e.touched or e.id not in originals)]
             deleted = [k for k, v in current.items() if v is None and k in originals]
             await store.save_entities(conn, to_save)

@@ -99,6 +99,45 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             body = {"@context": context or contexts.core_context_url, **body}
         return json_response(body, kind=kind, context_url=context_url(context))
 
+    async def answer_query(
+        request: Request, tenant: str | None, terms: TermMap, context: Any, *, id: str | None,
+        idPattern: str | None, type: str | None, attrs: str | None, pick: str | None, omit: str | None,
+        q: str | None, geo: dict[str, Any] | None, scopeQ: str | None, lang: str | None, limit: int | None,
+        offset: int, count: bool, options: str | None, format: str | None, geometryProperty: str,
+    ) -> Response:  # fmt: skip
+        """GS CIM 009 5.7.2 Query Entities, shared by GET /entities and POST /entityOperations/query."""
+        kind = accepted_media_type(request, geo=True)
+        if not any((id, idPattern, type, attrs, q, geo)):
+            raise BadRequestData("Give at least one of id, idPattern, type, attrs, q or a geo-query",
+                                 title="Too broad query")
+        if geo or scopeQ is not None:
+            # TODO(query): geo-queries and scopeQ come from broker/query (engineer "query").
+            raise BadRequestData("geo-queries and scopeQ are not available yet",
+                                 parameter="georel" if geo else "scopeQ")
+        page = settings.default_limit if limit is None else limit
+        if page < 0 or offset < 0:
+            raise BadRequestData("limit and offset must not be negative", parameter="limit")
+        if page > settings.max_limit:
+            # GS CIM 009 6.3.10: a limit above what the broker allows is TooManyResults (403).
+            raise TooManyResults(f"limit {page} is above the maximum of {settings.max_limit}", parameter="limit")
+        if page == 0 and not count:
+            raise BadRequestData("limit=0 is only allowed with count=true", parameter="limit")
+        opts = render_options(options, format, attrs, pick, omit, lang)
+        query = EntityQuery(
+            ids=list(parse_ids(id)) if id else None, id_pattern=idPattern, types=type,
+            attrs=[terms.expand(a) for a in split_list(attrs) or []] or None, q=q,
+            limit=page, offset=offset, count=count,
+        )  # fmt: skip
+        entities, total = await service.query(tenant, query, terms)
+        bodies = [render(entity, terms, opts) for entity in entities]
+        headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
+        content: Any = bodies
+        if kind == GEO_JSON:
+            content = to_geojson_feature_collection(bodies, geometryProperty)
+        elif kind != JSON:
+            content = [{"@context": context or contexts.core_context_url, **b} for b in bodies]
+        return json_response(content, kind=kind, context_url=context_url(context), headers=headers)
+
     @router.get("/entities")
     async def get_entities(
         request: Request, id: str | None = None, idPattern: str | None = None, type: str | None = None,
@@ -109,37 +148,48 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         format: str | None = None, geometryProperty: str = "location",
         ngsild_tenant: str | None = Header(None),
     ) -> Response:  # fmt: skip
-        kind = accepted_media_type(request, geo=True)
         context = query_context(request)
         terms = await terms_for(context)
-        if not any((id, idPattern, type, attrs, q, georel, geometry)):
-            raise BadRequestData("Give at least one of id, idPattern, type, attrs, q or geo query",
-                                 title="Too broad query")
-        if georel is not None or geometry is not None or scopeQ is not None:
-            # TODO(query): geo-queries and scopeQ come from broker/query (engineer "query").
-            raise BadRequestData("geo and scopeQ queries are not available yet", parameter="georel")
-        page = settings.default_limit if limit is None else limit
-        if page < 0 or offset < 0:
-            raise BadRequestData("limit and offset must not be negative", parameter="limit")
-        if page > settings.max_limit:
-            raise TooManyResults(f"limit {page} is above the maximum of {settings.max_limit}", parameter="limit")
-        if page == 0 and not count:
-            raise BadRequestData("limit=0 is only allowed with count=true", parameter="limit")
-        opts = render_options(options, format, attrs, pick, omit, lang)
-        query = EntityQuery(
-            ids=list(parse_ids(id)) if id else None, id_pattern=idPattern, types=type,
-            attrs=[terms.expand(a) for a in split_list(attrs) or []] or None, q=q,
-            limit=page, offset=offset, count=count,
+        geo = None
+        if georel is not None or geometry is not None or coordinates is not None:
+            geo = {"georel": georel, "geometry": geometry, "coordinates": coordinates,
+                   "geoproperty": geoproperty or "location"}
+        return await answer_query(
+            request, ngsild_tenant, terms, context, id=id, idPattern=idPattern, type=type, attrs=attrs,
+            pick=pick, omit=omit, q=q, geo=geo, scopeQ=scopeQ, lang=lang, limit=limit, offset=offset,
+            count=count, options=options, format=format, geometryProperty=geometryProperty,
         )  # fmt: skip
-        entities, total = await service.query(ngsild_tenant, query, terms)
-        bodies = [render(entity, terms, opts) for entity in entities]
-        headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
-        content: Any = bodies
-        if kind == GEO_JSON:
-            content = to_geojson_feature_collection(bodies, geometryProperty)
-        elif kind != JSON:
-            content = [{"@context": context or contexts.core_context_url, **b} for b in bodies]
-        return json_response(content, kind=kind, context_url=context_url(context), headers=headers)
+
+    @router.post("/entityOperations/query")
+    async def post_query(
+        request: Request, limit: int | None = None, offset: int = 0, count: bool = False,
+        options: str | None = None, format: str | None = None, lang: str | None = None,
+        geometryProperty: str = "location", ngsild_tenant: str | None = Header(None),
+    ) -> Response:  # fmt: skip
+        payload = await read_payload(request, max_bytes)
+        terms = await terms_for(payload.context)
+        body = payload.body
+        if not isinstance(body, dict) or body.get("type") != "Query":
+            raise BadRequestData("The payload must be a Query object with \"type\": \"Query\"")
+        selectors = body.get("entities") or [{}]
+        if not isinstance(selectors, list) or not all(isinstance(s, dict) for s in selectors):
+            raise BadRequestData("Query 'entities' must be an array of EntitySelector objects", parameter="entities")
+        if len(selectors) > 1:
+            raise BadRequestData("Only one EntitySelector per Query is supported", parameter="entities")
+        selector = selectors[0]
+        attrs = body.get("attrs")
+        if attrs is not None and not (isinstance(attrs, list) and all(isinstance(a, str) for a in attrs)):
+            raise BadRequestData("Query 'attrs' must be an array of attribute names", parameter="attrs")
+        for member in ("q", "scopeQ", "lang"):
+            if member in body and not isinstance(body[member], str):
+                raise BadRequestData(f"Query {member!r} must be a string", parameter=member)
+        return await answer_query(
+            request, ngsild_tenant, terms, payload.context, id=selector.get("id"),
+            idPattern=selector.get("idPattern"), type=selector.get("type"),
+            attrs=",".join(attrs) if attrs else None, pick=None, omit=None, q=body.get("q"),
+            geo=body.get("geoQ"), scopeQ=body.get("scopeQ"), lang=body.get("lang", lang), limit=limit,
+            offset=offset, count=count, options=options, format=format, geometryProperty=geometryProperty,
+        )  # fmt: skip
 
     @router.put("/entities/{entity_id:path}/attrs/{attr}")
     async def put_attribute(request: Request, entity_id: str, attr: str,

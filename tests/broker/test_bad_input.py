@@ -37,3 +37,68 @@ async def test_payload_over_limit_is_413(http: httpx.AsyncClient) -> None:
     got = await http.post(f"{API}/entities", content=b"[" + b"1," * 600_000 + b"1]",
                           headers={"Content-Type": "application/json"})
     assert got.status_code == 413
+
+
+async def test_context_in_body_with_plain_json_is_400(http: httpx.AsyncClient) -> None:
+    entity = {"id": "urn:ngsi-ld:T:ctx", "type": "T", "@context": "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"}
+    got = await http.post(f"{API}/entities", json=entity)
+    assert got.status_code == 400
+
+
+async def test_link_header_with_json_ld_is_400(http: httpx.AsyncClient) -> None:
+    core = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
+    entity = {"id": "urn:ngsi-ld:T:link", "type": "T", "@context": core}
+    got = await http.post(f"{API}/entities", json=entity, headers={
+        "Content-Type": "application/ld+json",
+        "Link": f'<{core}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'})
+    assert got.status_code == 400
+
+
+async def test_unsupported_accept_is_406(http: httpx.AsyncClient) -> None:
+    got = await http.get(f"{API}/entities", params={"type": "T"}, headers={"Accept": "text/csv"})
+    assert got.status_code == 406
+
+
+async def test_missing_type_is_400(http: httpx.AsyncClient) -> None:
+    got = await http.post(f"{API}/entities", json={"id": "urn:ngsi-ld:T:notype"})
+    assert got.status_code == 400
+
+
+async def test_reserved_attribute_name_is_400(http: httpx.AsyncClient) -> None:
+    got = await http.post(f"{API}/entities", json={"id": "urn:ngsi-ld:T:reserved", "type": "T",
+                                                   "createdAt": {"type": "Property", "value": 1}})
+    assert got.status_code == 400
+
+
+async def test_invalid_geometry_is_400_naming_the_attribute(http: httpx.AsyncClient) -> None:
+    entity = {"id": "urn:ngsi-ld:T:geo", "type": "T",
+              "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": ["x", 1]}}}
+    got = await http.post(f"{API}/entities", json=entity)
+    assert got.status_code == 400
+    assert "location" in got.text
+
+
+async def test_invalid_q_is_400(http: httpx.AsyncClient) -> None:
+    got = await http.get(f"{API}/entities", params={"type": "T", "q": "temperature=="})
+    assert got.status_code == 400
+
+
+async def test_invalid_tenant_name_is_400(http: httpx.AsyncClient) -> None:
+    got = await http.get(f"{API}/entities", params={"type": "T"}, headers={"NGSILD-Tenant": "bad tenant!"})
+    assert got.status_code == 400
+
+
+async def test_non_integer_limit_is_400_naming_limit(http: httpx.AsyncClient) -> None:
+    got = await http.get(f"{API}/entities", params={"type": "T", "limit": "many"})
+    assert got.status_code == 400
+    assert "limit" in got.json()["detail"]
+
+
+async def test_trailing_slash_is_tolerated(http: httpx.AsyncClient) -> None:
+    got = await http.get(f"{API}/entities/", params={"type": "T"})
+    assert got.status_code == 200
+
+
+async def test_batch_payload_that_is_not_an_array_is_400(http: httpx.AsyncClient) -> None:
+    got = await http.post(f"{API}/entityOperations/create", json={"id": "urn:ngsi-ld:T:1", "type": "T"})
+    assert got.status_code == 400

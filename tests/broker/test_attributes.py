@@ -1,0 +1,134 @@
+"""Attribute-level operations on one entity (GS CIM 009 5.6.2-5.6.5, 5.6.17-5.6.19) and their history."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+API = "/ngsi-ld/v1"
+
+
+def new_id() -> str:
+    return f"urn:ngsi-ld:Station:{uuid.uuid4().hex[:10]}"
+
+
+async def create(http: httpx.AsyncClient, tenant: str, entity_id: str) -> None:
+    entity = {
+        "id": entity_id, "type": "Station",
+        "no2": {"type": "Property", "value": 10, "unitCode": "GQ",
+                "reliability": {"type": "Property", "value": 0.9}},
+        "name": {"type": "Property", "value": "Central"},
+    }  # fmt: skip
+    got = await http.post(f"{API}/entities", json=entity, headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 201, got.text
+
+
+async def read(http: httpx.AsyncClient, tenant: str, entity_id: str, **params: str) -> dict:
+    got = await http.get(f"{API}/entities/{entity_id}", params=params, headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 200, got.text
+    return got.json()
+
+
+async def test_append_with_no_overwrite_reports_existing_attributes(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    got = await http.post(f"{API}/entities/{entity_id}/attrs", params={"options": "noOverwrite"},
+                          json={"no2": {"type": "Property", "value": 99}, "pm10": {"type": "Property", "value": 5}},
+                          headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 207
+    assert got.json()["notUpdated"][0]["attributeName"] == "no2"
+    body = await read(http, tenant, entity_id, options="keyValues")
+    assert body["no2"] == 10 and body["pm10"] == 5
+
+
+async def test_update_attrs_reports_missing_ones(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    got = await http.patch(f"{API}/entities/{entity_id}/attrs",
+                           json={"no2": {"type": "Property", "value": 11}, "o3": {"type": "Property", "value": 1}},
+                           headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 207
+    assert [n["attributeName"] for n in got.json()["notUpdated"]] == ["o3"]
+    assert (await read(http, tenant, entity_id, options="keyValues"))["no2"] == 11
+
+
+async def test_merge_patch_deletes_with_ngsi_ld_null(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    got = await http.patch(f"{API}/entities/{entity_id}",
+                           json={"name": "urn:ngsi-ld:null", "no2": {"value": 12}},
+                           headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 204, got.text
+    body = await read(http, tenant, entity_id)
+    assert "name" not in body
+    assert body["no2"]["value"] == 12 and body["no2"]["unitCode"] == "GQ"
+    assert body["no2"]["reliability"]["value"] == 0.9
+
+
+async def test_partial_attribute_update_and_replace(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    headers = {"NGSILD-Tenant": tenant}
+    patched = await http.patch(f"{API}/entities/{entity_id}/attrs/no2", json={"value": 33}, headers=headers)
+    assert patched.status_code == 204, patched.text
+    assert (await read(http, tenant, entity_id))["no2"]["unitCode"] == "GQ"
+    replaced = await http.put(f"{API}/entities/{entity_id}/attrs/no2",
+                              json={"type": "Property", "value": 44}, headers=headers)
+    assert replaced.status_code == 204, replaced.text
+    no2 = (await read(http, tenant, entity_id))["no2"]
+    assert no2 == {"type": "Property", "value": 44}
+    missing = await http.patch(f"{API}/entities/{entity_id}/attrs/o3", json={"value": 1}, headers=headers)
+    assert missing.status_code == 404
+
+
+async def test_multi_attribute_delete_by_dataset_id(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    headers = {"NGSILD-Tenant": tenant}
+    extra = {"no2": [{"type": "Property", "value": 1, "datasetId": "urn:ngsi-ld:Dataset:a"},
+                     {"type": "Property", "value": 2, "datasetId": "urn:ngsi-ld:Dataset:b"}]}
+    assert (await http.post(f"{API}/entities/{entity_id}/attrs", json=extra, headers=headers)).status_code == 204
+    assert len((await read(http, tenant, entity_id))["no2"]) == 3
+    got = await http.delete(f"{API}/entities/{entity_id}/attrs/no2",
+                            params={"datasetId": "urn:ngsi-ld:Dataset:a"}, headers=headers)
+    assert got.status_code == 204
+    assert len((await read(http, tenant, entity_id))["no2"]) == 2
+    got = await http.delete(f"{API}/entities/{entity_id}/attrs/no2", params={"deleteAll": "true"}, headers=headers)
+    assert got.status_code == 204
+    assert "no2" not in await read(http, tenant, entity_id)
+
+
+async def test_replace_entity_and_sys_attrs(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    headers = {"NGSILD-Tenant": tenant}
+    got = await http.put(f"{API}/entities/{entity_id}", json={"type": "Station", "o3": {"type": "Property", "value": 3}},
+                         headers=headers)
+    assert got.status_code == 204, got.text
+    body = await read(http, tenant, entity_id, options="sysAttrs")
+    assert set(body) >= {"id", "type", "o3", "createdAt", "modifiedAt"} and "no2" not in body
+    assert body["createdAt"] <= body["modifiedAt"]
+
+
+async def test_post_query_selects_like_get(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    got = await http.post(f"{API}/entityOperations/query", params={"options": "keyValues"},
+                          json={"type": "Query", "entities": [{"type": "Station"}], "q": "no2==10"},
+                          headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 200, got.text
+    assert [e["id"] for e in got.json()] == [entity_id]
+
+
+async def test_every_write_is_in_the_history(http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    headers = {"NGSILD-Tenant": tenant}
+    for value in (20, 30):
+        await http.patch(f"{API}/entities/{entity_id}/attrs", json={"no2": {"type": "Property", "value": value}},
+                         headers=headers)
+    got = await http.get(f"{API}/temporal/entities/{entity_id}", params={"attrs": "no2"}, headers=headers)
+    assert got.status_code == 200, got.text
+    values = [instance["value"] for instance in got.json()["no2"]]
+    assert sorted(values) == [10, 20, 30]

@@ -1,0 +1,34 @@
+"""Hosted user @contexts at /jsonldContexts (GS CIM 009 5.13)."""
+
+from __future__ import annotations
+
+import httpx
+
+API = "/ngsi-ld/v1"
+
+
+async def test_hosted_context_is_listed_served_used_and_deleted(http: httpx.AsyncClient, tenant: str) -> None:
+    document = {"@context": {"speed": "https://example.org/vocab/speed", "Car": "https://example.org/vocab/Car"}}
+    added = await http.post(f"{API}/jsonldContexts", json=document)
+    assert added.status_code == 201, added.text
+    url = added.headers["Location"]
+    local_id = url.rsplit("/", 1)[-1]
+    assert url in (await http.get(f"{API}/jsonldContexts")).json()
+    served = await http.get(f"{API}/jsonldContexts/{local_id}")
+    assert served.json() == document
+
+    link = f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
+    headers = {"Link": link, "NGSILD-Tenant": tenant}
+    car = {"id": "urn:ngsi-ld:Car:1", "type": "Car", "speed": {"type": "Property", "value": 80}}
+    assert (await http.post(f"{API}/entities", json=car, headers=headers)).status_code == 201
+    plain = (await http.get(f"{API}/entities/urn:ngsi-ld:Car:1", headers={"NGSILD-Tenant": tenant})).json()
+    assert plain["type"] == "https://example.org/vocab/Car"
+    assert "https://example.org/vocab/speed" in plain
+
+    assert (await http.delete(f"{API}/jsonldContexts/{local_id}")).status_code == 204
+    assert (await http.get(f"{API}/jsonldContexts/{local_id}")).status_code == 404
+
+
+async def test_context_that_is_not_an_object_is_400(http: httpx.AsyncClient) -> None:
+    got = await http.post(f"{API}/jsonldContexts", json=["not", "a", "context"])
+    assert got.status_code == 400
