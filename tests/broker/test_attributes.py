@@ -103,8 +103,8 @@ async def test_replace_entity_and_sys_attrs(http: httpx.AsyncClient, tenant: str
     entity_id = new_id()
     await create(http, tenant, entity_id)
     headers = {"NGSILD-Tenant": tenant}
-    got = await http.put(f"{API}/entities/{entity_id}", json={"type": "Station", "o3": {"type": "Property", "value": 3}},
-                         headers=headers)
+    replacement = {"type": "Station", "o3": {"type": "Property", "value": 3}}
+    got = await http.put(f"{API}/entities/{entity_id}", json=replacement, headers=headers)
     assert got.status_code == 204, got.text
     body = await read(http, tenant, entity_id, options="sysAttrs")
     assert set(body) >= {"id", "type", "o3", "createdAt", "modifiedAt"} and "no2" not in body
