@@ -9,7 +9,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from broker.subscriptions import store
-from broker.subscriptions.filters import EntityCondition, entity_condition
+from broker.subscriptions.filters import EntityFilter, entity_filter
 from broker.subscriptions.model import Subscription, build_subscription
 from ngsi.contexts import ContextStore
 
@@ -20,7 +20,7 @@ CACHE_TTL_S = 1.0
 @dataclass(slots=True)
 class _Cached:
     loaded_at: float
-    entries: dict[str, tuple[Subscription, EntityCondition | None]]
+    entries: dict[str, tuple[Subscription, EntityFilter]]
 
 
 class SubscriptionRegistry:
@@ -30,16 +30,16 @@ class SubscriptionRegistry:
         self._contexts = contexts
         self._cache: dict[str, _Cached] = {}
 
-    async def compile(self, row: dict[str, Any]) -> tuple[Subscription, EntityCondition | None]:
+    async def compile(self, row: dict[str, Any]) -> tuple[Subscription, EntityFilter]:
         body = row["body"]
         context = body.get("@context")
         terms = await self._contexts.term_map(context)
         sub = build_subscription(
             {k: v for k, v in body.items() if k != "@context"}, terms, tenant=row["tenant"], context=context
         )
-        return sub, entity_condition(sub, terms)
+        return sub, entity_filter(sub, terms)
 
-    async def all(self, conn: AsyncConnection) -> dict[str, tuple[Subscription, EntityCondition | None]]:
+    async def all(self, conn: AsyncConnection) -> dict[str, tuple[Subscription, EntityFilter]]:
         database = conn.info.dbname
         cached = self._cache.get(database)
         if cached is not None and time.monotonic() - cached.loaded_at < CACHE_TTL_S:

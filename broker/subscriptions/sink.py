@@ -42,12 +42,13 @@ class SubscriptionSink:
         rows: list[tuple[str, str, list[dict[str, Any]]]] = []
         for change in changes:
             candidates = match_change((sub for sub, _ in subscriptions.values()), change, now)
-            if change.after is not None:
-                conditions = [subscriptions[sub.id][1] for sub, _ in candidates]
+            if change.after is not None and candidates:
+                # GS CIM 009 5.11: q and geoQ hold on the entity as the change left it.
+                filters = [subscriptions[sub.id][1] for sub, _ in candidates]
+                holds = await store.conditions_hold(conn, change.entity_id, [f.condition for f in filters])
                 candidates = [
-                    pair for pair, holds in zip(
-                        candidates, await store.conditions_hold(conn, change.entity_id, conditions), strict=True
-                    ) if holds
+                    pair for pair, entity_filter, q_holds in zip(candidates, filters, holds, strict=True)
+                    if q_holds and entity_filter.geo_holds(change.after)
                 ]
             for sub, entity in candidates:
                 if sub.throttling is not None and self._throttled(conn.info.dbname, sub.id, sub.throttling):

@@ -10,6 +10,8 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from broker.query.params import Param, bound_params
+
 OUTBOX_CHANNEL = "climaborough_outbox"
 """LISTEN/NOTIFY channel: the payload is the subscription id whose lane has new notifications."""
 
@@ -192,10 +194,10 @@ async def conditions_hold(
     compiled = [c for c in conditions if c is not None]
     if not compiled:
         return [True] * len(conditions)
-    query = sql.SQL("SELECT {} FROM current_entities WHERE id = %s").format(
-        sql.SQL(", ").join(sql.SQL("coalesce({}, false)").format(c) for c in compiled)
+    query = sql.SQL("SELECT {} FROM current_entities WHERE id = {}").format(
+        sql.SQL(", ").join(sql.SQL("coalesce({}, false)").format(c) for c in compiled), Param(entity_id)
     )
-    cur = await conn.execute(query, (entity_id,))
+    cur = await conn.execute(query, bound_params(query))
     row = await cur.fetchone()
     answers = iter(row if row is not None else [False] * len(compiled))
     return [True if c is None else bool(next(answers)) for c in conditions]
@@ -206,16 +208,15 @@ async def entities_of_types(
 ) -> list[dict[str, Any]]:
     """Current entities (stored shape) for periodic notifications, filtered by type and q/geoQ."""
     clauses: list[sql.Composable] = []
-    params: tuple[Any, ...] = ()
     if types is not None:
-        clauses.append(sql.SQL("types && %s"))
-        params = (types,)
+        clauses.append(sql.SQL("types && {}").format(Param(types)))
     if condition is not None:
         clauses.append(condition)
     query: sql.Composable = sql.SQL("SELECT id, types, scope, doc, created_at, modified_at FROM current_entities")
     if clauses:
         query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses)
-    cur = await conn.execute(query + sql.SQL(" ORDER BY id"), params)
+    query += sql.SQL(" ORDER BY id")
+    cur = await conn.execute(query, bound_params(query))
     return [
         {"id": row[0], "types": row[1], "scope": row[2], "doc": row[3],
          "createdAt": row[4], "modifiedAt": row[5]}

@@ -135,7 +135,7 @@ class DatabaseWorker:
         now = datetime.now(UTC)
         async with self._pool.connection() as conn:
             subscriptions = await self._notifier.registry.all(conn)
-            for sub, condition in subscriptions.values():
+            for sub, entity_filter in subscriptions.values():
                 if sub.time_interval is None or not sub.is_live(now):
                     continue
                 last = self._periodic_sent.get(sub.id)
@@ -145,8 +145,9 @@ class DatabaseWorker:
                 types = [s.type for s in sub.entities if s.type] or None
                 entities = [
                     {**e, "createdAt": _iso(e["createdAt"]), "modifiedAt": _iso(e["modifiedAt"])}
-                    for e in await store.entities_of_types(conn, types, condition)
-                    if not sub.entities or any(s.selects(e["id"], e["types"]) for s in sub.entities)
+                    for e in await store.entities_of_types(conn, types, entity_filter.condition)
+                    if (not sub.entities or any(s.selects(e["id"], e["types"]) for s in sub.entities))
+                    and entity_filter.geo_holds(e)
                 ]
                 if sub.notify_attributes:
                     entities = [{**e, "doc": {k: v for k, v in e["doc"].items() if k in sub.notify_attributes}}

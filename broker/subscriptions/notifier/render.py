@@ -43,7 +43,7 @@ def compact(entity: dict[str, Any], terms: TermMap, sub: Subscription) -> dict[s
     except ImportError:  # ngsi.forms not built yet: the slice keeps working with its own minimal form
         return _compact_minimal(entity, terms, sub)
     stored = {k: v for k, v in entity.items() if k != "deletedAt"}
-    compacted: dict[str, Any] = compact_entity(stored, terms, form=sub.format, sys_attrs=sub.sys_attrs)
+    compacted: dict[str, Any] = compact_entity(stored, terms, form=sub.format, sys_attrs=sub.sys_attrs)  # type: ignore[arg-type]
     if "deletedAt" in entity:
         compacted["deletedAt"] = entity["deletedAt"]
     return compacted

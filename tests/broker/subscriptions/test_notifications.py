@@ -105,8 +105,7 @@ async def test_formats_attributes_and_show_changes(
                    what="three notifications")
     assert key_values.received[0].body["data"][0] == {"id": entity_id, "type": "AirQualityObserved", "no2": 8}
     concise_entity = concise.received[0].body["data"][0]
-    assert concise_entity["no2"]["value"] == 8
-    assert "type" not in concise_entity["no2"]
+    assert concise_entity["no2"] == {"value": 8, "unitCode": "GQ"}
     assert changes.received[0].body["data"][0]["no2"]["previousValue"] == 7
 
 
@@ -218,3 +217,19 @@ async def test_periodic_subscription_notifies_every_interval(
     await subscribe(client, receiver.url, entities=[{"id": entity_id, "type": "AirQualityObserved"}], timeInterval=1)
     await wait_for(lambda: len(receiver.received) >= 2, within=10, what="two periodic notifications")
     assert all(r.body["data"][0]["id"] == entity_id for r in receiver.received)
+
+
+async def test_geo_q_notifies_only_entities_inside_the_area(
+    client: httpx.AsyncClient, receiver: Any, wait_for: Callable[..., Any]
+) -> None:
+    kind = f"Station{uuid.uuid4().hex[:6]}"
+    await subscribe(client, receiver.url, entities=[{"type": kind}],
+                    geoQ={"geometry": "Polygon", "georel": "within",
+                          "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]})
+    for name, point in (("outside", [20, 20]), ("inside", [5, 5])):
+        body = {"id": f"urn:ngsi-ld:{kind}:{name}", "type": kind,
+                "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": point}}}
+        assert (await client.post("/entities", json=body)).status_code == 201
+    await wait_for(lambda: receiver.received, what="notification of the entity inside the polygon")
+    # The outside entity was written first: had it matched, its notification would have come first.
+    assert receiver.entity_ids() == [f"urn:ngsi-ld:{kind}:inside"]
