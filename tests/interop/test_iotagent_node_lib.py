@@ -55,9 +55,12 @@ def missing_node_setup() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def node_ready() -> None:
-    """Skips locally without Node or the npm packages; in CI the same absence is a failure, never a skip."""
+    """Skips locally without Node or the npm packages; in CI the same absence is a failure, never a skip.
+
+    Session-scoped and listed first, so that it runs before the (session-scoped) broker starts.
+    """
     reason = missing_node_setup()
     if reason is None:
         return
