@@ -90,7 +90,7 @@ def load(connection: psycopg.Connection, count: int) -> None:
     connection.execute("VACUUM ANALYZE current_entities")
 
 
-def timed(connection: psycopg.Connection, statement: sql.Composable, runs: int) -> dict[str, float | int]:
+def timed(connection: psycopg.Connection, statement: sql.Composed, runs: int) -> dict[str, float | int]:
     params = bound_params(statement)
     rows = 0
     samples = []
