@@ -301,7 +301,9 @@ def normalize_entity(entity: Mapping[str, Any], *, require_id: bool = True) -> d
     if "scope" in entity:
         normalized["scope"] = _check_scope(entity["scope"])
     for name, raw in entity.items():
-        if name in ENTITY_MEMBERS:
+        # System timestamps are the broker's to set (GS CIM 009 4.8); like Orion-LD, a payload's
+        # own createdAt/modifiedAt (the Smart Data Models KPI examples carry one) is ignored.
+        if name in ENTITY_MEMBERS or name in SYSTEM_TIMESTAMPS:
             continue
         check_attribute_name(name)
         instances = normalize_attribute(name, raw)

@@ -66,7 +66,7 @@ async def test_missing_type_is_400(http: httpx.AsyncClient) -> None:
 
 async def test_reserved_attribute_name_is_400(http: httpx.AsyncClient) -> None:
     got = await http.post(f"{API}/entities", json={"id": "urn:ngsi-ld:T:reserved", "type": "T",
-                                                   "createdAt": {"type": "Property", "value": 1}})
+                                                   "observedAt": {"type": "Property", "value": 1}})
     assert got.status_code == 400
 
 

@@ -33,8 +33,6 @@ STORE = ContextStore()
 
 def fixture(name: str) -> dict[str, Any]:
     document: dict[str, Any] = json.loads((FIXTURES / name).read_text())
-    # GS CIM 009 4.8: modifiedAt is a system attribute; the SDM KPI examples misuse it as a user Property.
-    document.pop("modifiedAt", None)
     return document
 
 
@@ -273,7 +271,6 @@ GOOD = {"id": "urn:ngsi-ld:Thing:1", "type": "Thing"}
         ({**GOOD, "p": {"value": 1, "observedAt": "yesterday"}}, "observedAt"),
         ({**GOOD, "p": {"value": 1, "datasetId": "no uri"}}, "datasetId"),
         ({**GOOD, "p": {"type": "Number", "value": 1}}, "unknown attribute type"),
-        ({**GOOD, "createdAt": "2020-01-01T00:00:00Z"}, "reserved"),
         ({**GOOD, "observedAt": "2020-01-01T00:00:00Z"}, "reserved"),
         ({**GOOD, "value": 3}, "reserved"),
         ({**GOOD, "bad name": 3}, "forbidden"),
@@ -302,3 +299,11 @@ def test_ngsi_v2_examples_are_not_mistaken_for_ngsi_ld() -> None:
 def test_timestamps_are_utc_with_milliseconds() -> None:
     assert normalize_timestamp("2020-01-01T10:00:00+02:00") == "2020-01-01T08:00:00.000Z"
     assert utc_now_iso().endswith("Z") and len(utc_now_iso()) == len("2020-01-01T08:00:00.000Z")
+
+
+def test_payload_system_timestamps_are_ignored_not_stored() -> None:
+    entity = {"id": "urn:ngsi-ld:T:sys", "type": "T", "createdAt": "2020-01-01T00:00:00Z",
+              "modifiedAt": {"type": "Property", "value": "2020-01-01T00:00:00Z"}, "p": 1}
+    normalized = normalize_entity(entity)
+    assert "createdAt" not in normalized and "modifiedAt" not in normalized
+    assert normalized["p"] == {"type": "Property", "value": 1}
