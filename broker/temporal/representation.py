@@ -6,10 +6,8 @@ GS CIM 009 4.5.7 (normalized temporal), 4.5.8 (simplified, `temporalValues`), 4.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any
 
-from broker.temporal.durations import Period
 from ngsi.contexts import TermMap
 
 _GEO_VALUE_TYPES = {"GeoPoint", "GeoPolygon", "GeoMultiPolygon", "GeoLineString", "GeoMultiLineString"}
@@ -134,46 +132,29 @@ def temporal_entity(
     return entity
 
 
-def iso_ms(moment: datetime) -> str:
-    """A naive UTC timestamp as ISO 8601 with milliseconds and `Z`."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 def aggregated_entity(
     entity_id: str,
     entity_type: str,
-    rows: Iterable[dict[str, Any]],
+    rows: Iterable[Sequence[Any]],
     methods: Sequence[str],
-    period: Period,
-    interval: tuple[datetime | None, datetime | None],
     terms: TermMap,
-    period_end: Any,
 ) -> dict[str, Any]:
     """GS CIM 009 4.5.19: `{type, <method>: [[value, start, end], ...]}` per attribute.
 
-    With P0D one period covers the requested interval (or the data's span where open-ended).
+    `rows` are `(entity, attribute, start, end, *values)` in start order, values in `methods` order.
     """
     entity: dict[str, Any] = {"id": entity_id, "type": terms.compact_type(entity_type)}
+    series_by_attr: dict[str, list[list[list[Any]]]] = {}
     for row in rows:
-        name = terms.compact(row["attr"])
-        attribute = entity.get(name)
-        if attribute is None:
-            attribute = {"type": "Property", **{method: [] for method in methods}}
-            entity[name] = attribute
-        if period.is_zero:
-            start = interval[0] or row["first_time"]
-            end = interval[1] or row["last_time"]
-        else:
-            start = row["bucket"]
-            end = period_end(start, period)
-        start_text, end_text = iso_ms(start), iso_ms(end)
-        for method in methods:
-            value = row[method]
+        attr = row[1]
+        series = series_by_attr.get(attr)
+        if series is None:
+            series = [[] for _ in methods]
+            series_by_attr[attr] = series
+            entity[terms.compact(attr)] = {"type": "Property", **dict(zip(methods, series, strict=True))}
+        start, end = row[2], row[3]
+        for index, value in enumerate(row[4:]):
             if value is None:
                 continue
-            if method in ("totalCount", "distinctCount"):
-                value = int(value)
-            else:
-                value = _number(float(value))
-            attribute[method].append([value, start_text, end_text])
+            series[index].append([value, start, end])
     return entity

@@ -12,7 +12,7 @@ from broker.storage.tenants import TenantDatabases
 from broker.temporal.parameters import TemporalQuery
 from broker.temporal.provision import attribute_rows, entity_header
 from broker.temporal.representation import aggregated_entity, temporal_entity
-from broker.temporal.store import EntityFilter, TemporalStore, period_end
+from broker.temporal.store import EntityFilter, TemporalStore
 from ngsi import forms
 from ngsi.contexts import TermMap
 from ngsi.errors import BadRequestData, ResourceNotFound
@@ -119,18 +119,16 @@ class TemporalService:
         ids = [entity_id for entity_id, _ in selected]
         attrs = [terms.expand(a) for a in query.attrs]
         if query.aggregation is not None:
-            rows = await self.store.aggregate(
+            aggregated = await self.store.aggregate(
                 conn, ids, query.time, attrs, query.aggregation.methods, query.aggregation.period
             )
-            by_entity = _group(rows)
-            interval = _interval(query)
+            grouped: dict[str, list[tuple[Any, ...]]] = {}
+            for row in aggregated:
+                grouped.setdefault(row[0], []).append(row)
             entities = [
-                aggregated_entity(
-                    entity_id, entity_type, by_entity.get(entity_id, []), query.aggregation.methods,
-                    query.aggregation.period, interval, terms, period_end,
-                )
+                aggregated_entity(entity_id, entity_type, grouped.get(entity_id, []), query.aggregation.methods, terms)
                 for entity_id, entity_type in selected
-            ]  # fmt: skip
+            ]
             return TemporalPage(entities, total)
         rows = await self.store.attribute_instances(
             conn, ids, query.time, attrs, last_n=query.last_n, per_attribute_limit=self.max_instances
@@ -264,14 +262,3 @@ def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for row in rows:
         grouped.setdefault(row["entity_id"], []).append(row)
     return grouped
-
-
-def _interval(query: TemporalQuery) -> tuple[datetime | None, datetime | None]:
-    time = query.time
-    if time.timerel == "between":
-        return time.time_at, time.end_time_at
-    if time.timerel == "after":
-        return time.time_at, None
-    if time.timerel == "before":
-        return None, time.time_at
-    return None, None

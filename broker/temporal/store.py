@@ -241,41 +241,55 @@ class TemporalStore:
         attrs: Sequence[str],
         methods: Sequence[str],
         period: Period,
-    ) -> list[dict[str, Any]]:
-        """GS CIM 009 4.5.19: one row per entity, attribute and period with each method's value, in SQL.
+    ) -> list[tuple[Any, ...]]:
+        """GS CIM 009 4.5.19: `(entity, attribute, start, end, *values)` per period, in start order, in SQL.
 
         Fixed periods use `time_bucket` (TimescaleDB) or `date_bin`; months and years follow the
-        calendar; P0D makes the whole requested interval one period.
+        calendar; P0D makes the whole requested interval (or the data's span where open) one period.
+        Start and end come formatted as NGSI-LD timestamps, so that rendering is plain copying.
         """
         conditions, params = _attribute_conditions(time, attrs)
         column = TIME_COLUMNS[time.timeproperty]
         origin = time.time_at if time.timerel in ("after", "between") and time.time_at else EPOCH
         bucket_params: list[Any] = []
         bucket: sql.Composable
+        start, end = sql.SQL("g.bucket"), sql.SQL("g.bucket + %s::interval")
+        outer_params: list[Any] = [period.fixed]
         if period.is_zero:
             bucket = sql.SQL("NULL::timestamp")
+            start = sql.SQL("coalesce(%s::timestamp, g.first_time)")
+            end = sql.SQL("coalesce(%s::timestamp, g.last_time)")
+            interval_start, interval_end = _interval_of(time)
+            outer_params = [interval_start, interval_end]
         elif period.is_calendar:
             bucket = calendar_bucket(column)
             origin_ym = origin.year * 12 + origin.month
             bucket_params = [origin, origin_ym, origin, origin_ym, period.months, period.months]
+            end = sql.SQL("g.bucket + make_interval(months => %s)")
+            outer_params = [period.months]
         elif await self.has_timescale(conn):
             bucket = sql.SQL("time_bucket(%s::interval, {col}, %s::timestamp)").format(col=column)
             bucket_params = [period.fixed, origin]
         else:
             bucket = sql.SQL("date_bin(%s::interval, {col}, %s::timestamp)").format(col=column)
             bucket_params = [period.fixed, origin]
-        aggregates = sql.SQL(", ").join(
-            sql.SQL("{} AS {}").format(sql.SQL(AGGREGATE_SQL[m]), sql.Identifier(m)) for m in methods
+        values = sql.SQL(", ").join(sql.Identifier(f"m{i}") for i in range(len(methods)))
+        named = sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(sql.SQL(AGGREGATE_SQL[m]), sql.Identifier(f"m{i}"))
+            for i, m in enumerate(methods)
         )
         query = sql.SQL(
-            "SELECT a.entityId AS entity_id, a.id AS attr, {bucket} AS bucket,"
-            " min({col}) AS first_time, max({col}) AS last_time, {aggregates}"
+            "SELECT g.entity_id, g.attr, to_char({start}, {iso}), to_char({end}, {iso}), {values} FROM ("
+            " SELECT a.entityId AS entity_id, a.id AS attr, {bucket} AS bucket,"
+            "  min({col}) AS first_time, max({col}) AS last_time, {named}"
             " FROM attributes a WHERE a.entityId = ANY(%s) AND {cond}"
-            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-        ).format(bucket=bucket, col=column, aggregates=aggregates, cond=sql.SQL(" AND ").join(conditions))
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query, [*bucket_params, list(entity_ids), *params])
-            return await cur.fetchall()
+            " GROUP BY 1, 2, 3) g ORDER BY g.bucket"
+        ).format(
+            start=start, end=end, iso=sql.SQL(ISO_MS), values=values, bucket=bucket, col=column, named=named,
+            cond=sql.SQL(" AND ").join(conditions),
+        )  # fmt: skip
+        cur = await conn.execute(query, [*outer_params, *bucket_params, list(entity_ids), *params])
+        return await cur.fetchall()
 
     # -- provision -------------------------------------------------------------------------------
 
@@ -347,6 +361,17 @@ class TemporalStore:
             return False
         await conn.execute("DELETE FROM subAttributes WHERE attrInstanceId = %s", (instance_id,))
         return True
+
+
+def _interval_of(time: TimeFilter) -> tuple[datetime | None, datetime | None]:
+    """The requested interval's ends, None where it is open (GS CIM 009 4.11)."""
+    if time.timerel == "between":
+        return time.time_at, time.end_time_at
+    if time.timerel == "after":
+        return time.time_at, None
+    if time.timerel == "before":
+        return None, time.time_at
+    return None, None
 
 
 def calendar_bucket(column: sql.Composable) -> sql.Composable:

@@ -238,7 +238,7 @@ async def test_query_selects_entities_by_type_and_counts_them(loaded: tuple[http
 
 
 async def test_names_are_expanded_with_the_request_context(loaded: tuple[httpx.AsyncClient, str]) -> None:
-    client, tenant = loaded
+    client, _ = loaded
     entity_id = "urn:ngsi-ld:AirQualityObserved:beijing:linked"
     body = {
         "id": entity_id,
