@@ -29,6 +29,7 @@ class SubscriptionRegistry:
     def __init__(self, contexts: ContextStore) -> None:
         self._contexts = contexts
         self._cache: dict[str, _Cached] = {}
+        self._generation: dict[str, int] = {}
 
     async def compile(self, row: dict[str, Any]) -> tuple[Subscription, EntityFilter]:
         body = row["body"]
@@ -44,10 +45,13 @@ class SubscriptionRegistry:
         cached = self._cache.get(database)
         if cached is not None and time.monotonic() - cached.loaded_at < CACHE_TTL_S:
             return cached.entries
+        generation = self._generation.get(database, 0)
         entries = {}
         for row in await store.all_subscriptions(conn):
             entries[row["id"]] = await self.compile(row)
-        self._cache[database] = _Cached(time.monotonic(), entries)
+        # A load that overlapped an invalidation may have read the old set: use it, do not keep it.
+        if self._generation.get(database, 0) == generation:
+            self._cache[database] = _Cached(time.monotonic(), entries)
         return entries
 
     async def get(self, conn: AsyncConnection, subscription_id: str) -> Subscription | None:
@@ -58,4 +62,6 @@ class SubscriptionRegistry:
         return entry[0] if entry else None
 
     def invalidate(self, database: str) -> None:
+        """Forget the set of `database`; call it after the change to subscriptions has committed."""
+        self._generation[database] = self._generation.get(database, 0) + 1
         self._cache.pop(database, None)

@@ -54,6 +54,7 @@ class SubscriptionService:
             )
             if not inserted:
                 raise AlreadyExists(f"Subscription {stored['id']} already exists", id=stored["id"])
+            await conn.commit()
             self._registry.invalidate(conn.info.dbname)
         self._notifier.watch_soon(tenant)
         return str(stored["id"])
@@ -95,6 +96,7 @@ class SubscriptionService:
                 conn, merged, _expires(merged), merged.get("timeInterval"), now,
                 reset_failures="notification" in patch,
             )
+            await conn.commit()
             self._registry.invalidate(conn.info.dbname)
         self._notifier.wake(tenant, subscription_id)
 
@@ -103,6 +105,7 @@ class SubscriptionService:
         async with pool.connection() as conn:
             if not await store.delete_subscription(conn, subscription_id):
                 raise ResourceNotFound(f"Subscription {subscription_id} not found", id=subscription_id)
+            await conn.commit()
             self._registry.invalidate(conn.info.dbname)
 
     def represent(self, row: dict[str, Any]) -> dict[str, Any]:

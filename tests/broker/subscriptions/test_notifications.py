@@ -105,7 +105,7 @@ async def test_formats_attributes_and_show_changes(
                    what="three notifications")
     assert key_values.received[0].body["data"][0] == {"id": entity_id, "type": "AirQualityObserved", "no2": 8}
     concise_entity = concise.received[0].body["data"][0]
-    assert concise_entity["no2"] == {"value": 8, "unitCode": "GQ"}
+    assert concise_entity["no2"] == 8, "the PATCH replaced the attribute, unitCode included"
     assert changes.received[0].body["data"][0]["no2"]["previousValue"] == 7
 
 
