@@ -110,10 +110,9 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         if not any((id, idPattern, type, attrs, q, geo)):
             raise BadRequestData("Give at least one of id, idPattern, type, attrs, q or a geo-query",
                                  title="Too broad query")
-        if geo or scopeQ is not None:
-            # TODO(query): geo-queries and scopeQ come from broker/query (engineer "query").
-            raise BadRequestData("geo-queries and scopeQ are not available yet",
-                                 parameter="georel" if geo else "scopeQ")
+        if scopeQ is not None:
+            # TODO(query): scopeQ is not compiled by broker/query yet.
+            raise BadRequestData("scopeQ is not supported yet", parameter="scopeQ")
         page = settings.default_limit if limit is None else limit
         if page < 0 or offset < 0:
             raise BadRequestData("limit and offset must not be negative", parameter="limit")
@@ -125,7 +124,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         opts = render_options(options, format, attrs, pick, omit, lang)
         query = EntityQuery(
             ids=list(parse_ids(id)) if id else None, id_pattern=idPattern, types=type,
-            attrs=[terms.expand(a) for a in split_list(attrs) or []] or None, q=q,
+            attrs=[terms.expand(a) for a in split_list(attrs) or []] or None, q=q, geo=geo,
             limit=page, offset=offset, count=count,
         )  # fmt: skip
         entities, total = await service.query(tenant, query, terms)
@@ -153,7 +152,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         geo = None
         if georel is not None or geometry is not None or coordinates is not None:
             geo = {"georel": georel, "geometry": geometry, "coordinates": coordinates,
-                   "geoproperty": geoproperty or "location"}
+                   "geoproperty": geoproperty}
         return await answer_query(
             request, ngsild_tenant, terms, context, id=id, idPattern=idPattern, type=type, attrs=attrs,
             pick=pick, omit=omit, q=q, geo=geo, scopeQ=scopeQ, lang=lang, limit=limit, offset=offset,
@@ -177,6 +176,11 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         if len(selectors) > 1:
             raise BadRequestData("Only one EntitySelector per Query is supported", parameter="entities")
         selector = selectors[0]
+        geo_q = body.get("geoQ")
+        if geo_q is not None:
+            if not isinstance(geo_q, dict):
+                raise BadRequestData("Query 'geoQ' must be a GeoQuery object", parameter="geoQ")
+            geo_q = {key: geo_q.get(key) for key in ("georel", "geometry", "coordinates", "geoproperty")}
         attrs = body.get("attrs")
         if attrs is not None and not (isinstance(attrs, list) and all(isinstance(a, str) for a in attrs)):
             raise BadRequestData("Query 'attrs' must be an array of attribute names", parameter="attrs")
@@ -187,7 +191,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             request, ngsild_tenant, terms, payload.context, id=selector.get("id"),
             idPattern=selector.get("idPattern"), type=selector.get("type"),
             attrs=",".join(attrs) if attrs else None, pick=None, omit=None, q=body.get("q"),
-            geo=body.get("geoQ"), scopeQ=body.get("scopeQ"), lang=body.get("lang", lang), limit=limit,
+            geo=geo_q, scopeQ=body.get("scopeQ"), lang=body.get("lang", lang), limit=limit,
             offset=offset, count=count, options=options, format=format, geometryProperty=geometryProperty,
         )  # fmt: skip
 

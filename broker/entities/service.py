@@ -20,6 +20,15 @@ from broker.entities.stored import (
     stamp_doc,
     update_attributes,
 )
+from broker.query.geo import (
+    GeoQuery,
+    compile_geo_prefilter,
+    compile_near_condition,
+    compile_point_distance,
+    distance,
+    geo_matches,
+    parse_geo_query,
+)
 from broker.query.params import Param
 from broker.query.q import compile_q, parse_q
 from broker.query.types import compile_id_pattern, compile_ids, compile_types, parse_id_pattern, parse_types
@@ -52,6 +61,7 @@ class EntityQuery:
     types: str | None = None
     attrs: list[str] | None = None
     q: str | None = None
+    geo: dict[str, Any] | None = None
     limit: int = 20
     offset: int = 0
     count: bool = False
@@ -281,11 +291,35 @@ class EntityService:
             conditions.append(sql.SQL("doc ?| {}::text[]").format(Param(query.attrs)))
         if query.q:
             conditions.append(compile_q(parse_q(query.q), terms.expand))
+        geo = parse_geo_query(**query.geo) if query.geo else None
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn:
+            if geo is not None:
+                return await self.geo_query(conn, conditions, geo, query, terms)
             entities = await store.select_entities(conn, conditions, limit=query.limit, offset=query.offset)
             total = await store.count_entities(conn, conditions) if query.count else None
         return entities, total
+
+    @staticmethod
+    async def geo_query(conn: AsyncConnection, conditions: list[sql.Composable], geo: GeoQuery, query: EntityQuery,
+                        terms: TermMap) -> tuple[list[StoredEntity], int | None]:
+        """GS CIM 009 4.10: SQL pre-filters on `geo_bbox`, shapely decides exactly; `near` sorts by distance."""
+        prefilter = compile_near_condition(geo) or compile_geo_prefilter(geo)
+        if prefilter is not None:
+            conditions = [*conditions, prefilter]
+        ordering = compile_point_distance(geo) if geo.georel == "near" else None
+        candidates = await store.select_entities(conn, conditions, limit=None, order_by=ordering)
+        attribute = terms.expand(geo.geoproperty)
+
+        def geometry_of(entity: StoredEntity) -> Any:
+            instances = entity.doc.get(attribute) or []
+            return instances[0].get("value") if instances else None
+
+        matched = [entity for entity in candidates if geo_matches(geo, geometry_of(entity))]
+        if geo.georel == "near":
+            matched.sort(key=lambda entity: distance(geo, geometry_of(entity)) or 0.0)
+        page = matched[query.offset:query.offset + query.limit]
+        return page, len(matched) if query.count else None
 
 
 def _types_of(payload: Any) -> list[str]:

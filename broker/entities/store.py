@@ -81,14 +81,17 @@ async def delete_entities(conn: AsyncConnection, entity_ids: list[str]) -> list[
     return [row_to_entity(row) for row in await cur.fetchall()]
 
 
-async def select_entities(conn: AsyncConnection, conditions: list[sql.Composable], *, limit: int, offset: int
-                          ) -> list[StoredEntity]:
-    """One page of the entities matching all `conditions` (compiled by broker/query), oldest first."""
+async def select_entities(conn: AsyncConnection, conditions: list[sql.Composable], *, limit: int | None,
+                          offset: int = 0, order_by: sql.Composable | None = None) -> list[StoredEntity]:
+    """One page (all rows if `limit` is None) of the entities matching all `conditions`, oldest first."""
     if limit == 0:
         return []
-    statement = sql.SQL("SELECT {} FROM current_entities WHERE {} ORDER BY created_at, id LIMIT {} OFFSET {}").format(
-        sql.SQL(COLUMNS), where(conditions), Param(limit), Param(offset)
+    order = order_by if order_by is not None else sql.SQL("created_at, id")
+    statement = sql.SQL("SELECT {} FROM current_entities WHERE {} ORDER BY {}").format(
+        sql.SQL(COLUMNS), where(conditions), order
     )
+    if limit is not None:
+        statement += sql.SQL(" LIMIT {} OFFSET {}").format(Param(limit), Param(offset))
     cur = await conn.execute(statement, bound_params(statement))
     return [row_to_entity(row) for row in await cur.fetchall()]
 

@@ -177,6 +177,10 @@ def location_bbox(doc: Doc) -> str | None:
     value = instances[0].get("value")
     if not isinstance(value, dict):
         return None
+    coordinates = value.get("coordinates")
+    if value.get("type") == "Point" and isinstance(coordinates, list) and len(coordinates) >= 2:
+        x, y = coordinates[0], coordinates[1]  # the common case, without building a shapely geometry
+        return f"(({x},{y}),({x},{y}))"
     try:
         min_x, min_y, max_x, max_y = shape(value).bounds
     except Exception as error:  # shapely raises several types for broken GeoJSON

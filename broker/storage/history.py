@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -28,11 +27,6 @@ GEO_VALUE_TYPES = {
     "LineString": "GeoLineString",
     "MultiLineString": "GeoMultiLineString",
 }
-
-
-def new_instance_id() -> str:
-    """A fresh TRoE instanceId, a URN as Orion-LD writes them."""
-    return f"urn:ngsi-ld:attribute:instance:{uuid.uuid4()}"
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -90,17 +84,42 @@ def sub_attribute_names(instance: dict[str, Any]) -> list[str]:
     return [key for key in instance if key not in ATTRIBUTE_KEYWORDS and isinstance(instance[key], list)]
 
 
-@dataclass
 class HistoryRows:
-    """The history rows of one transaction, collected first and written with one COPY per table."""
+    """The history rows of one transaction, collected first and written with one COPY per table.
 
-    entities: list[tuple[Any, ...]] = field(default_factory=list)
-    attributes: list[tuple[Any, ...]] = field(default_factory=list)
-    sub_attributes: list[tuple[Any, ...]] = field(default_factory=list)
+    Instance ids are `urn:ngsi-ld:attribute:instance:<uuid of this batch>-<n>`: unique like a
+    UUID per row, without paying for one per row on the bulk path.
+    """
+
+    def __init__(self) -> None:
+        self.entities: list[tuple[Any, ...]] = []
+        self.attributes: list[tuple[Any, ...]] = []
+        self.sub_attributes: list[tuple[Any, ...]] = []
+        self._prefix = f"urn:ngsi-ld:attribute:instance:{uuid.uuid4()}-"
+        self._counter = 0
+        self._times: dict[Any, datetime | None] = {}
+
+    def _instance_id(self) -> str:
+        self._counter += 1
+        return f"{self._prefix}{self._counter}"
+
+    def _ts(self, at: datetime) -> datetime:
+        ts = self._times.get(at)
+        if ts is None:
+            ts = self._times[at] = at.astimezone(UTC).replace(tzinfo=None)
+        return ts
+
+    def _observed(self, value: Any) -> datetime | None:
+        # Attributes of one entity usually share observedAt: parse each text once.
+        if value is None:
+            return None
+        if value in self._times:
+            return self._times[value]
+        parsed = self._times[value] = parse_time(value)
+        return parsed
 
     def add_entity(self, op: OpMode, entity_id: str, types: list[str], at: datetime) -> None:
-        ts = at.astimezone(UTC).replace(tzinfo=None)
-        self.entities.append((new_instance_id(), ts, op, entity_id, types[0] if types else ""))
+        self.entities.append((self._instance_id(), self._ts(at), op, entity_id, types[0] if types else ""))
 
     def add_attributes(self, op: OpMode, entity_id: str, doc: dict[str, Any], at: datetime) -> None:
         """One row per attribute instance of `doc` (expanded attribute name → instances)."""
@@ -110,12 +129,12 @@ class HistoryRows:
 
     def add_attribute(self, op: OpMode, entity_id: str, name: str, instance: dict[str, Any],
                       at: datetime) -> None:
-        ts = at.astimezone(UTC).replace(tzinfo=None)
-        instance_id = new_instance_id()
+        ts = self._ts(at)
+        instance_id = self._instance_id()
         subs = sub_attribute_names(instance)
         value_type, text, boolean, number, moment, compound = route_value(instance)
         self.attributes.append((
-            instance_id, name, op, entity_id, parse_time(instance.get("observedAt")), bool(subs),
+            instance_id, name, op, entity_id, self._observed(instance.get("observedAt")), bool(subs),
             instance.get("unitCode"), instance.get("datasetId"), value_type, text, boolean, number,
             moment, compound, ts,
         ))  # fmt: skip
@@ -125,17 +144,16 @@ class HistoryRows:
                     continue
                 s_type, s_text, s_bool, s_number, s_moment, s_compound = route_value(sub)
                 self.sub_attributes.append((
-                    new_instance_id(), sub_name, entity_id, instance_id,
-                    parse_time(sub.get("observedAt")), sub.get("unitCode"), s_type, s_text, s_bool,
+                    self._instance_id(), sub_name, entity_id, instance_id,
+                    self._observed(sub.get("observedAt")), sub.get("unitCode"), s_type, s_text, s_bool,
                     s_number, s_moment, s_compound, ts,
                 ))  # fmt: skip
 
     def add_attribute_deletion(self, entity_id: str, name: str, dataset_id: str | None,
                                at: datetime) -> None:
-        ts = at.astimezone(UTC).replace(tzinfo=None)
         self.attributes.append((
-            new_instance_id(), name, "Delete", entity_id, None, False, None, dataset_id, None, None,
-            None, None, None, None, ts,
+            self._instance_id(), name, "Delete", entity_id, None, False, None, dataset_id, None, None,
+            None, None, None, None, self._ts(at),
         ))  # fmt: skip
 
     def add_entity_deletion(self, entity_id: str, types: list[str], at: datetime) -> None:
@@ -164,4 +182,5 @@ async def write_history(conn: AsyncConnection, rows: HistoryRows) -> None:
             continue
         async with conn.cursor() as cur, cur.copy(f"COPY {table} {columns} FROM STDIN") as copy:
             for row in data:
-                await copy.write_row(row)
+                await copy.write_row(row)  # psycopg's C row encoder beats a Python text encoder
+

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import Any
 
+import orjson
 import psycopg
 from psycopg import AsyncConnection, errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from broker.settings import BrokerSettings
@@ -30,6 +33,16 @@ def tenant_database_name(default_database: str, tenant: str | None) -> str:
             title="Invalid tenant name",
         )
     return f"{default_database}_{tenant.lower()}"
+
+
+async def configure_connection(conn: AsyncConnection) -> None:
+    """JSON in and out of jsonb with orjson: `doc` columns are the hot path of every request."""
+    set_json_loads(orjson.loads, conn)
+    set_json_dumps(orjson_dumps, conn)
+
+
+def orjson_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 class TenantDatabases:
@@ -81,6 +94,7 @@ class TenantDatabases:
             max_size=self._settings.pool_max_size if is_default else self._settings.tenant_pool_max_size,
             open=False,
             name=f"broker-{database}",
+            configure=configure_connection,
         )
         await pool.open(wait=True, timeout=30)
         self._pools[database] = pool

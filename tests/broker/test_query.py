@@ -53,3 +53,38 @@ async def test_invalid_q_is_400_naming_q(http: httpx.AsyncClient, tenant: str) -
                          headers={"NGSILD-Tenant": tenant})
     assert got.status_code == 400
     assert "q" in got.text
+
+
+async def seed_places(http: httpx.AsyncClient, tenant: str) -> None:
+    places = [("a", [-3.700, 40.420]), ("b", [-3.705, 40.421]), ("c", [-3.800, 40.500])]
+    entities = [{"id": f"urn:ngsi-ld:Place:{name}", "type": "Place",
+                 "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": point}}}
+                for name, point in places]
+    got = await http.post(f"{API}/entityOperations/create", json=entities, headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 201, got.text
+
+
+async def test_near_returns_close_entities_nearest_first(http: httpx.AsyncClient, tenant: str) -> None:
+    await seed_places(http, tenant)
+    got = await http.get(f"{API}/entities", headers={"NGSILD-Tenant": tenant}, params={
+        "type": "Place", "georel": "near;maxDistance==2000", "geometry": "Point", "coordinates": "[-3.704,40.421]"})
+    assert got.status_code == 200, got.text
+    assert [e["id"] for e in got.json()] == ["urn:ngsi-ld:Place:b", "urn:ngsi-ld:Place:a"]
+
+
+async def test_within_polygon_via_post_query(http: httpx.AsyncClient, tenant: str) -> None:
+    await seed_places(http, tenant)
+    polygon = [[[-3.71, 40.41], [-3.69, 40.41], [-3.69, 40.43], [-3.71, 40.43], [-3.71, 40.41]]]
+    got = await http.post(f"{API}/entityOperations/query", params={"count": "true"}, headers={"NGSILD-Tenant": tenant},
+                          json={"type": "Query", "entities": [{"type": "Place"}],
+                                "geoQ": {"georel": "within", "geometry": "Polygon", "coordinates": polygon}})
+    assert got.status_code == 200, got.text
+    assert sorted(e["id"] for e in got.json()) == ["urn:ngsi-ld:Place:a", "urn:ngsi-ld:Place:b"]
+    assert got.headers["NGSILD-Results-Count"] == "2"
+
+
+async def test_invalid_geometry_in_query_is_400_naming_it(http: httpx.AsyncClient) -> None:
+    got = await http.get(f"{API}/entities", params={
+        "type": "Place", "georel": "near;maxDistance==10", "geometry": "Point", "coordinates": "[200"})
+    assert got.status_code == 400
+    assert got.json().get("parameter") == "coordinates" or "coordinates" in got.json()["detail"]
