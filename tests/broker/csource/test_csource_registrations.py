@@ -19,7 +19,7 @@ def device_registration(device: str, commands: list[str], **extra: Any) -> dict[
         "type": "ContextSourceRegistration",
         "information": [
             {"entities": [{"type": "Device", "id": f"urn:ngsi-ld:Device:{device}"}], "propertyNames": commands}
-        ],  # fmt: skip
+        ],
         "mode": "exclusive",
         "operations": ["updateOps"],
         "endpoint": "http://iot-agent:4041",
@@ -75,11 +75,15 @@ async def test_given_id_is_kept_and_a_second_registration_with_it_conflicts(clie
 async def test_list_filters_by_entity_id_type_and_attributes(client: httpx.AsyncClient) -> None:
     lamp = await register(client, device_registration("lamp-3", ["switchOn"]))
     valve = await register(client, device_registration("valve-1", ["open", "close"]))
-    sensors = await register(client, {
-        "type": "ContextSourceRegistration",
-        "information": [{"entities": [{"type": "AirQualityObserved", "idPattern": "urn:ngsi-ld:AirQualityObserved:porto:.*"}]}],
-        "endpoint": "http://porto-platform:1026",
-    })  # fmt: skip
+    porto = {"type": "AirQualityObserved", "idPattern": "urn:ngsi-ld:AirQualityObserved:porto:.*"}
+    sensors = await register(
+        client,
+        {
+            "type": "ContextSourceRegistration",
+            "information": [{"entities": [porto]}],
+            "endpoint": "http://porto-platform:1026",
+        },
+    )
 
     async def listed(**params: str) -> list[str]:
         response = await client.get(f"{API}/csourceRegistrations", params=params)
