@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import httpx
 import uvicorn
@@ -81,8 +83,17 @@ def broker_server(database_url: str, host: str, port: int) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def run_broker(database_url: str, host: str, port: int) -> None:
-    """Serve the broker in the foreground until Ctrl-C or SIGTERM."""
+    """Serve the broker in the foreground until Ctrl-C or SIGTERM.
+
+    uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM into
+    SystemExit lets the callers' `finally` blocks stop the embedded PostgreSQL cleanly.
+    """
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     broker_server(database_url, host, port).run()
 
 
