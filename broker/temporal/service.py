@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg import sql
+
+from broker.query import GeoQuery, compile_geo_prefilter, compile_q, geo_matches, parse_geo_query, parse_q
 from broker.storage.history import HistoryRows
 from broker.storage.tenants import TenantDatabases
 from broker.temporal.parameters import TemporalQuery
@@ -18,6 +21,8 @@ from ngsi.contexts import TermMap
 from ngsi.errors import BadRequestData, ResourceNotFound
 
 log = logging.getLogger(__name__)
+
+LOCATION = "https://uri.etsi.org/ngsi-ld/location"
 
 MAX_INSTANCES_PER_ATTRIBUTE = 1000
 """Instances returned per attribute before the answer is cut to a 206 with Content-Range (6.3.10)."""
@@ -41,21 +46,26 @@ class TemporalService:
         store: TemporalStore | None = None,
         *,
         max_instances: int = MAX_INSTANCES_PER_ATTRIBUTE,
-        current_state_filter: Any = None,
     ) -> None:
         self.databases = databases
         self.store = store or TemporalStore()
         self.max_instances = max_instances
-        self.current_state_filter = current_state_filter
 
     # -- reads -----------------------------------------------------------------------------------
 
     async def query(self, tenant: str | None, query: TemporalQuery, terms: TermMap) -> TemporalPage:
         """GS CIM 5.7.4 Query temporal evolution of entities."""
         where = self._entity_filter(query, terms)
+        current_state = self._current_state_filter(query, terms)
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn:
             await self.store.ensure_indexes(conn)
+            if current_state is not None:
+                matching = await self._current_state_ids(conn, *current_state)
+                restricted = [i for i in matching if not where.ids or i in where.ids]
+                if not restricted:
+                    return TemporalPage([], 0)
+                where = replace(where, ids=restricted)
             selected, total = await self.store.select_entities(
                 conn, where, query.time, limit=query.limit, offset=query.offset
             )
@@ -87,14 +97,6 @@ class TemporalService:
                             parameter="type",
                         )
                     types.append(terms.expand_type(part.strip()))
-        condition, params = None, ()
-        if query.q or query.geo:
-            if self.current_state_filter is None:
-                raise BadRequestData(
-                    "q and geo-queries on temporal queries need the query engine",
-                    parameter="q" if query.q else "georel",
-                )
-            condition, params = self.current_state_filter(query.q, query.geo, terms)
         if not (query.ids or query.id_pattern or types or query.attrs or query.q or query.geo):
             raise BadRequestData(
                 "Give at least one of id, idPattern, type, attrs, q or a geo-query", title="Too broad query"
@@ -104,9 +106,36 @@ class TemporalService:
             id_pattern=query.id_pattern,
             types=types,
             attrs=[terms.expand(a) for a in query.attrs],
-            current_state_condition=condition,
-            current_state_params=params,
         )
+
+    def _current_state_filter(
+        self, query: TemporalQuery, terms: TermMap
+    ) -> tuple[sql.Composable | None, GeoQuery | None] | None:
+        """q and geo-queries, parsed by the query engine; they select entities by their current state."""
+        if not (query.q or query.geo):
+            return None
+        condition = compile_q(parse_q(query.q), terms.expand) if query.q else None
+        geo = None
+        if query.geo:
+            geo = parse_geo_query(
+                query.geo.get("georel"), query.geo.get("geometry"), query.geo.get("coordinates"),
+                query.geo.get("geoproperty"),
+            )  # fmt: skip
+        return condition, geo
+
+    async def _current_state_ids(self, conn: Any, condition: sql.Composable | None, geo: GeoQuery | None) -> list[str]:
+        """Ids of the entities whose current state matches q and the geo-query (exact geo check in Python)."""
+        conditions = [condition] if condition is not None else []
+        geoproperty = None
+        if geo is not None:
+            prefilter = compile_geo_prefilter(geo)
+            if prefilter is not None:
+                conditions.append(prefilter)
+            geoproperty = LOCATION if geo.on_location else geo.geoproperty
+        rows = await self.store.current_entities(conn, conditions, geoproperty)
+        if geo is None:
+            return [entity_id for entity_id, _ in rows]
+        return [entity_id for entity_id, geometry in rows if geometry is not None and geo_matches(geo, geometry)]
 
     async def _render(
         self,

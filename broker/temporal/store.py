@@ -15,6 +15,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from broker.query import Param, bound_params
 from broker.storage.history import HistoryRows, write_history
 from broker.temporal.durations import Period
 from broker.temporal.parameters import TimeFilter
@@ -52,8 +53,6 @@ class EntityFilter:
     id_pattern: str | None = None
     types: Sequence[str] = ()
     attrs: Sequence[str] = ()
-    current_state_condition: sql.Composable | None = None
-    current_state_params: Sequence[Any] = ()
 
 
 def time_condition(time: TimeFilter) -> tuple[sql.Composable, list[Any]]:
@@ -142,11 +141,6 @@ class TemporalStore:
         if where.types:
             outer.append(sql.SQL("e.type = ANY(%s)"))
             params.append(list(where.types))
-        if where.current_state_condition is not None:
-            outer.append(
-                sql.SQL("e.id IN (SELECT id FROM current_entities WHERE {})").format(where.current_state_condition)
-            )
-            params.extend(where.current_state_params)
         if where.attrs or time.timerel:
             conditions, attr_params = _attribute_conditions(time, where.attrs)
             outer.append(
@@ -169,6 +163,22 @@ class TemporalStore:
         if not rows and offset:
             total = await self._count_entities(conn, query, params)
         return [(str(r[0]), str(r[1])) for r in rows], total
+
+    async def current_entities(
+        self, conn: AsyncConnection, conditions: Sequence[sql.Composable], geoproperty: str | None
+    ) -> list[tuple[str, Any]]:
+        """(id, default instance's GeoJSON of `geoproperty` or None) of current entities meeting `conditions`.
+
+        `conditions` come from `broker.query` and carry their values as `Param`s.
+        """
+        geometry: sql.Composable = sql.SQL("NULL")
+        if geoproperty is not None:
+            geometry = sql.SQL("doc -> {} -> 0 -> 'value'").format(Param(geoproperty))
+        statement = sql.SQL("SELECT id, {} FROM current_entities WHERE {}").format(
+            geometry, sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")
+        )
+        cur = await conn.execute(statement, bound_params(statement))
+        return [(str(row[0]), row[1]) for row in await cur.fetchall()]
 
     async def _count_entities(self, conn: AsyncConnection, query: sql.Composable, params: list[Any]) -> int:
         cur = await conn.execute(sql.SQL("SELECT count(*) FROM ({}) page").format(query), [*params, None, 0])

@@ -143,3 +143,26 @@ async def test_bad_temporal_payloads_are_4xx_never_500(client: httpx.AsyncClient
     response = await client.post(f"{API}/temporal/entities", json=body)
     assert response.status_code == status, response.text
     assert response.json()["type"].startswith("https://uri.etsi.org/ngsi-ld/errors/")
+
+
+async def test_q_and_geo_queries_select_entities_by_their_current_state(client: httpx.AsyncClient) -> None:
+    stations = {"boavista": ([-8.6291, 41.1579], 52), "matosinhos": ([-8.6895, 41.1844], 18)}
+    for name, (point, no2) in stations.items():
+        entity = {"id": f"urn:ngsi-ld:AirQualityObserved:porto:{name}", "type": "AirQualityObserved",
+                  "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": point}},
+                  "no2": reading(no2, 10)}  # fmt: skip
+        assert (await client.post(f"{API}/entities", json=entity)).status_code == 201
+
+    async def selected(**params: str) -> list[str]:
+        response = await client.get(f"{API}/temporal/entities", params={"type": "AirQualityObserved", **params})
+        assert response.status_code == 200, response.text
+        return [entity["id"].rsplit(":", 1)[1] for entity in response.json()]
+
+    assert await selected(q="no2>40") == ["boavista"]
+    assert await selected(q="no2<40;no2>10") == ["matosinhos"]
+    near = {"georel": "near;maxDistance==2000", "geometry": "Point", "coordinates": "[-8.63,41.158]"}
+    assert await selected(**near) == ["boavista"]
+    assert await selected(q="no2>40", georel="near;maxDistance==2000", geometry="Point",
+                          coordinates="[-8.69,41.184]") == []  # fmt: skip
+    bad = await client.get(f"{API}/temporal/entities", params={"type": "AirQualityObserved", "q": "no2>>"})
+    assert bad.status_code == 400
