@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from broker.settings import BrokerSettings
 from broker.storage.migrations import migrate
-from ngsi.errors import BadRequestData, NonexistentTenant
+from ngsi.errors import BadRequestData, InternalError, NonexistentTenant
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,22 @@ class TenantDatabases:
 
     async def _create_database(self, database: str) -> None:
         # CREATE DATABASE cannot run inside a transaction; two writers racing to create the
-        # same tenant both succeed because the loser's DuplicateDatabase is expected.
-        maintenance = "postgres" if self.default_database != "postgres" else "template1"
+        # same tenant both succeed because the loser's DuplicateDatabase is expected. Tenant
+        # databases are created from the default database's connection, never from template1,
+        # which CREATE DATABASE copies and so must not be in use.
+        if database != self.default_database:
+            maintenance = self.default_database
+        else:
+            maintenance = "postgres" if database != "postgres" else "template1"
         async with await AsyncConnection.connect(self._conninfo(maintenance), autocommit=True) as conn:
-            try:
-                await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-                log.info("tenant database created database=%s", database)
-            except (errors.DuplicateDatabase, errors.UniqueViolation):
-                pass
+            for attempt in range(20):
+                try:
+                    await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+                    log.info("database created database=%s", database)
+                    return
+                except (errors.DuplicateDatabase, errors.UniqueViolation):
+                    return
+                except errors.ObjectInUse:
+                    # Another process is copying template1 right now; wait for it, briefly.
+                    await asyncio.sleep(0.05 * (attempt + 1))
+            raise InternalError(f"Could not create database {database!r}: template database stays busy")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -64,3 +65,15 @@ async def test_update_and_delete_change_what_is_read(http: httpx.AsyncClient) ->
     assert got.json()["temp"] == 5
     assert (await http.delete(f"{API}/entities/{entity_id}")).status_code == 204
     assert (await http.get(f"{API}/entities/{entity_id}")).status_code == 404
+
+
+async def test_concurrent_first_writes_create_the_tenant_once(http: httpx.AsyncClient, tenant: str) -> None:
+    ids = [new_id() for _ in range(6)]
+    headers = {**LD, "NGSILD-Tenant": tenant}
+    answers = await asyncio.gather(*(
+        http.post(f"{API}/entities", content=json.dumps(air_quality(entity_id)), headers=headers) for entity_id in ids
+    ))
+    assert [answer.status_code for answer in answers] == [201] * 6
+    listed = await http.get(f"{API}/entities", params={"id": ",".join(ids), "count": "true"},
+                            headers={"NGSILD-Tenant": tenant})
+    assert listed.headers["NGSILD-Results-Count"] == "6"
