@@ -56,7 +56,11 @@ def problem_response(error: NgsiError) -> Response:
 
 
 class TrailingSlashTolerance:
-    """Serves `/path/` exactly like `/path` (Orion-LD tolerates trailing slashes), no redirect."""
+    """Serves `/path/` exactly like `/path` (Orion-LD tolerates trailing slashes), no redirect.
+
+    Also answers 400 to a NUL character in the path or query: PostgreSQL cannot take U+0000 in
+    text, so such input would otherwise fail deep in a query instead of at the edge.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -64,6 +68,10 @@ class TrailingSlashTolerance:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
+            if "\x00" in path or b"%00" in scope.get("query_string", b"").lower():
+                response = problem_response(BadRequestData("The URL contains a NUL (U+0000) character"))
+                await response(scope, receive, send)
+                return
             if len(path) > 1 and path.endswith("/"):
                 scope = {**scope, "path": path.rstrip("/") or "/"}
         await self.app(scope, receive, send)

@@ -72,7 +72,20 @@ async def read_json(request: Request, max_bytes: int, *, allow_merge_patch: bool
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(f"The request body is not valid JSON: {error}") from None
+    if b"\\u0000" in raw and contains_nul(body):
+        # PostgreSQL text and jsonb cannot hold U+0000; say so instead of failing on write.
+        raise BadRequestData("The request body contains a U+0000 (NUL) character, which cannot be stored")
     return body
+
+
+def contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(contains_nul(item) for item in value)
+    return False
 
 
 async def read_payload(request: Request, max_bytes: int, *, allow_merge_patch: bool = False) -> Payload:

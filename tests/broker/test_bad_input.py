@@ -102,3 +102,11 @@ async def test_trailing_slash_is_tolerated(http: httpx.AsyncClient) -> None:
 async def test_batch_payload_that_is_not_an_array_is_400(http: httpx.AsyncClient) -> None:
     got = await http.post(f"{API}/entityOperations/create", json={"id": "urn:ngsi-ld:T:1", "type": "T"})
     assert got.status_code == 400
+
+
+async def test_nul_characters_are_400_not_500(http: httpx.AsyncClient) -> None:
+    in_query = await http.get(f"{API}/entities", params={"type": "T", "q": 'x=="\x00"'})
+    assert in_query.status_code == 400
+    in_body = await http.post(f"{API}/entities", content=b'{"id":"urn:a:nul","type":"T","x":"a\\u0000b"}',
+                              headers={"Content-Type": "application/json"})
+    assert in_body.status_code == 400
