@@ -135,7 +135,7 @@ def start_broker(stack: ExitStack, database_url: str, folder: Path) -> tuple[str
     port = free_port()
     env = {**os.environ, "CLIMABOROUGH_DATABASE_URL": database_url, "CLIMABOROUGH_DATA_DIR": str(folder),
            "CLIMABOROUGH_NOTIFY_TIMEOUT_S": "1"}
-    log = open(folder / "broker.log", "wb")
+    log = open(folder / "broker.log", "wb")  # kept beside the bench output when a run fails
     stack.callback(log.close)
     process = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "broker", "--host", "127.0.0.1", "--port", str(port),
@@ -209,7 +209,7 @@ async def run(database_url: str, folder: Path, stack: ExitStack, seconds: float,
     stack.callback(listener.loop_stop)
     url, process = start_broker(stack, database_url, folder)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url + "/ngsi-ld/v1", timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url + "/ngsi-ld/v1", timeout=120, limits=limits) as client:
         ids = [f"urn:ngsi-ld:{ENTITY_TYPE}:bench:{i}" for i in range(20)]
         for entity_id in ids:
             (await client.post("/entities", json={"id": entity_id, "type": ENTITY_TYPE,
@@ -270,6 +270,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="climaborough-bench-notify-"))
+    folder.chmod(0o755)  # as root, the embedded server runs as nobody and must enter it
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, folder, True)
         server_url = os.environ.get("CLIMABOROUGH_BENCH_DATABASE_URL")
@@ -282,7 +283,13 @@ def main() -> None:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         database_url = urlsplit(admin_url)._replace(path=f"/{name}").geturl()
-        result = asyncio.run(run(database_url, folder, stack, args.seconds, args.rate))
+        try:
+            result = asyncio.run(run(database_url, folder, stack, args.seconds, args.rate))
+        except Exception:
+            log = folder / "broker.log"
+            if log.exists():
+                sys.stderr.write(log.read_text()[-4000:])
+            raise
     print(json.dumps(result), flush=True)
 
 
