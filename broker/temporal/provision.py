@@ -40,7 +40,8 @@ def _observed_at(value: Any, name: str) -> datetime | None:
         return None
     if isinstance(value, str):
         try:
-            moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+            # A trailing Z is UTC already: parsing without it gives the naive UTC time TRoE stores.
+            moment = datetime.fromisoformat(value[:-1] if value.endswith("Z") else value)
         except ValueError:
             moment = None
         if moment is not None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from ngsi.contexts import TermMap
 
 _GEO_VALUE_TYPES = {"GeoPoint", "GeoPolygon", "GeoMultiPolygon", "GeoLineString", "GeoMultiLineString"}
@@ -141,20 +143,11 @@ def aggregated_entity(
 ) -> dict[str, Any]:
     """GS CIM 009 4.5.19: `{type, <method>: [[value, start, end], ...]}` per attribute.
 
-    `rows` are `(entity, attribute, start, end, *values)` in start order, values in `methods` order.
+    `rows` are `(entity, attribute, *series)`, each series the JSON text of one method's periods
+    (built by PostgreSQL); they are spliced into the answer as they are.
     """
     entity: dict[str, Any] = {"id": entity_id, "type": terms.compact_type(entity_type)}
-    series_by_attr: dict[str, list[list[list[Any]]]] = {}
     for row in rows:
-        attr = row[1]
-        series = series_by_attr.get(attr)
-        if series is None:
-            series = [[] for _ in methods]
-            series_by_attr[attr] = series
-            entity[terms.compact(attr)] = {"type": "Property", **dict(zip(methods, series, strict=True))}
-        start, end = row[2], row[3]
-        for index, value in enumerate(row[4:]):
-            if value is None:
-                continue
-            series[index].append([value, start, end])
+        series = {method: orjson.Fragment(text.encode()) for method, text in zip(methods, row[2:], strict=True)}
+        entity[terms.compact(row[1])] = {"type": "Property", **series}
     return entity
