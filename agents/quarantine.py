@@ -132,9 +132,7 @@ class Quarantine:
         """Keep one record; returns its id."""
         return self.add_many([(agent, source, payload, reason, metadata)])[0]
 
-    def add_many(
-        self, records: Iterable[tuple[str, str, bytes | str, str, Mapping[str, Any] | None]]
-    ) -> list[int]:
+    def add_many(self, records: Iterable[tuple[str, str, bytes | str, str, Mapping[str, Any] | None]]) -> list[int]:
         """Keep several records `(agent, source, payload, reason, metadata)` in one transaction; returns their ids."""
         now = time.time()
         ids: list[int] = []

@@ -63,9 +63,7 @@ def device_profile(device_id: str, group: ConfigGroup | None, device: Device | N
             attributes[mapping.source] = mapping
         for static in source.static_attributes:
             statics[static.name] = static
-    explicit = next(
-        (s.explicitAttrs for s in (device, group) if s is not None and s.explicitAttrs is not None), False
-    )
+    explicit = next((s.explicitAttrs for s in (device, group) if s is not None and s.explicitAttrs is not None), False)
     return DeviceProfile(device_id, identifier, entity_type, attributes, tuple(statics.values()), bool(explicit))
 
 

@@ -1,0 +1,171 @@
+"""MQTT intake (paho-mqtt): QoS 1, persistent session, shared subscriptions, acknowledged after the outbox commit.
+
+Backpressure instead of loss: a message is acknowledged only once its entities are on disk in
+the outbox (or in the quarantine). With MQTT 5 the agent announces `Receive Maximum`, so the
+server never has more than that many unacknowledged messages in flight to it; everything else
+waits in the server's queue for this session (see broker_config/mosquitto/mosquitto.conf, which
+lifts Mosquitto's default limit of 1000 queued messages that would otherwise drop them). When the
+outbox is full (`max_pending`) the agent stops acknowledging and the server holds the rest.
+MQTT 3.1.1 (amqtt) has no shared subscriptions and no Receive Maximum: one agent takes every
+message and the server's in-flight window bounds what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agents.iot.measures import MeasureIngestor, RawMeasure
+from agents.iot.topics import SUBSCRIPTION_FILTERS, TopicError, parse_topic, shared
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+MAX_BATCH = 500
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_at: datetime
+
+
+class MqttIntake:
+    """Subscribes to the measure topics and feeds the ingestor in batches, acknowledging after each durable write."""
+
+    def __init__(
+        self,
+        url: str,
+        ingestor: MeasureIngestor,
+        *,
+        client_id: str,
+        group: str | None,
+        protocol: str = "5",
+        receive_maximum: int = 1000,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "tcp", ""):
+            raise ValueError(f"unsupported MQTT URL {url!r}: use mqtt://host:port")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 1883
+        self.ingestor = ingestor
+        self.v5 = protocol == "5"
+        self.group = group if self.v5 else None
+        self.receive_maximum = receive_maximum
+        self.received = 0
+        self._queue: asyncio.Queue[_Delivery | None] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subscribed = asyncio.Event()
+        if self.v5:
+            self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        else:
+            self._client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=False
+            )
+        if parts.username:
+            self._client.username_pw_set(parts.username, parts.password)
+        self._client.manual_ack_set(True)
+        self._client.reconnect_delay_set(1, 5)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    # -- paho's network thread ----------------------------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, _userdata: object, _flags: object, reason: object, _props: object
+    ) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("mqtt connect refused reason=%s", reason)
+            return
+        filters = [(shared(topic, self.group), 1) for topic in SUBSCRIPTION_FILTERS]
+        client.subscribe(filters)
+
+    def _on_subscribe(self, *_: object) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._subscribed.set)
+
+    def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        assert self._loop is not None
+        delivery = _Delivery(message.topic, bytes(message.payload), message.mid, message.qos, datetime.now(UTC))
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, delivery)
+
+    # -- event loop ---------------------------------------------------------------------------
+
+    async def start(self, *, timeout_s: float = 30.0) -> None:
+        """Connect and subscribe (waits until the server confirmed the subscriptions)."""
+        self._loop = asyncio.get_running_loop()
+        properties = None
+        if self.v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+            properties.ReceiveMaximum = self.receive_maximum
+            self._client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=properties)
+        else:
+            self._client.connect_async(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+        await asyncio.wait_for(self._subscribed.wait(), timeout_s)
+        log.info("mqtt subscribed host=%s port=%d group=%s", self.host, self.port, self.group)
+
+    async def run(self) -> None:
+        """Take messages in batches until `stop`: ingest, then acknowledge each one."""
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    self._queue.put_nowait(None)
+                    break
+                batch.append(item)
+            await self._ingest(batch)
+
+    async def _ingest(self, batch: list[_Delivery]) -> None:
+        raws: list[RawMeasure] = []
+        for delivery in batch:
+            try:
+                topic = parse_topic(delivery.topic)
+            except TopicError as error:
+                await asyncio.to_thread(
+                    self.ingestor.quarantine.add, agent="iot", source=f"mqtt:{delivery.topic}",
+                    payload=delivery.payload, reason=str(error), metadata={"topic": delivery.topic},
+                )  # fmt: skip
+                continue
+            raws.append(
+                RawMeasure(
+                    transport="mqtt",
+                    source=f"mqtt:{delivery.topic}",
+                    protocol=topic.protocol,
+                    apikey=topic.apikey,
+                    device_id=topic.device_id,
+                    payload=delivery.payload,
+                    received_at=delivery.received_at,
+                    attribute=topic.attribute,
+                )
+            )
+        await self.ingestor.ingest(raws)
+        for delivery in batch:
+            self._client.ack(delivery.mid, delivery.qos)
+        self.received += len(batch)
+
+    async def stop(self) -> None:
+        """Finish what was taken, then disconnect (the session keeps the rest on the server)."""
+        self._queue.put_nowait(None)
+
+    def disconnect(self) -> None:
+        """Close the connection and stop paho's thread."""
+        self._client.disconnect()
+        self._client.loop_stop()

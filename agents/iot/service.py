@@ -1,0 +1,111 @@
+"""One IoT agent process, wired: registry, provisioning API, southbound HTTP, MQTT, outbox relay, quarantine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from agents.iot.measures import MeasureIngestor
+from agents.iot.mqtt import MqttIntake
+from agents.iot.north import create_north_app
+from agents.iot.registry import Registry
+from agents.iot.settings import IotAgentSettings
+from agents.iot.south import create_south_app
+from agents.outbox import BrokerUpsert, Outbox, OutboxRelay
+from agents.quarantine import Quarantine
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the agent (two servers share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _server(app: FastAPI, host: str, port: int) -> _Server:
+    return _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False))
+
+
+class IotAgent:
+    """The parts of one agent process; `run()` serves until `stop()` (or SIGTERM/SIGINT)."""
+
+    def __init__(self, settings: IotAgentSettings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.registry_path)
+        self.quarantine = Quarantine(settings.quarantine_path)
+        self.outbox = Outbox(
+            settings.outbox_path,
+            max_pending=settings.iot_outbox_max_pending,
+            synchronous=settings.iot_outbox_synchronous,
+        )
+        self.destination = BrokerUpsert(
+            settings.broker_url, context=settings.iot_context, timeout_s=settings.iot_broker_timeout_s
+        )
+        self.relay = OutboxRelay(
+            self.outbox, self.destination, self.quarantine, agent="iot",
+            batch_size=settings.iot_batch_size, concurrency=settings.iot_delivery_concurrency,
+        )  # fmt: skip
+        self.ingestor = MeasureIngestor(self.registry, self.outbox, self.quarantine, city=settings.iot_city)
+        self.north = _server(create_north_app(settings, self.registry), settings.iot_host, settings.iot_north_port)
+        self.south = _server(create_south_app(self.ingestor), settings.iot_host, settings.iot_south_port)
+        self.mqtt: MqttIntake | None = None
+        if settings.mqtt_url:
+            self.mqtt = MqttIntake(
+                settings.mqtt_url, self.ingestor, client_id=f"climaborough-{settings.iot_instance}",
+                group=settings.iot_mqtt_group, protocol=settings.iot_mqtt_protocol,
+                receive_maximum=settings.iot_mqtt_receive_maximum,
+            )  # fmt: skip
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the agent to finish (thread-unsafe: call on its loop)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until stopped; on the way out, take no more measures and hand over what is in flight."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self.stop)
+        relay = asyncio.create_task(self.relay.run(), name="outbox-relay")
+        servers = [asyncio.create_task(self.north.serve()), asyncio.create_task(self.south.serve())]
+        intake = None
+        try:
+            if self.mqtt is not None:
+                await self.mqtt.start()
+                intake = asyncio.create_task(self.mqtt.run(), name="mqtt-intake")
+            log.info(
+                "iot agent ready north=%s:%d south=%s:%d broker=%s mqtt=%s",
+                self.settings.iot_host, self.settings.iot_north_port, self.settings.iot_host,
+                self.settings.iot_south_port, self.settings.broker_url, self.settings.mqtt_url,
+            )  # fmt: skip
+            await self._stop.wait()
+        finally:
+            if self.mqtt is not None:
+                await self.mqtt.stop()
+                if intake is not None:
+                    await intake
+                self.mqtt.disconnect()
+            for server in (self.north, self.south):
+                server.should_exit = True
+            await asyncio.gather(*servers, return_exceptions=True)
+            self.relay.stop()
+            await relay
+            await self.destination.aclose()
+            self.outbox.close()
+            self.registry.close()
+            self.quarantine.close()
+
+
+async def run_iot_agent(settings: IotAgentSettings) -> None:
+    """Run one agent process until SIGTERM/SIGINT."""
+    await IotAgent(settings).run()
