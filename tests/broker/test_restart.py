@@ -1,4 +1,4 @@
-"""What the broker keeps across a restart: entities, hosted @contexts (GS CIM 009 5.13) and history."""
+"""What the broker keeps across a restart: entities and hosted @contexts (GS CIM 009 5.13)."""
 
 from __future__ import annotations
 
