@@ -66,5 +66,5 @@ def test_entities_and_hosted_contexts_survive_a_restart(create_database: Callabl
     with running_broker(database_url, log_path) as base_url:
         served = httpx.get(f"{base_url}{API}/jsonldContexts/{local_id}")
         assert served.status_code == 200 and served.json() == document
-        car = httpx.get(f"{base_url}{API}/entities/urn:ngsi-ld:Car:r1", params={"options": "keyValues"})
-        assert car.status_code == 200 and car.json()["speed"] == 7
+        read = httpx.get(f"{base_url}{API}/entities/urn:ngsi-ld:Car:r1", params={"options": "keyValues"})
+        assert read.status_code == 200 and read.json()["speed"] == 7
