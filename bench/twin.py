@@ -1,0 +1,145 @@
+"""Twin accuracy and speed on the Beijing multi-site data: per station, the last 20 % as test set.
+
+`python -m bench.twin --data DIR` (DIR: the folder of the 12 `PRSA_Data_<station>_*.csv` files)
+trains one model per station, scores it against persistence and a linear AR(24) on the same
+test windows for every horizon, prints a table, and ends with one JSON line.
+
+Two settings are reported, because the model takes the weather over the horizon as input:
+- `*_ratio_*` (the headline): the observed weather stands in for a perfect weather forecast
+  ("perfect prognosis"), an upper bound of operational accuracy;
+- `*_noforecast_*`: no forecast at all, the weather of the same hours one day earlier is used
+  instead ("tomorrow like today"), the lower bound.
+Ratios are model RMSE / persistence RMSE on the same windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from twin.dataset import COMPASS_DEGREES
+from twin.evaluation import AutoRegression
+from twin.model import TrainingConfig
+from twin.scenarios import FeatureChange, what_if
+from twin.store import ModelStore
+from twin.training import evaluate_on, prepare, train_station
+
+BEIJING_TZ = "Asia/Shanghai"
+
+
+def read_station(path: Path) -> pd.DataFrame:
+    """A Beijing multi-site CSV as observations with Smart Data Models names, UTC index.
+
+    CO stays in µg/m³ as in the file: the twin only needs consistent units.
+    """
+    raw = pd.read_csv(path, na_values=["NA"])
+    local = pd.to_datetime(raw[["year", "month", "day", "hour"]])
+    index = pd.DatetimeIndex(local).tz_localize(BEIJING_TZ).tz_convert("UTC")
+    columns = {
+        "pm25": "PM2.5", "pm10": "PM10", "so2": "SO2", "no2": "NO2", "co": "CO", "o3": "O3",
+        "temperature": "TEMP", "atmosphericPressure": "PRES", "dewPoint": "DEWP", "precipitation": "RAIN",
+        "windSpeed": "WSPM",
+    }
+    frame = pd.DataFrame({name: raw[column].to_numpy() for name, column in columns.items()}, index=index)
+    frame["windDirection"] = raw["wd"].map(COMPASS_DEGREES).to_numpy()
+    return frame
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="folder of the PRSA_Data_<station>_*.csv files")
+    parser.add_argument("--stations", nargs="*", help="only these stations (default: all files)")
+    parser.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
+    args = parser.parse_args()
+
+    files = sorted(args.data.glob("PRSA_Data_*_*.csv"))
+    if args.stations:
+        files = [f for f in files if f.name.split("_")[2] in args.stations]
+    if not files:
+        raise SystemExit(f"no PRSA_Data_<station>_*.csv files in {args.data}")
+    config = TrainingConfig(epochs=args.epochs)
+    rows: list[dict[str, object]] = []
+    forecast_ms: list[float] = []
+    whatif_ms: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ModelStore(Path(tmp))
+        for path in files:
+            station = path.name.split("_")[2]
+            observations = read_station(path)
+            trained = train_station(observations, station, config=config, store=store, local_tz=BEIJING_TZ)
+            report = trained.report
+            # The same model without a weather forecast: yesterday's weather for the hours ahead.
+            shifted = prepare(observations, "pm25", config, local_tz=BEIJING_TZ, covariate_shift_hours=24)
+            target_index = shifted.features.index("pm25")
+            ar = AutoRegression.fit(shifted.train.inputs, shifted.train.targets, target_index)
+            noforecast = evaluate_on(trained.forecaster, shifted, ar, shifted.test)
+            # Speed of a stored model: load once, then time single forecasts and what-ifs.
+            assert trained.version is not None
+            model = store.load(trained.version)
+            window, future = shifted.test.inputs[-1], shifted.test.future[-1]
+            model.predict(window[None], future[None])
+            for _ in range(20):
+                started = time.perf_counter()
+                model.predict(window[None], future[None])
+                forecast_ms.append((time.perf_counter() - started) * 1000)
+            changes = [
+                FeatureChange("no2", "scale", 0.8, -47, 0),
+                FeatureChange("windSpeed", "scale", 0.9, 1, 24),
+            ]
+            for _ in range(10):
+                started = time.perf_counter()
+                what_if(model, window, future, changes, trained.bounds, report.residual_q10, report.residual_q90)
+                whatif_ms.append((time.perf_counter() - started) * 1000)
+            row = {
+                "station": station,
+                "train_s": round(trained.forecaster.train_seconds, 1),
+                "rmse_1h": report.model_rmse[0], "persistence_1h": report.persistence_rmse[0],
+                "ar_1h": report.ar_rmse[0],
+                "rmse_24h": report.model_rmse[23], "persistence_24h": report.persistence_rmse[23],
+                "ar_24h": report.ar_rmse[23],
+                "ratio_1h": round(report.ratio_to_persistence(1), 3),
+                "ratio_24h": round(report.ratio_to_persistence(24), 3),
+                "noforecast_ratio_1h": round(noforecast.ratio_to_persistence(1), 3),
+                "noforecast_ratio_24h": round(noforecast.ratio_to_persistence(24), 3),
+                "test_windows": report.samples,
+                "per_horizon_rmse": report.model_rmse,
+                "per_horizon_persistence": report.persistence_rmse,
+            }
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if not k.startswith("per_horizon")}), flush=True)
+
+    def median_of(key: str) -> float:
+        return round(statistics.median(float(str(r[key])) for r in rows), 3)
+
+    result = {
+        "stations": len(rows),
+        "stations_24h_ratio_le_080": sum(1 for r in rows if float(str(r["ratio_24h"])) <= 0.80),
+        "rmse_24h_ratio_median": median_of("ratio_24h"),
+        "rmse_1h_ratio_median": median_of("ratio_1h"),
+        "noforecast_24h_ratio_median": median_of("noforecast_ratio_24h"),
+        "noforecast_1h_ratio_median": median_of("noforecast_ratio_1h"),
+        "train_seconds_median": median_of("train_s"),
+        "train_peak_rss_mb": round(peak_rss_mb(), 1),
+        "forecast_ms": round(float(np.median(forecast_ms)), 2),
+        "whatif_ms": round(float(np.median(whatif_ms)), 2),
+        "machine": {"cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
