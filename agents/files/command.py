@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -56,7 +57,8 @@ async def ingest_with_progress(
     )  # fmt: skip
     try:
         with progress:
-            task = progress.add_task(f"{file.name} → {settings.broker_url}", total=file.stat().st_size)
+            size = await asyncio.to_thread(os.path.getsize, file)
+            task = progress.add_task(f"{file.name} → {settings.broker_url}", total=size)
             async with AsyncBrokerClient(settings.broker_url, tenant=tenant, timeout=60.0) as client:
                 return await ingest_file(
                     file, mapping, client, quarantine=quarantine, checkpoint_dir=settings.checkpoint_dir,

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,8 @@ from agents.files.mapping import Mapping as FileMapping
 from agents.files.readers import Record, open_records
 from agents.files.translator import Entity, Translator, UnmappableRecord, compile_translator
 from agents.quarantine import Quarantine
-from ngsi.client import AsyncBrokerClient, BrokerUnavailable
-from ngsi.errors import NgsiError, ResourceNotFound
+from ngsi.client import AsyncBrokerClient, BatchResult, BrokerUnavailable
+from ngsi.errors import NgsiError, NonexistentTenant, ResourceNotFound
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +202,8 @@ class BrokerWriter:
             await self._retrying(lambda: self.client.temporal_append(probe, {"probe": [{"type": "Property",
                                                                            "value": 0}]}))  # fmt: skip
             self.temporal = True  # it accepted an append for an entity without history: the path exists
-        except ResourceNotFound as error:
-            self.temporal = "temporal" in error.detail.lower() or "entity" in error.detail.lower()
+        except (ResourceNotFound, NonexistentTenant):
+            self.temporal = True  # the path exists; it only says the probe entity (or tenant) has no history
         except NgsiError:
             self.temporal = False
         log.info("temporal append path available=%s", self.temporal)
@@ -215,7 +217,8 @@ class BrokerWriter:
                 return await call()
             except BrokerUnavailable as error:
                 if time.monotonic() + delay > deadline:
-                    raise IngestInterrupted(f"broker unreachable for {self.retry_for_s:.0f} s: {error.detail}") from error
+                    reason = f"broker unreachable for {self.retry_for_s:.0f} s: {error.detail}"
+                    raise IngestInterrupted(reason) from error
                 log.warning("broker unavailable, retrying in %.1f s: %s", delay, error.detail)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -254,7 +257,7 @@ class BrokerWriter:
             by_context.setdefault(orjson.dumps(entity["@context"]).decode(), []).append(entity)
         for group in by_context.values():
             try:
-                result = await self._retrying(lambda group=group: self.client.batch_upsert(group, mode="update"))
+                result: BatchResult = await self._retrying(partial(self.client.batch_upsert, group, mode="update"))
             except NgsiError as error:
                 if error.status >= 500:
                     raise IngestInterrupted(f"broker failed: {error.status} {error.detail}") from error
@@ -275,7 +278,7 @@ class BrokerWriter:
         for body in _append_bodies(part):
             count = sum(len(v) for k, v in body.items() if k != "@context")
             try:
-                await self._retrying(lambda body=body: self.client.temporal_append(part.entity_id, body))
+                await self._retrying(partial(self.client.temporal_append, part.entity_id, body))
             except NgsiError as error:
                 if error.status >= 500:
                     raise IngestInterrupted(f"broker failed: {error.status} {error.detail}") from error
@@ -318,8 +321,8 @@ class BrokerWriter:
             elif found >= upserted + part.history_count():
                 log.info("interrupted chunk: %s already written, skipped", part.entity_id)
             elif found == upserted:
-                kept.append(_Planned(part.entity_id, part.context, {"id": part.entity_id,
-                                                                     "type": part.upsert["type"]}, part.history))  # fmt: skip
+                header = {"id": part.entity_id, "type": part.upsert["type"]}
+                kept.append(_Planned(part.entity_id, part.context, header, part.history))
             else:
                 log.warning("interrupted chunk: %s partly written (%d instances found); resending", part.entity_id,
                             found)  # fmt: skip
@@ -330,7 +333,8 @@ class BrokerWriter:
         start = _parse(first)
         end = _parse(last) + timedelta(milliseconds=1)
         days = max(1, (end - start).days + 2)
-        names = sorted({*part.history, *(n for n, a in part.upsert.items() if isinstance(a, dict) and "observedAt" in a)})
+        measured = (n for n, a in part.upsert.items() if isinstance(a, dict) and "observedAt" in a)
+        names = sorted({*part.history, *measured})
         try:
             entity = await self._retrying(lambda: self.client.get_temporal_entity(
                 part.entity_id, attrs=names, options="aggregatedValues", timerel="between",
@@ -395,7 +399,7 @@ async def ingest_file(
     if restart:
         checkpoint.reset()
     summary = IngestSummary(file=str(path), resumed_from=checkpoint.records)
-    size = path.stat().st_size
+    size = await asyncio.to_thread(os.path.getsize, path)
     if checkpoint.done and checkpoint.size == size:
         summary.already_done = True
         summary.seconds = time.monotonic() - started

@@ -68,7 +68,7 @@ class RecordStream:
         self.start = start
         self.size = path.stat().st_size
         self.by_offset = mapping.source.format in ("csv", "ndjson", "fixed-width")
-        self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._file: BinaryIO = open(path, "rb")
         self._offset = 0
 
     def close(self) -> None:
@@ -143,6 +143,7 @@ class RecordStream:
         for row in reader:
             raw = "".join(held).rstrip("\r\n")
             held.clear()
+            values: list[str | None]
             if len(row) >= width:
                 values = [row[p] for p in positions]
             else:
@@ -196,8 +197,8 @@ class RecordStream:
                     continue
                 yield Record(record_values(record, self.columns, fields), raw, count)
         except ijson.JSONError as error:
-            raise MappingError(self.mapping.path, "source.format",
-                               f"{self.path.name} is not valid JSON after record {count}: {error}") from error  # fmt: skip
+            reason = f"{self.path.name} is not valid JSON after record {count}: {error}"
+            raise MappingError(self.mapping.path, "source.format", reason) from error
 
     def _xml(self) -> Iterator[Record]:
         wanted = [part for part in self.mapping.source.records.strip("/").split("/") if part]
@@ -224,8 +225,8 @@ class RecordStream:
                 if stack:
                     stack[-1].remove(element)
         except ElementTree.ParseError as error:
-            raise MappingError(self.mapping.path, "source.format",
-                               f"{self.path.name} is not well-formed XML after record {count}: {error}") from error  # fmt: skip
+            reason = f"{self.path.name} is not well-formed XML after record {count}: {error}"
+            raise MappingError(self.mapping.path, "source.format", reason) from error
 
 
 def _local(tag: str) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _OFFSET = re.compile(r"^(?:UTC|GMT)?\s*([+-])(\d{1,2})(?::?(\d{2}))?$")
@@ -82,7 +82,7 @@ def columns_parser(format_: str, time_zone: str, count: int) -> Callable[[list[A
     def parse(cells: list[Any]) -> str:
         try:
             numbers = [int(cells[slot]) if slot >= 0 else (1 if index < 3 else 0) for index, slot in enumerate(slots)]
-            local = datetime(*numbers)
+            local = datetime(numbers[0], numbers[1], numbers[2], numbers[3], numbers[4], numbers[5])
         except (ValueError, TypeError) as error:
             raise BadTimestamp(f"{' '.join(map(str, cells))!r} does not match the format {format_!r}") from error
         if fixed is not None:

@@ -148,7 +148,7 @@ def _number_attribute(spec: AttributeSpec, cells: _Cells, position: int | None,
         if offset is not None:
             value += offset
         if integer:
-            return int(round(value))
+            return round(value)
         return value
 
     return read
@@ -352,7 +352,7 @@ class _LongBuilder:
             entity_type = entity_type or parts[2]
             identifier = raw_id
         elif entity_type is None:
-            raise UnmappableRecord(f"entity {raw_id!r} is not a urn:ngsi-ld:<Type>:... id and the mapping gives no type")
+            raise UnmappableRecord(f"entity {raw_id!r} is not urn:ngsi-ld:<Type>:... and the mapping gives no type")
         else:
             try:
                 identifier = sdm_entity_id(entity_type, self.city, raw_id)
@@ -442,7 +442,8 @@ class Translator:
             try:
                 return self.parse_columns([values[position] for position in self.time_positions])
             except BadTimestamp as error:
-                raise UnmappableRecord(f"timestamp from {', '.join(self.mapping.timestamp.columns)}: {error}") from error
+                columns = ", ".join(self.mapping.timestamp.columns)
+                raise UnmappableRecord(f"timestamp from {columns}: {error}") from error
         if len(self.time_positions) == 1:
             raw = values[self.time_positions[0]]
             if self.cells.is_missing(raw):

@@ -1,0 +1,1 @@
+"""Mapping files (YAML) shipped for known sources; `climaborough ingest --mapping <name>` finds them here."""
