@@ -104,5 +104,40 @@ def demo(
     run_demo(settings, console=console, port=port, hours=hours, keep_running=keep_running)
 
 
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The data file (csv, json, xml, txt).")],
+    mapping: Annotated[str, typer.Option(help="Mapping file (YAML) or a shipped mapping's name (beijing_multisite).")],
+    tenant: Annotated[str | None, typer.Option(help="NGSILD-Tenant to write to (default tenant if unset).")] = None,
+    broker_url: Annotated[str | None, typer.Option(help="Broker root URL (CLIMABOROUGH_BROKER_URL).")] = None,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Records per chunk (one checkpoint per chunk).")] = 2000,
+    restart: Annotated[bool, typer.Option("--restart", help="Forget the checkpoint and send the file again.")] = False,
+    no_temporal: Annotated[
+        bool, typer.Option("--no-temporal", help="Write history as upserts (brokers without temporal append).")
+    ] = False,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "warning",
+) -> None:
+    """Stream a file through its mapping into the broker: current state and history, resumable, no duplicates."""
+    from agents.files.command import run_ingest
+    from agents.files.ingest import IngestInterrupted
+    from agents.files.settings import FilesSettings
+    from ngsi.errors import NgsiError
+
+    configure_logging(log_level)
+    settings = FilesSettings()
+    updates = {key: value for key, value in (("broker_url", broker_url), ("data_dir", data_dir)) if value is not None}
+    settings = settings.model_copy(update=updates)
+    try:
+        run_ingest(file, mapping, settings, tenant=tenant, console=console, chunk_rows=chunk_rows, restart=restart,
+                   temporal=False if no_temporal else None)  # fmt: skip
+    except IngestInterrupted as error:
+        console.print(f"[red]Stopped:[/red] {error}. Run the same command again to resume.")
+        raise typer.Exit(3) from error
+    except NgsiError as error:
+        console.print(f"[red]{error.title}:[/red] {error.detail}")
+        raise typer.Exit(2) from error
+
+
 if __name__ == "__main__":
     app()
