@@ -154,6 +154,7 @@ class EntitySpec:
     relationships: dict[str, tuple[str, str]] = field(default_factory=dict)
     attributes: tuple[AttributeSpec, ...] = ()
     long: LongFormatSpec | None = None
+    location: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,8 @@ class Mapping:
 
         for column in self.timestamp.columns:
             add(column)
+        for name in placeholders(self.city):
+            add(name)
         if self.location is not None:
             for name in (self.location.longitude_column, self.location.latitude_column, self.location.key_column):
                 add(name)
@@ -433,7 +436,9 @@ def context_for(entity_type: str | None) -> str:
 
 def _entity(check: _Checker, raw: Any, where: str) -> EntitySpec:
     raw = check.table(raw, where)
-    check.known_keys(raw, where, {"type", "id", "context", "properties", "relationships", "attributes", "long"})
+    check.known_keys(raw, where, {"type", "id", "context", "location", "properties", "relationships", "attributes",
+                                  "long"})  # fmt: skip
+    location = check.point(raw["location"], f"{where}.location") if "location" in raw else None
     long_raw = raw.get("long")
     entity_type = raw.get("type")
     if entity_type is not None or long_raw is None:
@@ -443,8 +448,8 @@ def _entity(check: _Checker, raw: Any, where: str) -> EntitySpec:
     context = check.text(raw.get("context", context_for(entity_type)), f"{where}.context")
     properties = check.table(raw.get("properties", {}) or {}, f"{where}.properties")
     for name, value in properties.items():
-        if not ATTRIBUTE_NAME.match(str(name)):
-            raise check.fail(f"{where}.properties.{name}", "is not a valid attribute name")
+        if not ATTRIBUTE_NAME.match(str(name)) or name in ("id", "type", "location", "dateObserved"):
+            raise check.fail(f"{where}.properties.{name}", "is not a name a static property can have")
         if not isinstance(value, str | int | float | bool | list | dict):
             raise check.fail(f"{where}.properties.{name}", f"must be a value, got {_shown(value)}")
     relationships: dict[str, tuple[str, str]] = {}
@@ -477,7 +482,7 @@ def _entity(check: _Checker, raw: Any, where: str) -> EntitySpec:
         )
     return EntitySpec(
         type=entity_type, id_template=id_template, context=context, properties=dict(properties),
-        relationships=relationships, attributes=attributes, long=long,
+        relationships=relationships, attributes=attributes, long=long, location=location,
     )  # fmt: skip
 
 

@@ -211,8 +211,9 @@ class _EntityBuilder:
         assert spec.type is not None
         self.type = spec.type
         self.context = [spec.context]
-        self.city = mapping.city
+        self.city = _Template(mapping.city, index)
         self.cells = cells
+        self.location = _geo_point(spec.location) if spec.location is not None else None
         self.id_template = _Template(spec.id_template, index)
         self.constant: dict[str, Any] = {}
         self.templated: list[tuple[str, _Template]] = []
@@ -225,7 +226,7 @@ class _EntityBuilder:
             (name, target_type, _Template(template, index))
             for name, (target_type, template) in spec.relationships.items()
         ]
-        templates = [self.id_template, *(t for _, t in self.templated), *(t for _, _, t in self.relationships)]
+        templates = [self.id_template, self.city, *(t for _, t in self.templated), *(t for _, _, t in self.relationships)]
         self.key_positions = sorted({position for template in templates for position in template.positions})
         self._heads: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
         # (name, column position or -1, column, plain number?, scale, offset, reader, unit, observed)
@@ -251,11 +252,12 @@ class _EntityBuilder:
     def _head(self, values: Values, key: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
         """The entity id and the properties/relationships that depend only on the template cells."""
         source_id = self.id_template.render(values)
+        city = self.city.render(values)
         if source_id.startswith("urn:"):
             identifier = source_id
         else:
             try:
-                identifier = sdm_entity_id(self.type, self.city, source_id)
+                identifier = sdm_entity_id(self.type, city, source_id)
             except ValueError as error:
                 raise UnmappableRecord(f"entity id: {error}") from error
         fixed = dict(self.constant)
@@ -264,7 +266,7 @@ class _EntityBuilder:
         for name, target_type, template in self.relationships:
             text = template.render(values)
             try:
-                target = text if text.startswith("urn:") else sdm_entity_id(target_type, self.city, text)
+                target = text if text.startswith("urn:") else sdm_entity_id(target_type, city, text)
             except ValueError as error:
                 raise UnmappableRecord(f"relationship {name!r}: {error}") from error
             fixed[name] = {"type": "Relationship", "object": target}
@@ -317,6 +319,7 @@ class _EntityBuilder:
             return None
         key = tuple([values[p] for p in self.key_positions])
         identifier, fixed = self._heads.get(key) or self._head(values, key)
+        location = self.location or location
         if location is None:
             return {"id": identifier, "type": self.type, "dateObserved": date_observed, **fixed, **measured,
                     "@context": self.context}  # fmt: skip
@@ -331,7 +334,7 @@ class _LongBuilder:
                  cells: _Cells) -> None:  # fmt: skip
         self.type = spec.type
         self.explicit_context = spec.context if spec.type is not None else None
-        self.city = mapping.city
+        self.city = _Template(mapping.city, index)
         self.cells = cells
         self.entity = index[long.entity_column]
         self.attribute = index[long.attribute_column]
@@ -355,7 +358,7 @@ class _LongBuilder:
             raise UnmappableRecord(f"entity {raw_id!r} is not urn:ngsi-ld:<Type>:... and the mapping gives no type")
         else:
             try:
-                identifier = sdm_entity_id(entity_type, self.city, raw_id)
+                identifier = sdm_entity_id(entity_type, self.city.render(values), raw_id)
             except ValueError as error:
                 raise UnmappableRecord(f"entity id: {error}") from error
         name = self.cells.text(values[self.attribute])
