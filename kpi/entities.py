@@ -1,0 +1,145 @@
+"""KeyPerformanceIndicator entities (Smart Data Model, NGSI-LD normalized) from a definition, a window and a result.
+
+Ids are deterministic, `urn:ngsi-ld:KeyPerformanceIndicator:<city>:<kpi>:<station>:<period>`:
+`<period>` names the window (`2016`, `2016-03`) for monthly, yearly and custom windows; for the
+short sliding windows (hour, rolling 8 h, day) it is the frequency (`hourly`, `daily`) and the
+entity's history holds one `kpiValue` per window, stamped with the window's start. Nothing in
+an entity depends on the clock, so recomputing a window yields the same entity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kpi.catalogue import KpiResult, Observations, latest_observation
+from kpi.definitions import KpiDefinition
+from kpi.windows import SERIES_KINDS, Window
+from smart_data_models import format_timestamp, sanitise_id_part
+from smart_data_models.models import KPI_CONTEXT
+
+KPI_TYPE = "KeyPerformanceIndicator"
+CALCULATED_BY = "climaborough KPI engine"
+NO_VALUE = "insufficientData"
+"""`kpiValue` when there is no data, or not enough by the coverage rule, to give a number."""
+
+DYNAMIC_ATTRIBUTES = (
+    "kpiValue", "currentStanding", "calculationPeriod", "dateNextCalculation", "updatedAt",
+    "coverage", "provenance", "kpiDetails",
+)  # fmt: skip
+"""Attributes that change from one calculation to the next (the rest is written once)."""
+
+
+def station_name(source_id: str) -> str:
+    """The last segment of a source entity id (`urn:ngsi-ld:AirQualityObserved:beijing:Dongsi` → `Dongsi`)."""
+    return sanitise_id_part(source_id.rsplit(":", 1)[-1]) or "station"
+
+
+def period_label(definition: KpiDefinition, window: Window) -> str:
+    return definition.frequency if window.kind in SERIES_KINDS else window.label
+
+
+def kpi_entity_id(definition: KpiDefinition, source_id: str, window: Window) -> str:
+    parts = (definition.city, definition.id, station_name(source_id), period_label(definition, window))
+    return f"urn:ngsi-ld:{KPI_TYPE}:" + ":".join(sanitise_id_part(part) for part in parts)
+
+
+def value_time(window: Window) -> datetime:
+    """`observedAt` of a KPI value: the window's start for series, its end for period entities."""
+    return window.start if window.kind in SERIES_KINDS else window.end
+
+
+def _utc(moment: datetime) -> str:
+    return format_timestamp(moment.astimezone(UTC))
+
+
+def _prop(value: Any, **extra: Any) -> dict[str, Any]:
+    return {"type": "Property", "value": value, **extra}
+
+
+@dataclass(frozen=True)
+class KpiEntity:
+    """A KPI entity to write: its id, the full entity and the part that changes per calculation."""
+
+    id: str
+    entity: dict[str, Any]
+
+    def dynamic(self) -> dict[str, Any]:
+        """The entity with only the attributes that change between calculations."""
+        keep = {"id", "type", "@context", *DYNAMIC_ATTRIBUTES}
+        return {k: v for k, v in self.entity.items() if k in keep}
+
+
+def kpi_entity(
+    definition: KpiDefinition,
+    source_id: str,
+    window: Window,
+    result: KpiResult,
+    *,
+    latest_observation: datetime | None,
+) -> KpiEntity:
+    """The KeyPerformanceIndicator entity of one definition, source entity and window."""
+    entity_id = kpi_entity_id(definition, source_id, window)
+    station = station_name(source_id)
+    next_window = window.following()
+    # NGSI-LD has no null Property value: a KPI without a value says why in words.
+    value = result.value if result.value is not None else NO_VALUE
+    kpi_value: dict[str, Any] = _prop(value, observedAt=_utc(value_time(window)))
+    if definition.unit and isinstance(result.value, int | float) and not isinstance(result.value, bool):
+        kpi_value["unitCode"] = definition.unit
+    entity: dict[str, Any] = {
+        "id": entity_id,
+        "type": KPI_TYPE,
+        "name": _prop(f"{definition.name} — {station}"),
+        "description": _prop(definition.description or definition.name),
+        "category": _prop(list(definition.category)),
+        "organization": _prop(definition.organization),
+        "process": _prop(definition.process or definition.name),
+        "calculatedBy": _prop(CALCULATED_BY),
+        "calculationMethod": _prop("automatic"),
+        "calculationFrequency": _prop(definition.frequency),
+        "calculationFormula": _prop(f"{definition.calculator}({_formula_parameters(definition)})"),
+        "aggregatedData": _prop([{"entityType": definition.source.type, "attrs": list(definition.source.attributes)}]),
+        "area": _prop(station),
+        "refSourceEntity": {"type": "Relationship", "object": source_id},
+        "kpiValue": kpi_value,
+        "calculationPeriod": _prop({"from": window.first_day.isoformat(), "to": window.last_day.isoformat()}),
+        "dateNextCalculation": _prop({"@type": "Date", "@value": next_window.first_day.isoformat()}),
+        "provenance": _prop({
+            "definition": definition.id,
+            "version": str(definition.version),
+            "calculator": definition.calculator,
+            "parameters": definition.params.model_dump(mode="json"),
+            "window": {"kind": window.kind, "start": window.start.isoformat(), "end": window.end.isoformat(),
+                       "label": window.label},
+            "sources": [source_id],
+        }),
+        "@context": [KPI_CONTEXT],
+    }
+    if latest_observation is not None:
+        entity["updatedAt"] = _prop({"@type": "DateTime", "@value": _utc(latest_observation)})
+    standing = definition.standing(result.value)
+    if standing is not None:
+        entity["currentStanding"] = _prop(standing, observedAt=kpi_value["observedAt"])
+    if result.coverage is not None:
+        entity["coverage"] = _prop(result.coverage.as_value(), observedAt=kpi_value["observedAt"])
+    if result.details:
+        entity["kpiDetails"] = _prop(result.details, observedAt=kpi_value["observedAt"])
+    if definition.theme:
+        entity["theme"] = _prop(definition.theme)
+    return KpiEntity(entity_id, entity)
+
+
+def _formula_parameters(definition: KpiDefinition) -> str:
+    dumped = definition.params.model_dump(mode="json", exclude_defaults=True)
+    return ", ".join(f"{key}={value}" for key, value in dumped.items())
+
+
+def calculate_kpi(
+    definition: KpiDefinition, source_id: str, observations: Observations, window: Window
+) -> KpiEntity:
+    """Evaluate `definition` on one source entity's observations over `window` and build its entity."""
+    result = definition.calculator_impl.evaluate(definition.params, observations, window, definition.tz)
+    latest = latest_observation(observations, window.start, window.end)
+    return kpi_entity(definition, source_id, window, result, latest_observation=latest)

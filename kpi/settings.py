@@ -1,0 +1,32 @@
+"""Configuration of the KPI engine: the `CLIMABOROUGH_*` variables it reads, with embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kpi.definitions import SHIPPED_DEFINITIONS
+
+
+class KpiSettings(BaseSettings):
+    """Where the broker and the MQTT server are, which definitions to run and how notifications arrive."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIMABOROUGH_", extra="ignore")
+
+    broker_url: str = "http://127.0.0.1:1026"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    tenant: str | None = None
+    kpi_definitions: list[Path] = [SHIPPED_DEFINITIONS]
+    kpi_notify: Literal["mqtt", "http"] = "mqtt"
+    """How the broker notifies the engine of changes."""
+    kpi_http_host: str = "127.0.0.1"
+    kpi_http_port: int = 0
+    """Port of the HTTP notification receiver (0: any free port)."""
+    kpi_http_advertised_host: str | None = None
+    """Host the broker reaches the receiver at, when not `kpi_http_host` (containers)."""
+    kpi_client_id: str = "climaborough-kpi"
+    """Names the engine's MQTT session, topic and subscriptions; copies that share it share the work."""
+    kpi_workers: int = 4
+    kpi_request_timeout_s: float = 30.0

@@ -1,0 +1,212 @@
+"""The KPI engine keeps KeyPerformanceIndicator entities up to date as AirQualityObserved data arrives.
+
+Everything is real: our broker over HTTP (tests/conftest.py), Mosquitto (or amqtt) carrying the
+broker's notifications to the engine, the temporal API for windows and for the KPI history.
+Expected values come from the calculators applied to the same data in the test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from kpi.calculators import count_exceedances, eea_air_quality_index, find_limit
+from kpi.calculators.averaging import daily_means
+from kpi.definitions import DefinitionSet, Trigger, load_definitions
+from kpi.engine import KpiEngine
+from kpi.settings import KpiSettings
+from ngsi.client import AsyncBrokerClient
+from smart_data_models import AirQualityObserved, format_timestamp, to_ngsi_ld
+from smart_data_models.models import ENVIRONMENT_CONTEXT, KPI_CONTEXT
+
+BEIJING = ZoneInfo("Asia/Shanghai")
+START = datetime(2016, 3, 15, 0, tzinfo=BEIJING)
+LIVE_KPIS = ("eea-air-quality-index", "caqi", "us-aqi", "pm25-daily-mean", "eu-no2-hourly-exceedances")
+
+
+def hourly_values(hour: int) -> dict[str, float]:
+    """Synthetic but plausible concentrations (µg/m³) for hour number `hour`."""
+    return {
+        "pm25": 8.0 + (hour * 7) % 40,
+        "pm10": 20.0 + (hour * 11) % 70,
+        "no2": 150.0 + (hour * 13) % 90,  # some hours above the 200 µg/m³ hourly limit
+        "o3": 30.0 + (hour * 5) % 60,
+        "so2": 5.0 + hour % 9,
+    }
+
+
+def observation(station_id: str, hour: int) -> dict[str, Any]:
+    model = AirQualityObserved.model_validate({
+        "id": station_id,
+        "dateObserved": START + timedelta(hours=hour),
+        "location": {"type": "Point", "coordinates": [116.4, 39.9]},
+        **hourly_values(hour),
+    })
+    return to_ngsi_ld(model)
+
+
+def definitions(*ids: str) -> DefinitionSet:
+    chosen = load_definitions().select(ids)
+    fast = Trigger.model_validate({"when": "change", "min_interval_s": 0.3})
+    # The shipped long windows wait 30 s between recalculations; a test has no 30 s to spare.
+    return DefinitionSet(tuple(d.model_copy(update={"trigger": fast}) for d in chosen))
+
+
+@pytest.fixture
+def station_id() -> str:
+    return f"urn:ngsi-ld:AirQualityObserved:beijing:Test{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings(broker_url: str, mqtt_url: str, tenant: str) -> KpiSettings:
+    return KpiSettings(broker_url=broker_url, mqtt_url=mqtt_url, tenant=tenant, kpi_client_id=f"kpi-{tenant}")
+
+
+@pytest.fixture
+async def producer(broker_url: str, tenant: str) -> AsyncIterator[AsyncBrokerClient]:
+    async with AsyncBrokerClient(broker_url, tenant=tenant) as client:
+        yield client
+
+
+@pytest.fixture
+async def kpi_reader(broker_url: str, tenant: str) -> AsyncIterator[AsyncBrokerClient]:
+    async with AsyncBrokerClient(broker_url, tenant=tenant, context=KPI_CONTEXT) as client:
+        yield client
+
+
+async def send_hours(producer: AsyncBrokerClient, station_id: str, hours: range) -> None:
+    for hour in hours:
+        result = await producer.batch_upsert([observation(station_id, hour)], mode="update")
+        assert result.ok, result.errors
+
+
+def kpi_id(kpi: str, station_id: str, period: str) -> str:
+    return f"urn:ngsi-ld:KeyPerformanceIndicator:beijing:{kpi}:{station_id.rsplit(':', 1)[-1]}:{period}"
+
+
+def utc(hour: int) -> str:
+    return format_timestamp((START + timedelta(hours=hour)).astimezone(UTC))
+
+
+async def kpi_value_at(reader: AsyncBrokerClient, entity_id: str, observed_at: str) -> Any:
+    try:
+        entity = await reader.get_entity(entity_id)
+    except Exception:
+        return None
+    value = entity.get("kpiValue", {})
+    return entity if value.get("observedAt") == observed_at else None
+
+
+async def kpi_history(reader: AsyncBrokerClient, entity_id: str) -> list[tuple[str, Any]]:
+    entity = await reader.get_temporal_entity(
+        entity_id, attrs="kpiValue", timerel="after", time_at="2000-01-01T00:00:00Z", options="temporalValues"
+    )
+    attribute = entity.get("kpiValue", {"values": []})
+    values = attribute["values"] if isinstance(attribute, dict) else attribute[0]["values"]
+    return sorted(((stamp, value) for value, stamp in values), key=lambda pair: pair[0])
+
+
+async def test_air_quality_updates_produce_kpi_entities_equal_to_the_calculators(
+    settings: KpiSettings, producer: AsyncBrokerClient, kpi_reader: AsyncBrokerClient, station_id: str,
+    wait_for: Callable[..., Any],
+) -> None:
+    hours = range(0, 26)
+    async with KpiEngine(settings, definitions(*LIVE_KPIS)):
+        await send_hours(producer, station_id, hours)
+        eea_id = kpi_id("eea-air-quality-index", station_id, "hourly")
+        entity = await wait_for(lambda: kpi_value_at(kpi_reader, eea_id, utc(25)), what="the EEA index of hour 25")
+        expected = eea_air_quality_index(hourly_values(25))
+        assert expected is not None
+        assert entity["kpiValue"]["value"] == expected.level
+        assert entity["kpiDetails"]["value"]["band"] == expected.band
+        assert entity["type"] == "KeyPerformanceIndicator"
+        assert entity["calculationFrequency"]["value"] == "hourly"
+        assert entity["refSourceEntity"]["object"] == station_id
+        assert entity["provenance"]["value"]["definition"] == "eea-air-quality-index"
+
+        # Every hour is one value in the KPI's history, equal to the calculator on that hour.
+        async def full_history() -> list[tuple[str, Any]] | None:
+            history = await kpi_history(kpi_reader, eea_id)
+            return history if len(history) >= len(hours) else None
+
+        history = await wait_for(full_history, what="26 hourly EEA values in the history")
+        assert history == [(utc(h), eea_air_quality_index(hourly_values(h)).level) for h in hours]  # type: ignore[union-attr]
+
+        # The daily mean of 15 March (24 valid hours) and the yearly NO2 exceedance count.
+        day_id = kpi_id("pm25-daily-mean", station_id, "daily")
+        series = [(START + timedelta(hours=h), hourly_values(h)["pm25"]) for h in hours]
+        day_mean = daily_means(series, BEIJING)[START.date()]
+        assert day_mean.value is not None
+
+        async def day_done() -> dict[str, Any] | None:
+            entity = await kpi_value_at(kpi_reader, day_id, utc(24))  # 16 March started: 1 hour only
+            if entity is None:
+                return None
+            return entity
+
+        today = await wait_for(day_done, what="the daily mean entity to reach 16 March")
+        assert today["kpiValue"]["value"] == "insufficientData"
+        assert today["coverage"]["value"]["sufficient"] is False
+        day_history = dict(await kpi_history(kpi_reader, day_id))
+        assert day_history[utc(0)] == round(day_mean.value, 2)
+
+        no2_id = kpi_id("eu-no2-hourly-exceedances", station_id, "2016")
+        no2 = [(START + timedelta(hours=h), hourly_values(h)["no2"]) for h in hours]
+        expected_count = count_exceedances(find_limit("eu-2008-50", "no2", "hour"), no2, 2016, BEIJING).exceedances
+        assert expected_count > 0
+
+        async def counted() -> dict[str, Any] | None:
+            entity = await kpi_reader.get_entity(no2_id)
+            return entity if entity["kpiValue"]["value"] == expected_count else None
+
+        yearly = await wait_for(counted, what=f"{expected_count} NO2 exceedance hours")
+        assert yearly["coverage"]["value"]["sufficient"] is False  # a day of data is not 90 % of a year
+        assert yearly["kpiDetails"]["value"]["compliant"] is None or yearly["kpiDetails"]["value"]["compliant"] is False
+        assert yearly["calculationPeriod"]["value"] == {"from": "2016-01-01", "to": "2016-12-31"}
+
+
+async def test_restart_loses_nothing_and_counts_nothing_twice(
+    settings: KpiSettings, producer: AsyncBrokerClient, kpi_reader: AsyncBrokerClient, station_id: str,
+    wait_for: Callable[..., Any],
+) -> None:
+    chosen = definitions("eea-air-quality-index", "eu-no2-hourly-exceedances")
+    eea_id = kpi_id("eea-air-quality-index", station_id, "hourly")
+    async with KpiEngine(settings, chosen):
+        await send_hours(producer, station_id, range(0, 10))
+        await wait_for(lambda: kpi_value_at(kpi_reader, eea_id, utc(9)), what="hour 9 before the restart")
+    # The engine is down: these changes wait in its MQTT session.
+    await send_hours(producer, station_id, range(10, 20))
+    async with KpiEngine(settings, chosen) as engine:
+        await wait_for(lambda: kpi_value_at(kpi_reader, eea_id, utc(19)), what="hour 19 after the restart")
+        # The same windows computed again (a replayed change) write nothing new.
+        engine.changed(station_id, "AirQualityObserved", observation(station_id, 5))
+        await engine.drained()
+    history = await kpi_history(kpi_reader, eea_id)
+    assert [stamp for stamp, _ in history] == [utc(h) for h in range(20)]
+    no2 = [(START + timedelta(hours=h), hourly_values(h)["no2"]) for h in range(20)]
+    expected = count_exceedances(find_limit("eu-2008-50", "no2", "hour"), no2, 2016, BEIJING).exceedances
+    stored = await kpi_reader.get_entity(kpi_id("eu-no2-hourly-exceedances", station_id, "2016"))
+    assert stored["kpiValue"]["value"] == expected
+
+
+async def test_http_notifications_are_the_alternative_to_mqtt(
+    settings: KpiSettings, producer: AsyncBrokerClient, kpi_reader: AsyncBrokerClient, station_id: str,
+    wait_for: Callable[..., Any],
+) -> None:
+    http_settings = settings.model_copy(update={"kpi_notify": "http"})
+    async with KpiEngine(http_settings, definitions("caqi")):
+        await send_hours(producer, station_id, range(0, 3))
+        caqi_id = kpi_id("caqi", station_id, "hourly")
+        entity = await wait_for(lambda: kpi_value_at(kpi_reader, caqi_id, utc(2)), what="CAQI over HTTP")
+    assert isinstance(entity["kpiValue"]["value"], float)
+    assert entity["kpiDetails"]["value"]["class"] in ("Very low", "Low", "Medium", "High", "Very high")
+
+
+def test_environment_context_is_the_source_context() -> None:
+    chosen = definitions("caqi")
+    assert chosen.get("caqi").source.ld_context == ENVIRONMENT_CONTEXT
