@@ -212,7 +212,9 @@ def expression_variables(expression: str | None) -> list[str]:
     """The names an attribute's expression reads (`value` is the attribute's own column)."""
     if not expression:
         return []
-    return [node.id for node in ast.walk(compile_expression(expression)) if isinstance(node, ast.Name)]
+    tree = compile_expression(expression)
+    called = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    return [node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id not in called]
 
 
 class _Checker:
@@ -324,6 +326,7 @@ def _source(check: _Checker, raw: Any) -> SourceSpec:
     except LookupError as error:
         raise check.fail("source.encoding", f"{encoding!r} is not an encoding Python knows") from error
     delimiter = raw.get("delimiter", ",")
+    delimiter = "\t" if delimiter in ("\\t", "tab") else delimiter
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise check.fail("source.delimiter", f"must be one character, got {_shown(delimiter)}")
     quote = raw.get("quote", '"')

@@ -464,10 +464,12 @@ class Translator:
         if self.static_location is not None:
             return self.static_location
         if self.location_key is not None:
-            key = str(values[self.location_key]).strip()
+            column = self.mapping.location.key_column if self.mapping.location else ""
+            key = "" if values[self.location_key] is None else str(values[self.location_key]).strip()
+            if not key:
+                raise UnmappableRecord(f"column {column!r} is empty but locations.table is keyed by it")
             found = self.location_table.get(key)
             if found is None:
-                column = self.mapping.location.key_column if self.mapping.location else ""
                 raise UnmappableRecord(f"column {column!r}: {key!r} is not in locations.table")
             return found
         if self.location_columns is not None:
