@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from cli.settings import BROKER_PORT, CliSettings
+from kpi.commands import kpi_app
 
 app = typer.Typer(
     name="climaborough",
@@ -18,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
+app.add_typer(kpi_app, name="kpi")
 
 HostOption = Annotated[str, typer.Option(help="Address the broker listens on.")]
 PortOption = Annotated[int, typer.Option(help="Port of the broker's NGSI-LD API (FIWARE default 1026).")]
