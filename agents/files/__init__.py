@@ -1,10 +1,10 @@
 """File translators: declarative mappings (YAML) turn csv, json, xml and fixed-width files into Smart Data Models.
 
-    mapping = load_mapping("broker_config/mappings/beijing_multisite.yaml")
-    translate = compile_translator(mapping)
-    for record in open_records(path, mapping):
-        entities = translate(record.values)          # pure: record → NGSI-LD entities
-    summary = await ingest_file(path, mapping, client, quarantine=..., checkpoint_dir=...)
+mapping = load_mapping("broker_config/mappings/beijing_multisite.yaml")
+translate = compile_translator(mapping)
+for record in open_records(path, mapping):
+    entities = translate(record.values)          # pure: record → NGSI-LD entities
+summary = await ingest_file(path, mapping, client, quarantine=..., checkpoint_dir=...)
 """
 
 from agents.files.checkpoint import Checkpoint, checkpoint_key

@@ -184,8 +184,8 @@ class Mapping:
         for name in placeholders(self.city):
             add(name)
         if self.location is not None:
-            for name in (self.location.longitude_column, self.location.latitude_column, self.location.key_column):
-                add(name)
+            for column in (self.location.longitude_column, self.location.latitude_column, self.location.key_column):
+                add(column)
         for entity in self.entities:
             for name in placeholders(entity.id_template):
                 add(name)
@@ -202,9 +202,9 @@ class Mapping:
                     if variable != "value":
                         add(variable)
             if entity.long is not None:
-                for name in (entity.long.entity_column, entity.long.attribute_column, entity.long.value_column,
-                             entity.long.unit_column):  # fmt: skip
-                    add(name)
+                long = entity.long
+                for column in (long.entity_column, long.attribute_column, long.value_column, long.unit_column):
+                    add(column)
         return names
 
 

@@ -226,7 +226,8 @@ class _EntityBuilder:
             (name, target_type, _Template(template, index))
             for name, (target_type, template) in spec.relationships.items()
         ]
-        templates = [self.id_template, self.city, *(t for _, t in self.templated), *(t for _, _, t in self.relationships)]
+        templates = [self.id_template, self.city, *(t for _, t in self.templated)]
+        templates += [t for _, _, t in self.relationships]
         self.key_positions = sorted({position for template in templates for position in template.positions})
         self._heads: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
         # (name, column position or -1, column, plain number?, scale, offset, reader, unit, observed)

@@ -35,31 +35,50 @@ def with_change(old: str, new: str) -> str:
         (with_change("{format: csv}", "{format: csv, encoding: klingon}"), "source.encoding", "encoding"),
         (with_change("{format: csv}", "{format: csv, missing: [[1]]}"), "source.missing[0]", "text or a number"),
         (with_change("{format: csv}", "{format: json}"), "source.records", "non-empty text"),
-        (with_change("{format: csv}", "{format: fixed-width, columns: {a: [3, 1]}}"), "source.columns.a",
-         "start < end"),  # fmt: skip
-        (with_change("{format: csv}", "{format: fixed-width, columns: {time: [0, 4]}}"), "source.columns",
-         "'station' is used by the mapping but not declared"),  # fmt: skip
+        (
+            with_change("{format: csv}", "{format: fixed-width, columns: {a: [3, 1]}}"),
+            "source.columns.a",
+            "start < end",
+        ),
+        (
+            with_change("{format: csv}", "{format: fixed-width, columns: {time: [0, 4]}}"),
+            "source.columns",
+            "'station' is used by the mapping but not declared",
+        ),
         (with_change("{format: csv}", "{format: csv, delimter: ';'}"), "source.delimter", "unknown field"),
-        (with_change("{column: time}", "{column: time, time_zone: Mars/Olympus}"), "timestamp.time_zone",
-         "IANA"),  # fmt: skip
+        (with_change("{column: time}", "{column: time, time_zone: Mars/Olympus}"), "timestamp.time_zone", "IANA"),
         (with_change("{column: time}", "{column: time, format: yyyy-mm-dd}"), "timestamp.format", "strftime"),
         (with_change("{column: time}", "{columns: []}"), "timestamp.columns", "must list"),
         (with_change("city: here", "city: ''"), "city", "non-empty text"),
         (with_change("type: AirQualityObserved", "type: 'Air Quality'"), "entities[0].type", "plain type name"),
-        (with_change("{column: NO2}", "{column: NO2, unit: furlongs}"), "entities[0].attributes.no2.unit",
-         "UN/CEFACT"),  # fmt: skip
-        (with_change("{column: NO2}", "{column: NO2, scale: ten}"), "entities[0].attributes.no2.scale",
-         "must be a number"),  # fmt: skip
-        (with_change("{column: NO2}", "{column: NO2, convert: fahrenheit}"), "entities[0].attributes.no2.convert",
-         "must be one of"),  # fmt: skip
-        (with_change("{column: NO2}", "{column: NO2, expression: '__import__(\"os\")'}"),
-         "entities[0].attributes.no2.expression", "calls something other"),  # fmt: skip
+        (with_change("{column: NO2}", "{column: NO2, unit: furlongs}"), "entities[0].attributes.no2.unit", "UN/CEFACT"),
+        (
+            with_change("{column: NO2}", "{column: NO2, scale: ten}"),
+            "entities[0].attributes.no2.scale",
+            "must be a number",
+        ),
+        (
+            with_change("{column: NO2}", "{column: NO2, convert: fahrenheit}"),
+            "entities[0].attributes.no2.convert",
+            "must be one of",
+        ),
+        (
+            with_change("{column: NO2}", "{column: NO2, expression: '__import__(\"os\")'}"),
+            "entities[0].attributes.no2.expression",
+            "calls something other",
+        ),
         (with_change("{column: NO2}", "{}"), "entities[0].attributes.no2", "needs a column"),
         (with_change("no2: {column: NO2}", "id: {column: NO2}"), "entities[0].attributes.id", "not a name"),
-        (with_change("city: here", "city: here\nlocations: {static: [200, 10]}"), "locations.static[0]",
-         "outside -180..180"),  # fmt: skip
-        (with_change("city: here", "city: here\nlocations: {column: station, table: {}}"), "locations.table",
-         "at least one"),  # fmt: skip
+        (
+            with_change("city: here", "city: here\nlocations: {static: [200, 10]}"),
+            "locations.static[0]",
+            "outside -180..180",
+        ),
+        (
+            with_change("city: here", "city: here\nlocations: {column: station, table: {}}"),
+            "locations.table",
+            "at least one",
+        ),
         ("entities: []\n", "source", "must be a mapping"),
         (VALID + "  - 3\n", "entities[1]", "must be a mapping"),
         ("source: [unclosed\n", "line", "not valid YAML"),

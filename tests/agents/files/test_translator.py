@@ -49,20 +49,30 @@ NO2 = "      no2: {column: NO2}"
         ("{format: csv, delimiter: ';', decimal: ','}", "time;station;NO2\n2024-01-01T00:00:00Z;s1;21,5\n", [21.5]),
         ("{format: csv, delimiter: tab}", "time\tstation\tNO2\n2024-01-01T00:00:00Z\ts1\t7\n", [7.0]),
         ("{format: csv, header: false, columns: [time, station, NO2]}", "2024-01-01T00:00:00Z,s1,3\n", [3.0]),
-        ("{format: csv, skip_lines: 2}", "# exported\n# by hand\ntime,station,NO2\n2024-01-01T00:00:00Z,s1,4\n",
-         [4.0]),  # fmt: skip
+        ("{format: csv, skip_lines: 2}", "# exported\n# by hand\ntime,station,NO2\n2024-01-01T00:00:00Z,s1,4\n", [4.0]),
         ("{format: csv, encoding: latin-1}", "time,station,NO2\n2024-01-01T00:00:00Z,Lérida,5\n", [5.0]),
         ("{format: csv}", '"time","station","NO2"\r\n"2024-01-01T00:00:00Z","s1","6"\r\n', [6.0]),
         ("{format: ndjson}", '{"time": "2024-01-01T00:00:00Z", "station": "s1", "NO2": 8}\n\n', [8.0]),
-        ("{format: json, records: 'data.item'}",
-         '{"data": [{"time": "2024-01-01T00:00:00Z", "station": "s1", "NO2": 9}]}', [9.0]),  # fmt: skip
-        ("{format: json, records: item, fields: {time: meta.t, NO2: values.no2}}",
-         '[{"meta": {"t": "2024-01-01T00:00:00Z"}, "station": "s1", "values": {"no2": 10}}]', [10.0]),  # fmt: skip
-        ("{format: xml, records: 'observations/obs', fields: {time: '@at', station: 'where/@id'}}",
-         '<observations><obs at="2024-01-01T00:00:00Z"><where id="s1"/><NO2>11.5</NO2></obs></observations>',
-         [11.5]),  # fmt: skip
-        ("{format: fixed-width, columns: {time: [0, 20], station: [21, 24], NO2: [25, 32]}, skip_lines: 1}",
-         "TIME                 STA NO2\n2024-01-01T00:00:00Z s1    12.25\n", [12.25]),  # fmt: skip
+        (
+            "{format: json, records: 'data.item'}",
+            '{"data": [{"time": "2024-01-01T00:00:00Z", "station": "s1", "NO2": 9}]}',
+            [9.0],
+        ),
+        (
+            "{format: json, records: item, fields: {time: meta.t, NO2: values.no2}}",
+            '[{"meta": {"t": "2024-01-01T00:00:00Z"}, "station": "s1", "values": {"no2": 10}}]',
+            [10.0],
+        ),
+        (
+            "{format: xml, records: 'observations/obs', fields: {time: '@at', station: 'where/@id'}}",
+            '<observations><obs at="2024-01-01T00:00:00Z"><where id="s1"/><NO2>11.5</NO2></obs></observations>',
+            [11.5],
+        ),
+        (
+            "{format: fixed-width, columns: {time: [0, 20], station: [21, 24], NO2: [25, 32]}, skip_lines: 1}",
+            "TIME                 STA NO2\n2024-01-01T00:00:00Z s1    12.25\n",
+            [12.25],
+        ),
     ],
 )
 def test_every_format_reads_the_same_observation(source: str, data: str, expected_no2: list[float]) -> None:
@@ -95,12 +105,19 @@ def test_missing_value_markers_leave_the_attribute_out(missing: str, cell: str, 
 @pytest.mark.parametrize(
     ("timestamp", "columns", "cells", "expected"),
     [
-        ("{columns: [y, m, d, h], format: '%Y %m %d %H', time_zone: '+08:00'}", "y,m,d,h", "2013,3,1,0",
-         "2013-02-28T16:00:00.000Z"),  # fmt: skip
-        ("{columns: [Date, Time], format: '%d/%m/%Y %H.%M.%S', time_zone: '+01:00'}", "Date,Time",
-         "10/03/2004,18.00.00", "2004-03-10T17:00:00.000Z"),  # fmt: skip
-        ("{column: t, format: '%d %b %Y %H:%M', time_zone: UTC}", "t", "05 Jan 2024 10:30",
-         "2024-01-05T10:30:00.000Z"),  # fmt: skip
+        (
+            "{columns: [y, m, d, h], format: '%Y %m %d %H', time_zone: '+08:00'}",
+            "y,m,d,h",
+            "2013,3,1,0",
+            "2013-02-28T16:00:00.000Z",
+        ),
+        (
+            "{columns: [Date, Time], format: '%d/%m/%Y %H.%M.%S', time_zone: '+01:00'}",
+            "Date,Time",
+            "10/03/2004,18.00.00",
+            "2004-03-10T17:00:00.000Z",
+        ),
+        ("{column: t, format: '%d %b %Y %H:%M', time_zone: UTC}", "t", "05 Jan 2024 10:30", "2024-01-05T10:30:00.000Z"),
         ("{column: t, time_zone: Europe/Rome}", "t", "2024-07-01T12:00:00", "2024-07-01T10:00:00.000Z"),
         ("{column: t, time_zone: Europe/Rome}", "t", "2024-01-01T12:00:00", "2024-01-01T11:00:00.000Z"),
         ("{column: t, time_zone: Europe/Rome}", "t", "2024-07-01T12:00:00-03:00", "2024-07-01T15:00:00.000Z"),
