@@ -184,8 +184,8 @@ class Mapping:
         for name in placeholders(self.city):
             add(name)
         if self.location is not None:
-            for column in (self.location.longitude_column, self.location.latitude_column, self.location.key_column):
-                add(column)
+            for located_by in (self.location.longitude_column, self.location.latitude_column, self.location.key_column):
+                add(located_by)
         for entity in self.entities:
             for name in placeholders(entity.id_template):
                 add(name)
@@ -203,8 +203,8 @@ class Mapping:
                         add(variable)
             if entity.long is not None:
                 long = entity.long
-                for column in (long.entity_column, long.attribute_column, long.value_column, long.unit_column):
-                    add(column)
+                for long_column in (long.entity_column, long.attribute_column, long.value_column, long.unit_column):
+                    add(long_column)
         return names
 
 
