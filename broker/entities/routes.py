@@ -107,12 +107,9 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
     ) -> Response:  # fmt: skip
         """GS CIM 009 5.7.2 Query Entities, shared by GET /entities and POST /entityOperations/query."""
         kind = accepted_media_type(request, geo=True)
-        if not any((id, idPattern, type, attrs, q, geo)):
-            raise BadRequestData("Give at least one of id, idPattern, type, attrs, q or a geo-query",
+        if not any((id, idPattern, type, attrs, q, geo, scopeQ)):
+            raise BadRequestData("Give at least one of id, idPattern, type, attrs, q, scopeQ or a geo-query",
                                  title="Too broad query")
-        if scopeQ is not None:
-            # TODO(query): scopeQ is not compiled by broker/query yet.
-            raise BadRequestData("scopeQ is not supported yet", parameter="scopeQ")
         page = settings.default_limit if limit is None else limit
         if page < 0 or offset < 0:
             raise BadRequestData("limit and offset must not be negative", parameter="limit")
@@ -125,7 +122,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         query = EntityQuery(
             ids=list(parse_ids(id)) if id else None, id_pattern=idPattern, types=type,
             attrs=[terms.expand(a) for a in split_list(attrs) or []] or None, q=q, geo=geo,
-            limit=page, offset=offset, count=count,
+            scope_q=scopeQ, limit=page, offset=offset, count=count,
         )  # fmt: skip
         entities, total = await service.query(tenant, query, terms)
         bodies = [render(entity, terms, opts) for entity in entities]

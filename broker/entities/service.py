@@ -11,6 +11,7 @@ from psycopg import AsyncConnection, sql
 from broker.changes import ChangeKind, ChangeSink, EntityChange
 from broker.entities import store
 from broker.entities.representation import expand_attributes, expand_entity
+from broker.entities.scope import compile_scope_q
 from broker.entities.stored import (
     StoredEntity,
     append_attributes,
@@ -62,6 +63,7 @@ class EntityQuery:
     attrs: list[str] | None = None
     q: str | None = None
     geo: dict[str, Any] | None = None
+    scope_q: str | None = None
     limit: int = 20
     offset: int = 0
     count: bool = False
@@ -291,6 +293,8 @@ class EntityService:
             conditions.append(sql.SQL("doc ?| {}::text[]").format(Param(query.attrs)))
         if query.q:
             conditions.append(compile_q(parse_q(query.q), terms.expand))
+        if query.scope_q is not None:
+            conditions.append(compile_scope_q(query.scope_q))
         geo = parse_geo_query(**query.geo) if query.geo else None
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn:

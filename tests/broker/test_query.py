@@ -88,3 +88,24 @@ async def test_invalid_geometry_in_query_is_400_naming_it(http: httpx.AsyncClien
         "type": "Place", "georel": "near;maxDistance==10", "geometry": "Point", "coordinates": "[200"})
     assert got.status_code == 400
     assert got.json().get("parameter") == "coordinates" or "coordinates" in got.json()["detail"]
+
+
+async def test_scope_q_selects_by_scope_hierarchy(http: httpx.AsyncClient, tenant: str) -> None:
+    entities = [
+        {"id": "urn:ngsi-ld:Bin:1", "type": "Bin", "scope": "/Madrid/Centro"},
+        {"id": "urn:ngsi-ld:Bin:2", "type": "Bin", "scope": ["/Madrid/Retiro/Norte"]},
+        {"id": "urn:ngsi-ld:Bin:3", "type": "Bin", "scope": "/Oslo"},
+    ]
+    headers = {"NGSILD-Tenant": tenant}
+    assert (await http.post(f"{API}/entityOperations/create", json=entities, headers=headers)).status_code == 201
+
+    async def ids(scope_q: str) -> list[str]:
+        got = await http.get(f"{API}/entities", params={"type": "Bin", "scopeQ": scope_q}, headers=headers)
+        assert got.status_code == 200, got.text
+        return sorted(e["id"] for e in got.json())
+
+    assert await ids("/Madrid/#") == ["urn:ngsi-ld:Bin:1", "urn:ngsi-ld:Bin:2"]
+    assert await ids("/Madrid/+") == ["urn:ngsi-ld:Bin:1"]
+    assert await ids("/Oslo,/Madrid/Centro") == ["urn:ngsi-ld:Bin:1", "urn:ngsi-ld:Bin:3"]
+    bad = await http.get(f"{API}/entities", params={"type": "Bin", "scopeQ": "Madrid"}, headers=headers)
+    assert bad.status_code == 400
