@@ -1,0 +1,272 @@
+"""KPI engine benchmark: change → KPI entity latency under load, and the backfill of every shipped KPI over Beijing.
+
+`python -m bench.kpi [--data DIR] [--seconds 20] [--stations 100]` starts PostgreSQL and the
+broker (bench/_harness.py) and Mosquitto (amqtt if absent), then:
+
+1. Latency: `--stations` AirQualityObserved stations each report once a second (every report is
+   the next hour of a replayed day, so every report opens a new hourly window), the KPI engine
+   runs live with every shipped air-quality definition, and a second MQTT subscription tells the
+   benchmark when the station's hourly EEA index entity has the value of the reported hour.
+   Latency = that notification's arrival − the moment before the report was sent.
+2. Backfill: the 12-station UCI Beijing history (`--data`, the PRSA_Data_*.csv folder) is loaded
+   through the temporal append path, then `kpi run`'s backfill computes every shipped
+   air-quality KPI over 2013-03-01 … 2017-03-01 (timed; the load is not).
+
+Prints ONE JSON line: kpi_latency_p50_ms, kpi_latency_p99_ms, kpi_backfill_s and details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench._harness import emit_result, log, machine_info, percentile, running_broker
+from broker.embedded_postgres import free_port
+from kpi.backfill import backfill
+from kpi.definitions import DefinitionSet, load_definitions
+from kpi.engine import KpiEngine
+from kpi.settings import KpiSettings
+from ngsi.client import AsyncBrokerClient
+from smart_data_models import format_timestamp
+from smart_data_models.models import ENVIRONMENT_CONTEXT, KPI_CONTEXT
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beijing_multisite"
+BEIJING_TIME = timezone(timedelta(hours=8))
+POLLUTANTS = {"PM2.5": "pm25", "PM10": "pm10", "SO2": "so2", "NO2": "no2", "O3": "o3", "CO": "co"}
+AQO = "AirQualityObserved"
+LATENCY_START = datetime(2030, 1, 1, tzinfo=BEIJING_TIME)
+
+
+@contextmanager
+def running_mqtt() -> Iterator[str]:
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="climaborough-bench-mqtt-"))
+    os.chmod(folder, 0o777)
+    mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if mosquitto:
+        config = folder / "mosquitto.conf"
+        config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
+        argv = [mosquitto, "-c", str(config)]
+    else:
+        script = (
+            "import asyncio, sys\nfrom amqtt.broker import Broker\nasync def main():\n"
+            "    b = Broker({'listeners': {'default': {'type': 'tcp', 'bind': '127.0.0.1:' + sys.argv[1]}},"
+            " 'plugins': {'amqtt.plugins.authentication.AnonymousAuthPlugin': {'allow_anonymous': True}}})\n"
+            "    await b.start()\n    await asyncio.Event().wait()\nasyncio.run(main())\n"
+        )
+        argv = [sys.executable, "-c", script, str(port)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def air_quality_definitions() -> DefinitionSet:
+    definitions = load_definitions()
+    return DefinitionSet(tuple(d for d in definitions if d.source.type == AQO))
+
+
+# -- latency -------------------------------------------------------------------------------------
+
+
+class KpiWatcher:
+    """Receives the notifications of EEA index entities and matches them to the reports sent."""
+
+    def __init__(self, mqtt_url: str, topic: str) -> None:
+        port = int(mqtt_url.rsplit(":", 1)[1])
+        self.topic = topic
+        self.sent: dict[tuple[str, str], float] = {}
+        self.latencies: list[float] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-kpi-{port}")
+        self.client.on_connect = lambda c, *_: (c.subscribe(topic, qos=0), self._ready.set())
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self._ready.wait(10)
+
+    def _on_message(self, _client: Any, _userdata: Any, message: paho.MQTTMessage) -> None:
+        arrived = time.perf_counter()
+        body = orjson.loads(message.payload).get("body", {})
+        for entity in body.get("data", []):
+            value = entity.get("kpiValue") or {}
+            key = (entity.get("refSourceEntity", {}).get("object", ""), value.get("observedAt", ""))
+            with self._lock:
+                sent = self.sent.pop(key, None)
+            if sent is not None:
+                self.latencies.append((arrived - sent) * 1000)
+
+    def expect(self, station: str, observed_at: str, at: float) -> None:
+        with self._lock:
+            self.sent[(station, observed_at)] = at
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def measure_latency(broker_url: str, mqtt_url: str, stations: int, seconds: float) -> dict[str, Any]:
+    topic = "bench/kpi/eea"
+    watcher = KpiWatcher(mqtt_url, topic)
+    settings = KpiSettings(broker_url=broker_url, mqtt_url=mqtt_url, kpi_client_id="bench-kpi", kpi_workers=8)
+    ids = [f"urn:ngsi-ld:{AQO}:beijing:bench{n:03d}" for n in range(stations)]
+    async with AsyncBrokerClient(broker_url) as client:
+        await client.create_subscription({
+            "type": "Subscription",
+            "entities": [{"type": "KeyPerformanceIndicator", "idPattern": ".*:eea-air-quality-index:.*"}],
+            "watchedAttributes": ["kpiValue"],
+            "notification": {"attributes": ["kpiValue", "refSourceEntity"], "format": "normalized",
+                             "endpoint": {"uri": f"{mqtt_url}/{topic}", "accept": "application/json"}},
+            "@context": [KPI_CONTEXT],
+        })  # fmt: skip
+        engine = KpiEngine(settings, air_quality_definitions())
+        await engine.start()
+        try:
+            async def station(index: int) -> None:
+                await asyncio.sleep(index / stations)  # spread the reports over the second
+                hour = 0
+                started = time.perf_counter()
+                while time.perf_counter() - started < seconds:
+                    moment = LATENCY_START + timedelta(hours=hour)
+                    observed = format_timestamp(moment.astimezone(UTC))
+                    entity = {
+                        "id": ids[index], "type": AQO, "@context": [ENVIRONMENT_CONTEXT],
+                        "dateObserved": {"type": "Property", "value": {"@type": "DateTime", "@value": observed}},
+                        **{p: {"type": "Property", "value": 10.0 + (index + hour * 7) % 80, "observedAt": observed,
+                               "unitCode": "GQ"} for p in ("pm25", "pm10", "no2", "o3", "so2")},
+                    }  # fmt: skip
+                    watcher.expect(ids[index], observed, time.perf_counter())
+                    await client.batch_upsert([entity], mode="update")
+                    hour += 1
+                    await asyncio.sleep(max(0.0, started + hour - time.perf_counter()))
+
+            await asyncio.gather(*(station(i) for i in range(stations)))
+            await asyncio.sleep(3)  # the last reports' KPIs
+        finally:
+            await engine.stop(drain_timeout=30)
+            watcher.stop()
+    latencies = watcher.latencies
+    return {
+        "kpi_latency_p50_ms": round(percentile(latencies, 0.5), 1) if latencies else None,
+        "kpi_latency_p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
+        "latency_samples": len(latencies),
+        "reports_sent": len(latencies) + len(watcher.sent),
+        "engine_errors": engine.stats.errors,
+        "engine_reads": engine.stats.reads,
+    }
+
+
+# -- backfill ------------------------------------------------------------------------------------
+
+
+def station_series(csv_path: Path) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    """Station name and its hourly instances per pollutant (co in mg/m³ as the Smart Data Model has it)."""
+    instances: dict[str, list[dict[str, Any]]] = {attr: [] for attr in POLLUTANTS.values()}
+    station = ""
+    with open(csv_path, newline="", encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            station = row["station"]
+            local = datetime(int(row["year"]), int(row["month"]), int(row["day"]), int(row["hour"]),
+                             tzinfo=BEIJING_TIME)  # fmt: skip
+            observed = format_timestamp(local.astimezone(UTC))
+            for column, attr in POLLUTANTS.items():
+                if row[column] in ("", "NA"):
+                    continue
+                value = float(row[column]) / (1000 if attr == "co" else 1)
+                instances[attr].append({"type": "Property", "value": value, "observedAt": observed,
+                                        "unitCode": "GP" if attr == "co" else "GQ"})  # fmt: skip
+    return station, instances
+
+
+async def load_beijing(broker_url: str, files: list[Path], chunk: int = 2000) -> int:
+    total = 0
+    async with AsyncBrokerClient(broker_url, timeout=300) as client:
+        for path in files:
+            station, instances = await asyncio.to_thread(station_series, path)
+            entity_id = f"urn:ngsi-ld:{AQO}:beijing:{station}"
+            last = {attr: rows[-1] for attr, rows in instances.items() if rows}
+            # The current state (how the engine finds stations) and the history (what it reads).
+            await client.batch_upsert([{"id": entity_id, "type": AQO, "@context": [ENVIRONMENT_CONTEXT], **last}])
+            length = max(len(rows) for rows in instances.values())
+            for start in range(0, length, chunk):
+                body: dict[str, Any] = {attr: rows[start : start + chunk] for attr, rows in instances.items()
+                                        if rows[start : start + chunk]}  # fmt: skip
+                body["@context"] = [ENVIRONMENT_CONTEXT]
+                await client.temporal_append(entity_id, body)
+                total += sum(len(v) for k, v in body.items() if k != "@context")
+            log(f"loaded {station}")
+    return total
+
+
+async def measure_backfill(broker_url: str, files: list[Path]) -> dict[str, Any]:
+    started = time.perf_counter()
+    instances = await load_beijing(broker_url, files)
+    load_s = time.perf_counter() - started
+    log(f"loaded {instances} instances in {load_s:.1f}s; backfilling")
+    settings = KpiSettings(broker_url=broker_url, kpi_client_id="bench-backfill")
+    engine = KpiEngine(settings, air_quality_definitions())
+    started = time.perf_counter()
+    report = await backfill(
+        engine, datetime(2013, 3, 1, tzinfo=BEIJING_TIME), datetime(2017, 3, 1, tzinfo=BEIJING_TIME)
+    )
+    elapsed = time.perf_counter() - started
+    await engine.stop()
+    return {
+        "kpi_backfill_s": round(elapsed, 1),
+        "backfill_kpis": len(engine.definitions),
+        "backfill_sources": report.sources,
+        "backfill_windows": report.windows,
+        "backfill_history_values": report.history_instances,
+        "history_load_s": round(load_s, 1),
+        "history_instances": instances,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of PRSA_Data_*.csv (UCI Beijing)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long the stations report")
+    parser.add_argument("--stations", type=int, default=100)
+    parser.add_argument("--skip-backfill", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    result: dict[str, Any] = {"benchmark": "kpi", "stations": args.stations, "seconds": args.seconds}
+    with running_mqtt() as mqtt_url:
+        if not args.skip_latency:
+            with running_broker() as broker:
+                log(f"latency: {args.stations} stations for {args.seconds}s")
+                result.update(asyncio.run(measure_latency(broker.base_url, mqtt_url, args.stations, args.seconds)))
+        if not args.skip_backfill:
+            files = sorted(args.data.glob("PRSA_Data_*.csv"))
+            if not files:
+                raise SystemExit(f"no PRSA_Data_*.csv in {args.data} (give --data)")
+            with running_broker() as broker:
+                result.update(asyncio.run(measure_backfill(broker.base_url, files)))
+    result["machine"] = machine_info()
+    emit_result(result)
+
+
+if __name__ == "__main__":
+    main()
