@@ -25,34 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from twin.dataset import COMPASS_DEGREES
 from twin.evaluation import AutoRegression
 from twin.model import TrainingConfig
 from twin.scenarios import FeatureChange, what_if
+from twin.sources import BEIJING_TZ, read_beijing_station
 from twin.store import ModelStore
 from twin.training import evaluate_on, prepare, train_station
-
-BEIJING_TZ = "Asia/Shanghai"
-
-
-def read_station(path: Path) -> pd.DataFrame:
-    """A Beijing multi-site CSV as observations with Smart Data Models names, UTC index.
-
-    CO stays in µg/m³ as in the file: the twin only needs consistent units.
-    """
-    raw = pd.read_csv(path, na_values=["NA"])
-    local = pd.to_datetime(raw[["year", "month", "day", "hour"]])
-    index = pd.DatetimeIndex(local).tz_localize(BEIJING_TZ).tz_convert("UTC")
-    columns = {
-        "pm25": "PM2.5", "pm10": "PM10", "so2": "SO2", "no2": "NO2", "co": "CO", "o3": "O3",
-        "temperature": "TEMP", "atmosphericPressure": "PRES", "dewPoint": "DEWP", "precipitation": "RAIN",
-        "windSpeed": "WSPM",
-    }
-    frame = pd.DataFrame({name: raw[column].to_numpy() for name, column in columns.items()}, index=index)
-    frame["windDirection"] = raw["wd"].map(COMPASS_DEGREES).to_numpy()
-    return frame
 
 
 def peak_rss_mb() -> float:
@@ -79,7 +58,7 @@ def main() -> None:
         store = ModelStore(Path(tmp))
         for path in files:
             station = path.name.split("_")[2]
-            observations = read_station(path)
+            observations = read_beijing_station(path)
             trained = train_station(observations, station, config=config, store=store, local_tz=BEIJING_TZ)
             report = trained.report
             # The same model without a weather forecast: yesterday's weather for the hours ahead.

@@ -39,7 +39,14 @@ def hourly_frame(observations: pd.DataFrame, *, max_gap_hours: int = 3) -> pd.Da
         raise ValueError("observation times must carry a time zone")
     numeric = observations.apply(pd.to_numeric, errors="coerce").astype("float64")
     hourly = numeric.resample("1h").mean()
-    return hourly.interpolate(method="time", limit=max_gap_hours, limit_area="inside")
+    filled = hourly.interpolate(method="time", limit_area="inside")
+    # pandas' `limit` would fill the first hours of a long gap too: fill only whole short gaps.
+    for column in hourly.columns:
+        missing = hourly[column].isna()
+        run_id = (missing != missing.shift()).cumsum()
+        run_length = missing.groupby(run_id).transform("sum")
+        filled.loc[missing & (run_length > max_gap_hours), column] = np.nan
+    return filled
 
 
 def add_features(hourly: pd.DataFrame, *, local_tz: str | None = None) -> pd.DataFrame:
@@ -53,8 +60,8 @@ def add_features(hourly: pd.DataFrame, *, local_tz: str | None = None) -> pd.Dat
     assert isinstance(frame.index, pd.DatetimeIndex)
     local = frame.index.tz_convert(local_tz) if local_tz else frame.index
     hour = local.hour.to_numpy()
-    doy = local.dayofyear.to_numpy()
-    dow = local.dayofweek.to_numpy()
+    doy = local.day_of_year.to_numpy()
+    dow = local.day_of_week.to_numpy()
     frame["hour_sin"], frame["hour_cos"] = np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)
     frame["doy_sin"], frame["doy_cos"] = np.sin(2 * np.pi * doy / 365.25), np.cos(2 * np.pi * doy / 365.25)
     frame["dow_sin"], frame["dow_cos"] = np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)

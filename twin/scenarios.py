@@ -30,6 +30,9 @@ WHO_THRESHOLDS: dict[str, float] = {"pm25": 15, "pm10": 45, "no2": 25, "so2": 40
 DERIVED_FROM: dict[str, tuple[str, ...]] = {"windSpeed": ("wind_u", "wind_v")}
 
 
+RANGE_TOLERANCE = 0.05
+
+
 class ScenarioError(ValueError):
     """A scenario the model cannot answer honestly; the message says why."""
 
@@ -86,6 +89,9 @@ def _change_rows(values: np.ndarray, features: Sequence[str], rows: slice, chang
 def _check_range(block: np.ndarray, features: Sequence[str], rows: slice, feature: str, bounds: TrainingRange) -> None:
     values = block[rows, features.index(feature)]
     lo, hi = bounds.minimum[feature], bounds.maximum[feature]
+    # A tolerance of 5 % of the trained span on each side: the edge of the data is not a cliff.
+    margin = RANGE_TOLERANCE * (hi - lo)
+    lo, hi = lo - margin, hi + margin
     if values.size and (np.nanmin(values) < lo or np.nanmax(values) > hi):
         raise ScenarioError(
             f"{feature} would reach {np.nanmin(values):.4g}..{np.nanmax(values):.4g}, outside the range the "

@@ -130,17 +130,17 @@ def train_station(
 def latest_window(
     frame: pd.DataFrame, forecaster: Forecaster, forecast: pd.DataFrame | None = None
 ) -> tuple[np.ndarray, np.ndarray, pd.Timestamp]:
-    """The newest complete input window of an hourly feature frame and the covariates for the
-    hours after it: from `forecast` (a weather forecast on an hourly UTC index) where given,
-    else the weather of the same hours one day earlier."""
+    """The newest complete input window of an hourly feature frame (its origin may lie before the
+    frame's end when the last hours are incomplete) and the covariates for the hours after it:
+    from `forecast` (a weather forecast on an hourly UTC index) where given, else the weather of
+    the same hours one day earlier."""
     lookback, horizon = forecaster.config.lookback, forecaster.config.horizon
-    complete = frame[forecaster.features].dropna()
-    if complete.empty:
-        raise ValueError("no complete hour of observations to forecast from")
-    origin = complete.index[-1]
+    complete_rows = frame[forecaster.features].notna().all(axis=1).astype("int32")
+    full_windows = complete_rows.rolling(lookback).sum() == lookback
+    if not full_windows.any():
+        raise ValueError(f"no {lookback} consecutive complete hours of observations to forecast from")
+    origin = full_windows[full_windows].index[-1]
     past = frame.loc[:origin].iloc[-lookback:]
-    if len(past) < lookback or past[forecaster.features].isna().to_numpy().any():
-        raise ValueError(f"the last {lookback} hours before {origin.isoformat()} are not complete")
     hours = pd.date_range(origin + pd.Timedelta(hours=1), periods=horizon, freq="1h")
     if forecast is not None and not forecast.empty:
         ahead = forecast.reindex(hours)[forecaster.future_features]
