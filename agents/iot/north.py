@@ -11,6 +11,7 @@ the NGSI-LD tenant the measures go to.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
@@ -236,8 +237,10 @@ def _devices_router(registry: Registry) -> APIRouter:
     return router
 
 
-def create_north_app(settings: IotAgentSettings, registry: Registry) -> FastAPI:
-    """The provisioning API on the registry."""
+def create_north_app(
+    settings: IotAgentSettings, registry: Registry, status: Callable[[], dict[str, Any]] | None = None
+) -> FastAPI:
+    """The provisioning API on the registry; `/health` adds the agent's `status()` (counters, outbox backlog)."""
     app = FastAPI(title="climaborough IoT agent provisioning API", version=VERSION)
     install_problem_handlers(app)
     app.include_router(_groups_router(registry, "groups"))
@@ -255,8 +258,8 @@ def create_north_app(settings: IotAgentSettings, registry: Registry) -> FastAPI:
         }
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", **(status() if status else {})}
 
     @app.get("/version")
     async def version() -> dict[str, str]:

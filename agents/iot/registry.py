@@ -103,9 +103,9 @@ class Registry:
         """Store new groups, all or none; AlreadyProvisioned names the first one that exists already."""
         with self._transaction() as db:
             for group in groups:
+                # Measures find their group by (resource, apikey) alone, so that pair is unique across services.
                 exists = db.execute(
-                    "SELECT 1 FROM config_groups WHERE service=? AND subservice=? AND resource=? AND apikey=?",
-                    (service, subservice, group.resource, group.apikey),
+                    "SELECT 1 FROM config_groups WHERE resource=? AND apikey=?", (group.resource, group.apikey)
                 ).fetchone()
                 if exists:
                     raise AlreadyProvisioned(group)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -55,7 +56,8 @@ class IotAgent:
             batch_size=settings.iot_batch_size, concurrency=settings.iot_delivery_concurrency,
         )  # fmt: skip
         self.ingestor = MeasureIngestor(self.registry, self.outbox, self.quarantine, city=settings.iot_city)
-        self.north = _server(create_north_app(settings, self.registry), settings.iot_host, settings.iot_north_port)
+        north_app = create_north_app(settings, self.registry, self.status)
+        self.north = _server(north_app, settings.iot_host, settings.iot_north_port)
         self.south = _server(create_south_app(self.ingestor), settings.iot_host, settings.iot_south_port)
         self.mqtt: MqttIntake | None = None
         if settings.mqtt_url:
@@ -65,6 +67,16 @@ class IotAgent:
                 receive_maximum=settings.iot_mqtt_receive_maximum,
             )  # fmt: skip
         self._stop = asyncio.Event()
+
+    def status(self) -> dict[str, Any]:
+        """Counters for `/health`: MQTT messages taken, entities delivered, outbox backlog, broker reachable."""
+        return {
+            "instance": self.settings.iot_instance,
+            "mqttReceived": self.mqtt.received if self.mqtt else 0,
+            "delivered": self.relay.delivered,
+            "outboxPending": self.outbox.pending,
+            "brokerAvailable": self.relay.available,
+        }
 
     def stop(self) -> None:
         """Ask the agent to finish (thread-unsafe: call on its loop)."""
