@@ -101,11 +101,15 @@ class KpiWatcher:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-kpi-{port}")
-        self.client.on_connect = lambda c, *_: (c.subscribe(topic, qos=0), self._ready.set())
+        self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         self._ready.wait(10)
+
+    def _on_connect(self, client: paho.Client, *_: Any) -> None:
+        client.subscribe(self.topic, qos=0)
+        self._ready.set()
 
     def _on_message(self, _client: Any, _userdata: Any, message: paho.MQTTMessage) -> None:
         arrived = time.perf_counter()
