@@ -1,19 +1,32 @@
 """Notification benchmark: latency from update acknowledged to receiver, and memory with a large backlog.
 
-`python -m bench.notify [--seconds 10] [--rate 200]` starts PostgreSQL (embedded, or
-CLIMABOROUGH_BENCH_DATABASE_URL's server), Mosquitto (or amqtt), and the broker as a process;
-creates 10 matching subscriptions (5 HTTP, 5 MQTT); sends `rate` updates/s; then queues 100,000
-notifications for a dead receiver and reads the broker's resident memory while it keeps taking
-writes. Prints one JSON line.
+`python -m bench.notify [--seconds 10] [--rate 200]` starts an embedded PostgreSQL, Mosquitto
+(or amqtt) and the broker, each in its own process on free 127.0.0.1 ports, plus three more
+processes so that no measuring code shares an interpreter (or a GIL) with another:
+
+- an HTTP receiver (raw asyncio, HTTP/1.1 keep-alive) that stamps each POST with `time.time()`
+  when its body is complete, and answers 204;
+- an MQTT receiver (paho) that stamps each message with `time.time()` on arrival;
+- a load generator that sends `rate` PATCHes per second open-loop (on a pool of keep-alive
+  connections, so a slow answer does not delay the next update) and stamps each acknowledgement
+  with `time.time()`.
+
+Latency = receiver's stamp - load generator's acknowledgement stamp (same machine, same clock;
+a notification that arrives before the acknowledgement counts as 0). 10 subscriptions match
+every update (5 HTTP, 5 MQTT). Afterwards it queues 100,000 notifications for a dead receiver and
+reads the broker's resident memory while it keeps taking writes. Prints one JSON line.
+`--profile out.txt` records the broker with py-spy during the load (if py-spy is installed).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -22,68 +35,212 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import ExitStack
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import IO, Any, ClassVar
 
 import httpx
-import paho.mqtt.client as mqtt
+import orjson
 import psycopg
-from psycopg import sql
 
-from broker.embedded_postgres import EmbeddedPostgres, free_port
+from bench._harness import HttpConnection, cpu_seconds, process_tree_cpu_seconds, rss_mb, running_broker
+from broker.embedded_postgres import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+API = "/ngsi-ld/v1"
 ENTITY_TYPE = "AirQualityObserved"
+ENTITIES = 20
 SUBSCRIPTIONS_PER_KIND = 5
 PENDING_TARGET = 100_000
+DRAIN_TIMEOUT_S = 60.0
+"""How long after the last update the receivers may take to get every notification."""
 
 
-def percentile(values: list[float], fraction: float) -> float:
+def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-class Arrivals:
-    """Receive times by update sequence number, per channel."""
+# ---------------------------------------------------------------- child processes
+
+
+def _announce(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _wait_for_stop() -> None:
+    """Children run until the parent writes a line (or closes their stdin)."""
+    sys.stdin.readline()
+
+
+class _HttpReceiver(asyncio.Protocol):
+    """Minimal HTTP/1.1 server side: Content-Length bodies, keep-alive, always 204."""
+
+    arrivals: ClassVar[list[tuple[float, bytes]]] = []
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.times: dict[str, list[tuple[int, float]]] = {"http": [], "mqtt": []}
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
 
-    def add(self, channel: str, notification: dict[str, Any]) -> None:
-        now = time.monotonic()
-        with self.lock:
-            for entity in notification.get("data", []):
-                value = entity.get("seq", {})
-                seq = value.get("value") if isinstance(value, dict) else value
-                if isinstance(seq, int):
-                    self.times[channel].append((seq, now))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            for line in bytes(self.buffer[:end]).split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = bytes(self.buffer[end + 4:end + 4 + length])
+            self.arrivals.append((time.time(), body))
+            del self.buffer[:end + 4 + length]
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
 
 
-def start_http_receiver(arrivals: Arrivals) -> tuple[ThreadingHTTPServer, int]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def receive_http() -> None:
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_HttpReceiver, "127.0.0.1", 0)
+        _announce({"port": server.sockets[0].getsockname()[1]})
+        await loop.run_in_executor(None, _wait_for_stop)
+        server.close()
 
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-            arrivals.add("http", json.loads(raw))
-            self.send_response(204)
-            self.send_header("content-length", "0")
-            self.end_headers()
+    asyncio.run(serve())
+    _announce({"arrivals": _seqs_of([(at, orjson.loads(body)) for at, body in _HttpReceiver.arrivals])})
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
 
-    port = free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, port
+def receive_mqtt(port: int, topic: str) -> None:
+    import paho.mqtt.client as mqtt
+
+    arrivals: list[tuple[float, bytes]] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    subscribed = threading.Event()
+    client.on_message = lambda c, u, m: arrivals.append((time.time(), bytes(m.payload)))
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.on_connect = lambda c, *args: c.subscribe(topic + "/#", qos=0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    if not subscribed.wait(10):
+        raise RuntimeError("MQTT subscription not acknowledged")
+    _announce({"subscribed": topic})
+    _wait_for_stop()
+    client.loop_stop()
+    _announce({"arrivals": _seqs_of([(at, orjson.loads(payload)["body"]) for at, payload in arrivals])})
+
+
+def _seqs_of(notifications: list[tuple[float, dict[str, Any]]]) -> list[tuple[int, float]]:
+    """(update sequence number, arrival time) for every entity in every notification."""
+    seqs = []
+    for at, notification in notifications:
+        for entity in notification.get("data", []):
+            value = entity.get("seq")
+            seq = value.get("value") if isinstance(value, dict) else value
+            if isinstance(seq, int):
+                seqs.append((seq, at))
+    return seqs
+
+
+def generate_load(port: int, rate: float, seconds: float) -> None:
+    """Open-loop PATCHes at `rate`/s for `seconds`; every request is answered or the run fails."""
+    ids = entity_ids()
+    acked: dict[int, float] = {}
+    failures: list[str] = []
+
+    async def load() -> None:
+        idle: list[HttpConnection] = [await HttpConnection("127.0.0.1", port).open() for _ in range(16)]
+
+        async def one(seq: int) -> None:
+            connection = idle.pop() if idle else HttpConnection("127.0.0.1", port)
+            body = orjson.dumps({"seq": {"type": "Property", "value": seq}})
+            try:
+                status, answer = await connection.request(
+                    "PATCH", f"{API}/entities/{ids[seq % len(ids)]}/attrs", body,
+                    {"Content-Type": "application/json"})
+            except Exception as error:  # the broker dropped the connection: the run reports it
+                failures.append(f"{type(error).__name__}: {error}")
+                await connection.close()
+                return
+            at = time.time()
+            if status == 204:
+                acked[seq] = at
+            else:
+                failures.append(f"HTTP {status}: {answer[:200]!r}")
+            idle.append(connection)
+
+        total = int(rate * seconds)
+        start = time.monotonic()
+        tasks = []
+        for seq in range(total):
+            delay = start + seq / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(seq)))
+        sent_for = time.monotonic() - start
+        _, unanswered = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
+        for task in unanswered:
+            task.cancel()
+        for connection in idle:
+            await connection.close()
+        failures.extend(f"no answer in {DRAIN_TIMEOUT_S}s" for _ in unanswered)
+        _announce({"acked": acked, "failures": failures[:20], "failed": len(failures),
+                   "achieved_rate": round(len(acked) / max(sent_for, 1e-9), 1)})
+
+    asyncio.run(load())
+
+
+# ---------------------------------------------------------------- parent
+
+
+class Child:
+    """A child process of this module speaking one JSON line at a time on stdout."""
+
+    def __init__(self, stack: ExitStack, *args: str) -> None:
+        self.role = " ".join(args)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.notify", *args], cwd=REPO, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        stack.callback(self._end)
+
+    def read(self, timeout: float = DRAIN_TIMEOUT_S + 30) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line: list[bytes] = []
+        reader = threading.Thread(target=lambda: line.append(self.process.stdout.readline()),  # type: ignore[union-attr]
+                                  daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not line or not line[0]:
+            raise RuntimeError(f"child {self.role} said nothing (exit {self.process.poll()})")
+        result: dict[str, Any] = orjson.loads(line[0])
+        return result
+
+    def stop(self) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"stop\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def _end(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def entity_ids() -> list[str]:
+    return [f"urn:ngsi-ld:{ENTITY_TYPE}:bench:{i}" for i in range(ENTITIES)]
 
 
 def start_mqtt_broker(stack: ExitStack, folder: Path) -> int:
@@ -101,152 +258,116 @@ def start_mqtt_broker(stack: ExitStack, folder: Path) -> int:
             "    await b.start()\n    await asyncio.Event().wait()\nasyncio.run(main())\n"
         )
         process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack.callback(process.wait)
     stack.callback(process.terminate)
-    wait_for_port(port)
-    return port
-
-
-def wait_for_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 20
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            return port
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on port {port}") from None
+                raise RuntimeError(f"no MQTT broker on port {port}") from None
             time.sleep(0.05)
 
 
-def start_mqtt_listener(port: int, topic: str, arrivals: Arrivals) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    subscribed = threading.Event()
-    client.on_message = lambda c, u, m: arrivals.add("mqtt", json.loads(m.payload)["body"])
-    client.on_subscribe = lambda *args: subscribed.set()
-    client.on_connect = lambda c, *args: c.subscribe(topic + "/#", qos=0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    if not subscribed.wait(10):
-        raise RuntimeError("MQTT subscription not acknowledged")
-    return client
-
-
-def start_broker(stack: ExitStack, database_url: str, folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    env = {**os.environ, "CLIMABOROUGH_DATABASE_URL": database_url, "CLIMABOROUGH_DATA_DIR": str(folder),
-           "CLIMABOROUGH_NOTIFY_TIMEOUT_S": "1"}
-    log = open(folder / "broker.log", "wb")  # kept beside the bench output when a run fails
-    stack.callback(log.close)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "broker", "--host", "127.0.0.1", "--port", str(port),
-         "--no-embedded-postgres", "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    def stop() -> None:
-        process.terminate()
-        process.wait(20)
-
-    stack.callback(stop)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return url, process
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((folder / "broker.log").read_text()[-3000:])
-        time.sleep(0.1)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-async def subscribe(client: httpx.AsyncClient, uri: str, entity_type: str = ENTITY_TYPE) -> None:
-    response = await client.post("/subscriptions", json={
+def subscribe(client: httpx.Client, uri: str, entity_type: str = ENTITY_TYPE) -> None:
+    response = client.post("/subscriptions", json={
         "type": "Subscription", "entities": [{"type": entity_type}], "watchedAttributes": ["seq"],
         "notification": {"endpoint": {"uri": uri, "accept": "application/json"}, "format": "keyValues",
                          "attributes": ["seq"]}})
     response.raise_for_status()
 
 
-async def paced_updates(client: httpx.AsyncClient, ids: list[str], rate: float, seconds: float,
-                        acked: dict[int, float]) -> None:
-    total = int(rate * seconds)
-    start = time.monotonic()
-
-    async def one(seq: int) -> None:
-        response = await client.patch(f"/entities/{ids[seq % len(ids)]}/attrs",
-                                      json={"seq": {"type": "Property", "value": seq}})
-        acked[seq] = time.monotonic()
-        response.raise_for_status()
-
-    tasks = []
-    for seq in range(total):
-        delay = start + seq / rate - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(seq)))
-    await asyncio.gather(*tasks)
+@contextmanager
+def profiled(pid: int, output: Path | None) -> Iterator[None]:
+    """py-spy (a development tool, not a dependency) records the broker while the block runs."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if output is None or not Path(spy).exists():
+        yield
+        return
+    process = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(output),
+                                "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
 
 
 def latencies(acked: dict[int, float], arrived: list[tuple[int, float]]) -> list[float]:
     return [max(at - acked[seq], 0.0) * 1000 for seq, at in arrived if seq in acked]
 
 
-async def run(database_url: str, folder: Path, stack: ExitStack, seconds: float, rate: float) -> dict[str, Any]:
-    arrivals = Arrivals()
-    server, http_port = start_http_receiver(arrivals)
-    stack.callback(server.shutdown)
-    mqtt_port = start_mqtt_broker(stack, folder)
-    topic = f"bench/{uuid.uuid4().hex[:6]}"
-    listener = start_mqtt_listener(mqtt_port, topic, arrivals)
-    stack.callback(listener.loop_stop)
-    url, process = start_broker(stack, database_url, folder)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url + "/ngsi-ld/v1", timeout=120, limits=limits) as client:
-        ids = [f"urn:ngsi-ld:{ENTITY_TYPE}:bench:{i}" for i in range(20)]
-        for entity_id in ids:
-            (await client.post("/entities", json={"id": entity_id, "type": ENTITY_TYPE,
-                                                  "seq": {"type": "Property", "value": -1}})).raise_for_status()
-        for i in range(SUBSCRIPTIONS_PER_KIND):
-            await subscribe(client, f"http://127.0.0.1:{http_port}/notify/{i}")
-            await subscribe(client, f"mqtt://127.0.0.1:{mqtt_port}/{topic}/{i}")
-        acked: dict[int, float] = {}
-        await paced_updates(client, ids, rate, seconds, acked)
-        expected = len(acked) * SUBSCRIPTIONS_PER_KIND
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (  # noqa: ASYNC110 - arrivals come from other threads
-            len(arrivals.times["http"]) < expected or len(arrivals.times["mqtt"]) < expected
-        ):
-            await asyncio.sleep(0.1)
-        http_ms = latencies(acked, arrivals.times["http"])
-        mqtt_ms = latencies(acked, arrivals.times["mqtt"])
+def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, backlog: bool = True) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="climaborough-bench-notify-"))
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, folder, True)
+        http_receiver = Child(stack, "--role", "receive-http")
+        http_port = http_receiver.read()["port"]
+        mqtt_port = start_mqtt_broker(stack, folder)
+        topic = f"bench/{uuid.uuid4().hex[:6]}"
+        mqtt_receiver = Child(stack, "--role", "receive-mqtt", "--mqtt-port", str(mqtt_port), "--topic", topic)
+        mqtt_receiver.read()
+        broker = stack.enter_context(running_broker(extra_env={"CLIMABOROUGH_NOTIFY_TIMEOUT_S": "1"}))
+        log.write(f"broker pid {broker.pid} on {broker.base_url}\n")
+        with httpx.Client(base_url=broker.base_url + API, timeout=120) as client:
+            for entity_id in entity_ids():
+                client.post("/entities", json={"id": entity_id, "type": ENTITY_TYPE,
+                                               "seq": {"type": "Property", "value": -1}}).raise_for_status()
+            for i in range(SUBSCRIPTIONS_PER_KIND):
+                subscribe(client, f"http://127.0.0.1:{http_port}/notify/{i}")
+                subscribe(client, f"mqtt://127.0.0.1:{mqtt_port}/{topic}/{i}")
 
-        # Backlog: 10 subscriptions to a receiver that is down, 10,000 updates -> 100,000 pending.
-        dead = f"http://127.0.0.1:{free_port()}/dead"
-        backlog_type = "BacklogProbe"
-        for _ in range(10):
-            await subscribe(client, dead, backlog_type)
-        backlog_ids = [f"urn:ngsi-ld:{backlog_type}:{i}" for i in range(100)]
-        batches = PENDING_TARGET // (10 * len(backlog_ids))
-        for round_ in range(batches):
-            body = [{"id": e, "type": backlog_type, "seq": {"type": "Property", "value": round_}} for e in backlog_ids]
-            (await client.post("/entityOperations/upsert", json=body)).raise_for_status()
-        write_ms = []
-        for seq in range(200):
-            began = time.monotonic()
-            (await client.patch(f"/entities/{ids[0]}/attrs",
-                                json={"seq": {"type": "Property", "value": 10_000_000 + seq}})).raise_for_status()
-            write_ms.append((time.monotonic() - began) * 1000)
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT count(*) FROM subscription_outbox").fetchone()
-        pending = int(row[0]) if row else 0
+            cpu_before = cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid)
+            with profiled(broker.pid, profile):
+                load = Child(stack, "--role", "load", "--port", str(broker.port), "--rate", str(rate),
+                             "--seconds", str(seconds))
+                sent = load.read(seconds + DRAIN_TIMEOUT_S + 30)
+                acked = {int(seq): at for seq, at in sent["acked"].items()}
+                deadline = time.monotonic() + DRAIN_TIMEOUT_S
+                with psycopg.connect(broker.database_url) as conn:
+                    while time.monotonic() < deadline:  # the outbox empties once every notification is out
+                        row = conn.execute("SELECT count(*) FROM subscription_outbox").fetchone()
+                        if row is not None and row[0] == 0:
+                            break
+                        time.sleep(0.1)
+            cpu = cpu_seconds(broker.pid) - cpu_before[0], process_tree_cpu_seconds(broker.postgres_pid) - cpu_before[1]
+            http_ms = latencies(acked, http_receiver.stop()["arrivals"])
+            mqtt_ms = latencies(acked, mqtt_receiver.stop()["arrivals"])
+
+            if not backlog:
+                return _result(acked, sent, http_ms, mqtt_ms, cpu, rate)
+            # Backlog: 10 subscriptions to a receiver that is down, 10,000 updates -> 100,000 pending.
+            dead = f"http://127.0.0.1:{free_port()}/dead"
+            backlog_type = "BacklogProbe"
+            for _ in range(10):
+                subscribe(client, dead, backlog_type)
+            backlog_ids = [f"urn:ngsi-ld:{backlog_type}:{i}" for i in range(100)]
+            for round_ in range(PENDING_TARGET // (10 * len(backlog_ids))):
+                body = [{"id": e, "type": backlog_type, "seq": {"type": "Property", "value": round_}}
+                        for e in backlog_ids]
+                client.post("/entityOperations/upsert", json=body).raise_for_status()
+            write_ms = []
+            for seq in range(200):
+                began = time.monotonic()
+                client.patch(f"/entities/{entity_ids()[0]}/attrs",
+                             json={"seq": {"type": "Property", "value": 10_000_000 + seq}}).raise_for_status()
+                write_ms.append((time.monotonic() - began) * 1000)
+        with psycopg.connect(broker.database_url) as conn:
+            row = conn.execute("SELECT count(*) FROM subscription_outbox").fetchone()
+            pending = int(row[0]) if row else 0
+        return {
+            **_result(acked, sent, http_ms, mqtt_ms, cpu, rate),
+            "pending_notifications": pending,
+            "pending_rss_mb": rss_mb(broker.pid),
+            "pending_write_p50_ms": round(statistics.median(write_ms), 2),
+        }
+
+
+def _result(acked: dict[int, float], sent: dict[str, Any], http_ms: list[float], mqtt_ms: list[float],
+            cpu: tuple[float, float], rate: float) -> dict[str, Any]:
     return {
         "notify_http_p50_ms": round(percentile(http_ms, 0.5), 2),
         "notify_http_p99_ms": round(percentile(http_ms, 0.99), 2),
@@ -254,43 +375,38 @@ async def run(database_url: str, folder: Path, stack: ExitStack, seconds: float,
         "notify_mqtt_p99_ms": round(percentile(mqtt_ms, 0.99), 2),
         "notify_http_received": len(http_ms),
         "notify_mqtt_received": len(mqtt_ms),
-        "notify_expected_per_kind": expected,
+        "notify_expected_per_kind": len(acked) * SUBSCRIPTIONS_PER_KIND,
         "updates": len(acked),
+        "update_failures": sent["failed"],
+        "update_failure_examples": sent["failures"][:3],
         "rate_per_s": rate,
+        "achieved_rate_per_s": sent["achieved_rate"],
         "subscriptions": 2 * SUBSCRIPTIONS_PER_KIND,
-        "pending_notifications": pending,
-        "pending_rss_mb": round(rss_mb(process.pid), 1),
-        "pending_write_p50_ms": round(statistics.median(write_ms), 2),
+        "broker_cpu_ms_per_update": round(cpu[0] * 1000 / max(len(acked), 1), 2),
+        "postgres_cpu_ms_per_update": round(cpu[1] * 1000 / max(len(acked), 1), 2),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output of the broker during the load")
+    parser.add_argument("--no-backlog", action="store_true", help="only the latency part, not the 100,000 pending")
+    parser.add_argument("--role", choices=["receive-http", "receive-mqtt", "load"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--mqtt-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="climaborough-bench-notify-"))
-    folder.chmod(0o755)  # as root, the embedded server runs as nobody and must enter it
-    with ExitStack() as stack:
-        stack.callback(shutil.rmtree, folder, True)
-        server_url = os.environ.get("CLIMABOROUGH_BENCH_DATABASE_URL")
-        if server_url is None:
-            postgres = stack.enter_context(EmbeddedPostgres(folder / "pg"))
-            admin_url = postgres.url("postgres")
-        else:
-            admin_url = urlsplit(server_url)._replace(path="/postgres").geturl()
-        name = f"bench_notify_{uuid.uuid4().hex[:6]}"
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        database_url = urlsplit(admin_url)._replace(path=f"/{name}").geturl()
-        try:
-            result = asyncio.run(run(database_url, folder, stack, args.seconds, args.rate))
-        except Exception:
-            log = folder / "broker.log"
-            if log.exists():
-                sys.stderr.write(log.read_text()[-4000:])
-            raise
-    print(json.dumps(result), flush=True)
+    if args.role == "receive-http":
+        receive_http()
+    elif args.role == "receive-mqtt":
+        receive_mqtt(args.mqtt_port, args.topic)
+    elif args.role == "load":
+        generate_load(args.port, args.rate, args.seconds)
+    else:
+        result = run(args.seconds, args.rate, args.profile, sys.stderr, backlog=not args.no_backlog)
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

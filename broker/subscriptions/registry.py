@@ -54,6 +54,13 @@ class SubscriptionRegistry:
             self._cache[database] = _Cached(time.monotonic(), entries)
         return entries
 
+    def cached(self, database: str) -> dict[str, tuple[Subscription, EntityFilter]] | None:
+        """The compiled set of `database` if it is fresh, without touching the database."""
+        cached = self._cache.get(database)
+        if cached is not None and time.monotonic() - cached.loaded_at < CACHE_TTL_S:
+            return cached.entries
+        return None
+
     async def get(self, conn: AsyncConnection, subscription_id: str) -> Subscription | None:
         entry = (await self.all(conn)).get(subscription_id)
         if entry is None:

@@ -12,6 +12,7 @@ from broker.changes import EntityChange
 from broker.subscriptions import store
 from broker.subscriptions.matching import match_change
 from broker.subscriptions.registry import SubscriptionRegistry
+from broker.subscriptions.store import OutboxRow
 
 NOTIFICATION_ID_PREFIX = "urn:ngsi-ld:Notification:"
 
@@ -20,14 +21,19 @@ def new_notification_id() -> str:
     return NOTIFICATION_ID_PREFIX + str(uuid.uuid4())
 
 
+Enqueued = Callable[[str | None, str, list[OutboxRow]], None]
+"""`on_enqueued(tenant, token, rows)`: the rows a transaction added, announced under `token` once it commits."""
+
+
 class SubscriptionSink:
     """`broker.changes.ChangeSink` for subscriptions (docs/internals.md "Change hook").
 
-    `on_enqueued(tenant)` is called after rows are added, so the notifier can make sure a worker
-    watches that tenant's database (its LISTEN picks the rows up once the transaction commits).
+    `on_enqueued(tenant, token, rows)` is called after rows are added, so the notifier watches
+    that tenant's database and holds the rows in memory: when the transaction commits, its LISTEN
+    hears the token and the rows go out without being read back from the outbox.
     """
 
-    def __init__(self, registry: SubscriptionRegistry, on_enqueued: Callable[[str | None], None] | None = None):
+    def __init__(self, registry: SubscriptionRegistry, on_enqueued: Enqueued | None = None):
         self._registry = registry
         self._on_enqueued = on_enqueued
         self._last_enqueued: dict[tuple[str, str], float] = {}
@@ -55,9 +61,14 @@ class SubscriptionSink:
                     continue
                 rows.append((sub.id, new_notification_id(), [_json_safe(entity)]))
         if rows:
-            await store.enqueue(conn, rows)
+            token = uuid.uuid4().hex
+            seqs = await store.enqueue(conn, rows, token)
             if self._on_enqueued is not None:
-                self._on_enqueued(changes[0].tenant)
+                due = datetime.now(UTC)
+                self._on_enqueued(changes[0].tenant, token, [
+                    OutboxRow(seqs[notification_id], sub_id, notification_id, entities, 0, due)
+                    for sub_id, notification_id, entities in rows
+                ])
 
     def _throttled(self, database: str, subscription_id: str, throttling: float) -> bool:
         """GS CIM 009 5.2.12 throttling: at most one notification per `throttling` seconds."""

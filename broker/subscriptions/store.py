@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from broker.query.params import Param, bound_params
 
 OUTBOX_CHANNEL = "climaborough_outbox"
-"""LISTEN/NOTIFY channel: the payload is the subscription id whose lane has new notifications."""
+"""LISTEN/NOTIFY channel: the payload is a writer's token and the subscription ids with new notifications."""
 
 SUBSCRIPTION_COLUMNS = (
     "id, tenant, body, is_active, expires_at, time_interval, times_sent, times_failed, "
@@ -101,21 +101,40 @@ async def delete_subscription(conn: AsyncConnection, subscription_id: str) -> bo
     return cur.rowcount == 1
 
 
-async def enqueue(conn: AsyncConnection, rows: list[tuple[str, str, list[dict[str, Any]]]]) -> None:
+NOTIFY_PAYLOAD_LIMIT = 7_900
+"""PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more."""
+
+
+async def enqueue(
+    conn: AsyncConnection, rows: list[tuple[str, str, list[dict[str, Any]]]], token: str = ""
+) -> dict[str, int]:
     """Add notifications (subscription id, notification id, entities) in the caller's transaction.
 
-    The NOTIFY is delivered to listeners only when that transaction commits, so workers never
-    see a notification of a change that rolled back.
+    One statement inserts the rows and queues one NOTIFY `<token> <subscription id>...` (or
+    `<token> *` when the ids do not fit a payload). NOTIFY is delivered to listeners only when the
+    transaction commits, so workers never see a notification of a change that rolled back, and
+    the token tells the notifier of this process which rows it already holds in memory.
+    Returns the outbox sequence number of each notification id.
     """
     if not rows:
-        return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO subscription_outbox (subscription_id, notification_id, entities) VALUES (%s, %s, %s)",
-            [(sub_id, notification_id, Jsonb(entities)) for sub_id, notification_id, entities in rows],
-        )
-        for sub_id in dict.fromkeys(sub_id for sub_id, _, _ in rows):
-            await cur.execute("SELECT pg_notify(%s, %s)", (OUTBOX_CHANNEL, sub_id))
+        return {}
+    lanes = " ".join(dict.fromkeys(sub_id for sub_id, _, _ in rows))
+    payload = f"{token} {lanes}" if len(token) + len(lanes) < NOTIFY_PAYLOAD_LIMIT else f"{token} *"
+    cur = await conn.execute(
+        "WITH added AS (INSERT INTO subscription_outbox (subscription_id, notification_id, entities)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[]) RETURNING seq, notification_id),"
+        " announced AS (SELECT pg_notify(%s, %s))"
+        " SELECT added.seq, added.notification_id FROM added, announced",
+        ([sub_id for sub_id, _, _ in rows], [notification_id for _, notification_id, _ in rows],
+         [Jsonb(entities) for _, _, entities in rows], OUTBOX_CHANNEL, payload),
+    )
+    return {notification_id: seq for seq, notification_id in await cur.fetchall()}
+
+
+def parse_announcement(payload: str) -> tuple[str, list[str] | None]:
+    """(token, subscription ids) of an outbox NOTIFY; None for the ids means "any lane"."""
+    token, _, lanes = payload.partition(" ")
+    return token, None if lanes == "*" else lanes.split()
 
 
 async def lanes_with_pending(conn: AsyncConnection) -> list[str]:
@@ -146,14 +165,15 @@ async def claim_lane(conn: AsyncConnection, subscription_id: str, limit: int) ->
 
 
 async def record_delivered(
-    conn: AsyncConnection, subscription_id: str, seqs: list[int], at: datetime
+    conn: AsyncConnection, seqs: list[int], counts: dict[str, int], at: datetime
 ) -> None:
-    """Delivered rows leave the outbox; the subscription counts them (GS CIM 009 5.2.12 timesSent)."""
+    """Delivered rows leave the outbox; each subscription counts its own (GS CIM 009 5.2.12 timesSent)."""
     await conn.execute("DELETE FROM subscription_outbox WHERE seq = ANY(%s)", (seqs,))
     await conn.execute(
-        "UPDATE subscriptions SET times_sent = times_sent + %s, last_notification = %s, last_success = %s, "
-        "consecutive_failures = 0 WHERE id = %s",
-        (len(seqs), at, at, subscription_id),
+        "UPDATE subscriptions SET times_sent = times_sent + delivered.n, last_notification = %s, "
+        "last_success = %s, consecutive_failures = 0 "
+        "FROM unnest(%s::text[], %s::bigint[]) AS delivered(id, n) WHERE subscriptions.id = delivered.id",
+        (at, at, list(counts), list(counts.values())),
     )
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -51,23 +54,99 @@ def backoff(attempts: int, settings: DeliverySettings) -> float:
     return min(settings.first_retry_s * 2 ** max(attempts - 1, 0), settings.max_backoff_s)
 
 
+LIVE_QUEUE_LIMIT = 5_000
+"""Rows a lane holds in memory; beyond that it reads its backlog from the outbox instead."""
+HELD_TOKEN_TTL_S = 300.0
+"""Rows of a transaction that never announced itself (rolled back) are forgotten after this long."""
+ACK_DELAY_S = 0.01
+"""Delivered rows are removed from the outbox in one transaction per this interval, not one per row."""
+
+
 @dataclass(slots=True)
 class _Lane:
+    """The ordered delivery of one subscription.
+
+    Live: every new row reaches the lane in memory (from the sink, once its transaction
+    committed), in commit order, so the outbox is not read. Backlog: the outbox is the truth
+    (after a start, a failure, a paused subscription, rows written by another process or more
+    than `LIVE_QUEUE_LIMIT` waiting); the lane reads it in `seq` order and goes live again when
+    it has caught up.
+    """
+
+    subscription_id: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    live: bool = False
+    queue: deque[store.OutboxRow] = field(default_factory=deque)
+    read_from_outbox: set[int] = field(default_factory=set)
+    """Rows of the last outbox read: when the same rows also arrive in memory they are not sent twice."""
+
+    def to_backlog(self) -> None:
+        self.live = False
+        self.queue.clear()
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+class _Acks:
+    """Delivered rows waiting to leave the outbox, written together a few milliseconds later."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+        self._seqs: list[int] = []
+        self._counts: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+        self._scheduled: asyncio.Task[None] | None = None
+
+    def add(self, subscription_id: str, seq: int) -> None:
+        self._seqs.append(seq)
+        self._counts[subscription_id] = self._counts.get(subscription_id, 0) + 1
+        if self._scheduled is None or self._scheduled.done():
+            self._scheduled = asyncio.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(ACK_DELAY_S)
+        try:
+            await self.flush()
+        except Exception as error:  # kept for the next flush; at worst rows are sent again after a restart
+            log.warning("notifier could not record deliveries error=%s", error)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._seqs:
+                return
+            seqs, counts = self._seqs, self._counts
+            self._seqs, self._counts = [], {}
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    await store.record_delivered(conn, seqs, counts, datetime.now(UTC))
+            except BaseException:
+                self._seqs[:0] = seqs
+                for subscription_id, count in counts.items():
+                    self._counts[subscription_id] = self._counts.get(subscription_id, 0) + count
+                raise
+
+    def cancel(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
 
 
 class DatabaseWorker:
-    """Delivers the outbox of one database: LISTEN for new rows, a sweep for anything missed."""
+    """Delivers the outbox of one database: LISTEN for committed rows, a sweep for anything missed."""
 
     def __init__(self, conninfo: str, database: str, notifier: Notifier) -> None:
         self.conninfo = conninfo
         self.database = database
+        self.dbname = str(conninfo_to_dict(conninfo).get("dbname") or database)
         self._notifier = notifier
         self._settings = notifier.settings
         self._pool = AsyncConnectionPool(conninfo, min_size=1, max_size=self._settings.pool_size, open=False,
                                          name=f"notifier-{database}")
         self._lanes: dict[str, _Lane] = {}
+        self._held: dict[str, tuple[float, list[store.OutboxRow]]] = {}
+        self._acks = _Acks(self._pool)
         self._tasks: list[asyncio.Task[None]] = []
         self._periodic_sent: dict[str, datetime] = {}
 
@@ -85,16 +164,56 @@ class DatabaseWorker:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._acks.cancel()
+        with contextlib.suppress(Exception):
+            await self._acks.flush()
         self._lanes.clear()
         await self._pool.close()
 
+    def hold(self, token: str, rows: list[store.OutboxRow]) -> None:
+        """Rows a transaction of this process added; they go out when its commit is announced."""
+        self._held[token] = (time.monotonic(), rows)
+
     def wake(self, subscription_id: str) -> None:
+        """Read this subscription's lane from the outbox (new, resumed or changed elsewhere)."""
+        lane = self._lane(subscription_id)
+        lane.to_backlog()
+        self._run(lane)
+
+    def _lane(self, subscription_id: str) -> _Lane:
         lane = self._lanes.get(subscription_id)
         if lane is None:
-            lane = self._lanes[subscription_id] = _Lane()
-            lane.task = asyncio.create_task(self._run_lane(subscription_id, lane),
-                                            name=f"notifier-lane-{subscription_id}")
+            lane = self._lanes[subscription_id] = _Lane(subscription_id)
+        return lane
+
+    def _run(self, lane: _Lane) -> None:
         lane.wake.set()
+        if not lane.running:
+            lane.task = asyncio.create_task(self._run_lane(lane), name=f"notifier-lane-{lane.subscription_id}")
+
+    def _announced(self, payload: str) -> None:
+        """A transaction that added rows has committed: send its rows from memory if we hold them."""
+        token, lanes = store.parse_announcement(payload)
+        held = self._held.pop(token, None) if token else None
+        if held is not None:
+            woken: dict[str, _Lane] = {}
+            for row in held[1]:
+                lane = woken.get(row.subscription_id) or self._lane(row.subscription_id)
+                woken[row.subscription_id] = lane
+                if lane.live:
+                    if len(lane.queue) < LIVE_QUEUE_LIMIT:
+                        lane.queue.append(row)
+                    else:
+                        lane.to_backlog()
+            for lane in woken.values():
+                self._run(lane)
+        elif lanes is None:
+            task = asyncio.create_task(self._sweep_once())
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+        else:
+            for subscription_id in lanes:
+                self.wake(subscription_id)
 
     async def _listen(self) -> None:
         while True:
@@ -105,7 +224,7 @@ class DatabaseWorker:
                     # Rows committed before LISTEN took effect are found by this first sweep.
                     await self._sweep_once()
                     async for note in conn.notifies():
-                        self.wake(note.payload)
+                        self._announced(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -124,10 +243,16 @@ class DatabaseWorker:
                 log.warning("notifier sweep failed database=%s error=%s", self.database, error)
 
     async def _sweep_once(self) -> None:
+        """Lanes with rows in the outbox but no delivery running missed an announcement: read them."""
+        horizon = time.monotonic() - HELD_TOKEN_TTL_S
+        for token in [token for token, (held_at, _) in self._held.items() if held_at < horizon]:
+            del self._held[token]
+        await self._acks.flush()
         async with self._pool.connection() as conn:
             pending = await store.lanes_with_pending(conn)
         for subscription_id in pending:
-            if subscription_id not in self._lanes:
+            lane = self._lanes.get(subscription_id)
+            if lane is None or not lane.running:
                 self.wake(subscription_id)
 
     async def _periodic(self) -> None:
@@ -156,63 +281,90 @@ class DatabaseWorker:
                     async with conn.transaction():
                         await store.enqueue(conn, [(sub.id, new_notification_id(), entities)])
 
-    async def _run_lane(self, subscription_id: str, lane: _Lane) -> None:
+    async def _run_lane(self, lane: _Lane) -> None:
         try:
             while True:
                 lane.wake.clear()
-                delivered_any = await self._deliver_batch(subscription_id)
-                if not delivered_any and not lane.wake.is_set():
+                if lane.live:
+                    progressed = await self._deliver_live(lane)
+                else:
+                    progressed = await self._deliver_backlog(lane)
+                if not progressed and not lane.wake.is_set():
                     return
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("notifier lane crashed subscription=%s", subscription_id)
-        finally:
-            if self._lanes.get(subscription_id) is lane:
-                del self._lanes[subscription_id]
+            lane.to_backlog()  # the outbox still has every row not delivered; the sweep resumes the lane
+            log.exception("notifier lane crashed subscription=%s", lane.subscription_id)
 
-    async def _deliver_batch(self, subscription_id: str) -> bool:
-        """Send the oldest pending rows of one subscription in order; False when there was nothing to do."""
+    async def _subscription(self, subscription_id: str) -> Subscription | None:
+        entries = self._notifier.registry.cached(self.dbname)
+        entry = entries.get(subscription_id) if entries is not None else None
+        if entry is not None:
+            return entry[0]
         async with self._pool.connection() as conn:
-            rows = await store.claim_lane(conn, subscription_id, self._settings.batch_size)
-            await conn.commit()
-            if not rows:
-                return False
-            sub = await self._notifier.registry.get(conn, subscription_id)
+            return await self._notifier.registry.get(conn, subscription_id)
+
+    async def _deliver_live(self, lane: _Lane) -> bool:
+        """Send what arrived in memory, in commit order; False when there was nothing to do."""
+        if not lane.queue:
+            return False
+        sub = await self._subscription(lane.subscription_id)
         if sub is None or not sub.is_active:
-            return False  # deleted (its rows went with it) or paused: resumes on update or sweep
+            lane.to_backlog()  # deleted (its rows went with it) or paused: resumes on update or sweep
+            return False
         terms = await self._notifier.contexts.term_map(sub.context)
-        delivered: list[int] = []
-        try:
-            for row in rows:
-                wait = (row.next_attempt_at - datetime.now(UTC)).total_seconds()
-                if wait > 0:
-                    await self._flush(subscription_id, delivered)
-                    await asyncio.sleep(wait)
-                notification = render(sub, row.notification_id, row.entities, terms)
-                try:
-                    await self._notifier.sender_for(sub).send(sub.endpoint, notification)
-                except DeliveryFailed as error:
-                    await self._flush(subscription_id, delivered)
-                    await self._failed(sub, row.seq, row.attempts + 1, str(error))
-                    return True
-                delivered.append(row.seq)
-        finally:
-            await self._flush(subscription_id, delivered)
+        sender = self._notifier.sender_for(sub)
+        while lane.live and lane.queue:
+            row = lane.queue.popleft()
+            if row.seq in lane.read_from_outbox:
+                continue
+            try:
+                await sender.send(sub.endpoint, render(sub, row.notification_id, row.entities, terms))
+            except DeliveryFailed as error:
+                lane.to_backlog()
+                await self._failed(sub, row.seq, row.attempts + 1, str(error))
+                return True
+            self._acks.add(sub.id, row.seq)
         return True
 
-    async def _flush(self, subscription_id: str, delivered: list[int]) -> None:
-        if not delivered:
-            return
-        seqs = list(delivered)
-        delivered.clear()
-        async with self._pool.connection() as conn, conn.transaction():
-            await store.record_delivered(conn, subscription_id, seqs, datetime.now(UTC))
+    async def _deliver_backlog(self, lane: _Lane) -> bool:
+        """Send the oldest rows of the outbox in order; False when there was nothing to do."""
+        await self._acks.flush()  # rows already delivered must not be read again
+        lane.queue.clear()
+        lane.live = True  # from here on new rows are kept in memory; the read below covers the older ones
+        async with self._pool.connection() as conn:
+            rows = await store.claim_lane(conn, lane.subscription_id, self._settings.batch_size)
+            await conn.commit()
+        if len(rows) >= self._settings.batch_size:
+            lane.to_backlog()
+        if not rows:
+            return False
+        sub = await self._subscription(lane.subscription_id)
+        if sub is None or not sub.is_active:
+            lane.to_backlog()
+            return False
+        lane.read_from_outbox = {row.seq for row in rows}
+        terms = await self._notifier.contexts.term_map(sub.context)
+        sender = self._notifier.sender_for(sub)
+        for row in rows:
+            wait = (row.next_attempt_at - datetime.now(UTC)).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                await sender.send(sub.endpoint, render(sub, row.notification_id, row.entities, terms))
+            except DeliveryFailed as error:
+                lane.to_backlog()
+                await self._failed(sub, row.seq, row.attempts + 1, str(error))
+                return True
+            self._acks.add(sub.id, row.seq)
+        return True
 
     async def _failed(self, sub: Subscription, seq: int, attempts: int, error: str) -> None:
         now = datetime.now(UTC)
         retry_at = now + timedelta(seconds=backoff(attempts, self._settings))
         log.info("notification failed subscription=%s attempts=%d error=%s", sub.id, attempts, error)
+        await self._acks.flush()  # the rows before it count as sent before it counts as failed
         async with self._pool.connection() as conn, conn.transaction():
             await store.record_failed(conn, sub.id, seq, error, now, retry_at)
 
@@ -256,11 +408,16 @@ class Notifier:
             except (psycopg.Error, Exception) as error:  # a tenant database we cannot open is logged, not fatal
                 log.warning("notifier cannot watch tenant=%s error=%s", tenant, error)
 
-    def watch_soon(self, tenant: str | None) -> None:
-        """Called by the sink after enqueuing: start watching that tenant's database if not yet."""
+    def watch_soon(self, tenant: str | None, token: str = "", rows: list[store.OutboxRow] | None = None) -> None:
+        """Called by the sink after enqueuing: hand the rows to that tenant's worker, or start one."""
         key = tenant.lower() if tenant else ""
-        if key in self._workers or key in self._starting:
+        worker = self._workers.get(key)
+        if worker is not None:
+            if rows:
+                worker.hold(token, rows)
             return
+        if key in self._starting:
+            return  # the new worker's first sweep reads these rows from the outbox
         task = asyncio.create_task(self._watch(tenant))
         self._starting[key] = task
         task.add_done_callback(lambda _: self._starting.pop(key, None))

