@@ -48,6 +48,8 @@ class Payload:
 
     body: Any
     context: Any
+    item_contexts: list[Any] | None = None
+    """For a JSON-LD array (batch operations), the @context of each entity in order."""
 
 
 async def read_json(request: Request, max_bytes: int, *, allow_merge_patch: bool = False) -> Any:
@@ -101,6 +103,14 @@ async def read_payload(request: Request, max_bytes: int, *, allow_merge_patch: b
         if not contexts:
             raise BadRequestData("application/ld+json payloads must carry an @context in the body")
         context = contexts[0]
+        if isinstance(body, list):
+            # Each entity of a JSON-LD batch carries its own @context (entities of different
+            # data models travel together, e.g. AirQualityObserved and WeatherObserved).
+            item_contexts = [item.get("@context") if isinstance(item, dict) else None for item in body]
+            if any(c is None for c in item_contexts):
+                missing = next(i for i, c in enumerate(item_contexts) if c is None)
+                raise BadRequestData(f"entity {missing} of the application/ld+json array has no @context")
+            return Payload(body=strip_context(body), context=context, item_contexts=item_contexts)
     else:
         if contexts:
             raise BadRequestData("@context in the body requires Content-Type application/ld+json")

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from broker.batch.service import BatchKind, BatchService
 from broker.negotiation import json_response, read_payload
 from broker.settings import BrokerSettings
-from ngsi.contexts import ContextStore
+from ngsi.contexts import ContextStore, TermMap
 from ngsi.errors import BadRequestData
 
 
@@ -21,7 +21,9 @@ def batch_router(service: BatchService, contexts: ContextStore, settings: Broker
         unknown = flags - {"update", "replace", "noOverwrite"}
         if unknown:
             raise BadRequestData(f"Unknown options {sorted(unknown)}", parameter="options")
-        terms = await contexts.term_map(payload.context)
+        terms: TermMap | list[TermMap] = await contexts.term_map(payload.context)
+        if payload.item_contexts is not None:
+            terms = [await contexts.term_map(context) for context in payload.item_contexts]
         result = await service.run(kind, tenant, payload.body, terms, options=flags)
         if result.errors:
             return json_response({"success": result.success, "errors": result.errors}, status_code=207)

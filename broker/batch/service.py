@@ -52,22 +52,24 @@ class BatchService:
         self.sink = sink
         self.entities = entities
 
-    async def run(self, kind: BatchKind, tenant: str | None, payload: Any, terms: TermMap, *,
+    async def run(self, kind: BatchKind, tenant: str | None, payload: Any, terms: TermMap | list[TermMap], *,
                   options: set[str]) -> BatchResult:
+        """Apply a batch; `terms` is one @context for all entities or one per entity."""
         if not isinstance(payload, list):
             raise BadRequestData("A batch operation payload must be a JSON array")
+        per_item = terms if isinstance(terms, list) else [terms] * len(payload)
         result = BatchResult()
         if not payload:
             return result
         now = datetime.now(UTC)
         stamp = iso_ms(now)
         parsed: list[tuple[str, Any]] = []
-        for item in payload:
+        for item, item_terms in zip(payload, per_item, strict=True):
             try:
                 if kind == "delete":
                     parsed.append((check_uri(item, "Entity id"), None))
                 else:
-                    expanded = expand_entity(item, terms)
+                    expanded = expand_entity(item, item_terms)
                     parsed.append((expanded[0], expanded))
             except NgsiError as error:
                 result.fail(item.get("id") if isinstance(item, dict) else item, error)

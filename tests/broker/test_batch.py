@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -65,3 +66,26 @@ async def test_batch_update_and_delete(http: httpx.AsyncClient, tenant: str) -> 
     deleted = await http.post(f"{API}/entityOperations/delete", json=[entity_id], headers=headers)
     assert deleted.status_code == 204
     assert (await http.get(f"{API}/entities/{entity_id}", headers=headers)).status_code == 404
+
+
+async def test_jsonld_batch_expands_each_entity_with_its_own_context(http: httpx.AsyncClient, tenant: str) -> None:
+    env = "https://raw.githubusercontent.com/smart-data-models/dataModel.Environment/master/context.jsonld"
+    weather = "https://raw.githubusercontent.com/smart-data-models/dataModel.Weather/master/context.jsonld"
+    air_id = f"urn:ngsi-ld:AirQualityObserved:{uuid.uuid4().hex[:8]}"
+    weather_id = f"urn:ngsi-ld:WeatherObserved:{uuid.uuid4().hex[:8]}"
+    payload = [
+        {"id": air_id, "type": "AirQualityObserved", "no2": {"type": "Property", "value": 41}, "@context": [env]},
+        {"id": weather_id, "type": "WeatherObserved", "temperature": {"type": "Property", "value": 7.5},
+         "@context": [weather]},
+    ]
+    headers = {"NGSILD-Tenant": tenant, "Content-Type": "application/ld+json"}
+    got = await http.post(f"{API}/entityOperations/upsert", content=json.dumps(payload), headers=headers)
+    assert got.status_code == 201, got.text
+    link = f'<{weather}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
+    found = await http.get(f"{API}/entities", params={"type": "WeatherObserved", "q": "temperature>7"},
+                           headers={"NGSILD-Tenant": tenant, "Link": link})
+    assert [e["id"] for e in found.json()] == [weather_id]
+    missing = [{"id": air_id, "type": "AirQualityObserved", "@context": [env]}, {"id": weather_id, "type": "T"}]
+    refused = await http.post(f"{API}/entityOperations/upsert", content=json.dumps(missing), headers=headers)
+    assert refused.status_code == 400
+    assert "entity 1" in refused.json()["detail"]
