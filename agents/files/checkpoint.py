@@ -2,8 +2,10 @@
 
 One small JSON file per (file content, mapping, broker, tenant) under
 `<CLIMABOROUGH_DATA_DIR>/files/checkpoints/`, written atomically (temporary file, fsync, rename).
-The key hashes the first 64 KiB of the file rather than its path, so a moved or renamed copy is
-the same file and a different file with the same name is not. `in_flight` marks the chunk being
+The key hashes the first 4 KiB of the file rather than its path, so a moved or renamed copy is
+the same file and a different file with the same name is not; a file that grew at its end (new
+rows appended) keeps its checkpoint and resumes, while a file whose delivered part changed
+(`prefix_digest`, over up to 64 KiB) starts over. `in_flight` marks the chunk being
 written: after a crash, that chunk is the only one whose delivery is uncertain.
 """
 
@@ -18,13 +20,20 @@ from typing import Any
 
 import orjson
 
-FINGERPRINT_BYTES = 64 * 1024
+FINGERPRINT_BYTES = 4096
+PREFIX_BYTES = 64 * 1024
 
 
 def file_fingerprint(path: Path) -> str:
-    """sha256 of the file's first 64 KiB (its identity for checkpoints)."""
+    """sha256 of the file's first 4 KiB (its identity for checkpoints)."""
     with open(path, "rb") as handle:
         return hashlib.sha256(handle.read(FINGERPRINT_BYTES)).hexdigest()
+
+
+def prefix_digest(path: Path, position: int) -> str:
+    """sha256 of the delivered part of the file (at most its first 64 KiB)."""
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read(min(position, PREFIX_BYTES))).hexdigest()
 
 
 def checkpoint_key(path: Path, mapping_text: str, broker_url: str, tenant: str | None) -> str:
@@ -50,6 +59,7 @@ class Checkpoint:
     in_flight: list[int] | None = None
     done: bool = False
     size: int = 0
+    prefix: str = ""
     updated_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -83,3 +93,4 @@ class Checkpoint:
         self.position = self.records = self.entities = self.quarantined = 0
         self.in_flight = None
         self.done = False
+        self.prefix = ""

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from agents.files.checkpoint import Checkpoint, checkpoint_key
+from agents.files.checkpoint import Checkpoint, checkpoint_key, prefix_digest
 from agents.files.mapping import Mapping as FileMapping
 from agents.files.readers import Record, open_records
 from agents.files.translator import Entity, Translator, UnmappableRecord, compile_translator
@@ -396,8 +396,8 @@ async def ingest_file(
     started = time.monotonic()
     key = checkpoint_key(path, mapping.text, client.base_url, client.tenant)
     checkpoint = Checkpoint.load(checkpoint_dir, key)
-    if restart:
-        checkpoint.reset()
+    if restart or (checkpoint.position and checkpoint.prefix != prefix_digest(path, checkpoint.position)):
+        checkpoint.reset()  # asked for, or the part delivered before has changed since: start over
     summary = IngestSummary(file=str(path), resumed_from=checkpoint.records)
     size = await asyncio.to_thread(os.path.getsize, path)
     if checkpoint.done and checkpoint.size == size:
@@ -434,6 +434,7 @@ async def ingest_file(
                     for record, reason in chunk.unmappable
                 )  # fmt: skip
             checkpoint.position = chunk.end
+            checkpoint.prefix = prefix_digest(path, chunk.end)
             checkpoint.records += chunk.records
             checkpoint.entities += len(chunk.entities)
             checkpoint.quarantined += len(chunk.unmappable)
