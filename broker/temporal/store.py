@@ -21,6 +21,7 @@ from broker.temporal.durations import Period
 from broker.temporal.parameters import TimeFilter
 
 EPOCH = datetime(1970, 1, 1)
+AGGREGATION_WORK_MEM = "64MB"
 
 ISO_MS = '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\''
 
@@ -296,22 +297,27 @@ class TemporalStore:
             ).format(m=sql.Identifier(f"m{i}"))
             for i in range(len(methods))
         )
+        # The periods are hashed in a materialized step (one pass over the instances, no sort of
+        # them); only the few period rows are then ordered and turned into JSON.
         query = sql.SQL(
-            "SELECT x.entity_id, x.attr, {series} FROM ("
+            "WITH g AS MATERIALIZED ("
+            ' SELECT a.entityId COLLATE "C" AS entity_id, a.id COLLATE "C" AS attr, {bucket} AS bucket,'
+            "  min({col}) AS first_time, max({col}) AS last_time, {named}"
+            " FROM attributes a WHERE a.entityId = ANY(%s) AND {cond}"
+            " GROUP BY 1, 2, 3)"
+            " SELECT x.entity_id, x.attr, {series} FROM ("
             " SELECT g.entity_id, g.attr, g.bucket, to_char({start}, {iso}) AS start_text,"
-            "  to_char({end}, {iso}) AS end_text, {carried} FROM ("
-            # byte order (C collation) groups and sorts these long ids faster than the locale would
-            '  SELECT a.entityId COLLATE "C" AS entity_id, a.id COLLATE "C" AS attr, {bucket} AS bucket,'
-            "   min({col}) AS first_time, max({col}) AS last_time, {named}"
-            "  FROM attributes a WHERE a.entityId = ANY(%s) AND {cond}"
-            "  GROUP BY 1, 2, 3) g) x"
+            "  to_char({end}, {iso}) AS end_text, {carried} FROM g) x"
             " GROUP BY x.entity_id, x.attr ORDER BY x.entity_id, x.attr"
         ).format(
             series=series, start=start, end=end, iso=sql.SQL(ISO_MS), carried=carried, bucket=bucket, col=column,
             named=named, cond=sql.SQL(" AND ").join(conditions),
         )  # fmt: skip
-        cur = await conn.execute(query, [*outer_params, *bucket_params, list(entity_ids), *params])
-        return await cur.fetchall()
+        async with conn.transaction():
+            # Grouping tens of thousands of instances must not spill a sort to disk (default 4 MB).
+            await conn.execute(f"SET LOCAL work_mem = '{AGGREGATION_WORK_MEM}'")
+            cur = await conn.execute(query, [*bucket_params, list(entity_ids), *params, *outer_params])
+            return await cur.fetchall()
 
     # -- provision -------------------------------------------------------------------------------
 
