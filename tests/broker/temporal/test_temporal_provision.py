@@ -166,3 +166,13 @@ async def test_q_and_geo_queries_select_entities_by_their_current_state(client: 
                           coordinates="[-8.69,41.184]") == []  # fmt: skip
     bad = await client.get(f"{API}/temporal/entities", params={"type": "AirQualityObserved", "q": "no2>>"})
     assert bad.status_code == 400
+
+
+async def test_timeproperty_modified_at_filters_by_write_time(client: httpx.AsyncClient) -> None:
+    body = {"id": ENTITY, "type": "AirQualityObserved", "no2": [reading(1, 10), reading(2, 11)]}
+    assert (await client.post(f"{API}/temporal/entities", json=body)).status_code == 201
+    recent = {"timerel": "after", "timeAt": "2025-01-01T00:00:00Z"}
+    by_write = await history(client, timeproperty="modifiedAt", options="sysAttrs", **recent)
+    assert [i["value"] for i in by_write["no2"]] == [1, 2]
+    assert all(i["modifiedAt"] >= "2025" for i in by_write["no2"])
+    assert "no2" not in await history(client, **recent)  # observedAt (the default) is 2024-03-15
