@@ -60,10 +60,6 @@ def temporal_router(service: TemporalService, contexts: ContextStore, settings: 
         content = [with_context(entity, kind, context) for entity in page.entities]
         return json_response(content, status_code=status, kind=kind, context_url=context_url(context), headers=headers)
 
-    @router.post("/temporal/entities/query")
-    async def post_temporal_query(request: Request) -> Response:
-        raise BadRequestData("POST /temporal/entities/query is not supported; use GET /temporal/entities")
-
     @router.get("/temporal/entities/{entity_id:path}")
     async def retrieve_temporal_entity(
         request: Request, entity_id: str, ngsild_tenant: str | None = Header(None)
