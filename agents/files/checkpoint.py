@@ -60,6 +60,7 @@ class Checkpoint:
     done: bool = False
     size: int = 0
     prefix: str = ""
+    cursor: str = ""
     updated_at: float = field(default_factory=time.time)
 
     @classmethod
