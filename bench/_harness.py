@@ -265,7 +265,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, memory and Python version of this machine."""
+    """Cores, CPU model, memory, Python version and load average (how busy the machine is) now."""
     model = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -280,7 +280,8 @@ def machine_info() -> dict[str, Any]:
     except (OSError, KeyError, ValueError):
         pass
     return {"cores": os.cpu_count(), "cpu_model": model, "memory_mb": memory_mb,
-            "python": platform.python_version(), "kernel": platform.release()}
+            "python": platform.python_version(), "kernel": platform.release(),
+            "loadavg_1m": round(os.getloadavg()[0], 2), "loadavg_15m": round(os.getloadavg()[2], 2)}
 
 
 def _status_kib_meminfo() -> int:

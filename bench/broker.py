@@ -37,6 +37,9 @@ Phases and keys of the JSON line:
 - `query_near_p95_ms`: `GET /entities?type=AirQualityObserved&georel=near;maxDistance==1000&geometry=Point
   &coordinates=[lon,lat]&limit=100` at random points of the city, p95.
 - `get_by_id_p50_ms`: `GET /entities/{id}` of random existing entities, p50.
+- `details.cpu_per_request`, `details.batch_cpu_us_per_entity`, `details.single_upsert.*cpu*`: CPU
+  time the broker process and PostgreSQL (all backends) spent per request or entity. Unlike wall
+  times they hardly depend on what else the machine runs; `machine.loadavg_*` says how busy it was.
 - `broker_rss_mb`: resident memory of the broker process (VmRSS) after all of the above, with
   the `N_ENTITIES` entities loaded; `broker_peak_rss_mb` (detail) is its high-water mark.
 
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -427,7 +431,11 @@ async def measure(broker: BrokerUnderTest, result: dict[str, Any], details: dict
                 single_upsert_load, broker.host, broker.port, n_loaded, SINGLE_UPSERT_CLIENTS,
                 SINGLE_UPSERT_WARMUP_S, SINGLE_UPSERT_SECONDS))
         wall = SINGLE_UPSERT_WARMUP_S + SINGLE_UPSERT_SECONDS
+        requests_done = max(1, round(load["ok"] * wall / load["seconds"]))  # warm-up included, approximately
         details["single_upsert"] = {
+            "broker_cpu_ms_per_request": round((cpu_seconds(broker.pid) - cpu_broker) / requests_done * 1000, 2),
+            "postgres_cpu_ms_per_request": round(
+                (process_tree_cpu_seconds(broker.postgres_pid) - cpu_pg) / requests_done * 1000, 2),
             "p50_ms": rounded(load["p50_ms"], 2), "p95_ms": rounded(load["p95_ms"], 2), "failed": load["failed"],
             "loadgen_cpu_share": load["loadgen_cpu_share"],
             "broker_cpu_share": round((cpu_seconds(broker.pid) - cpu_broker) / wall, 3),
@@ -443,9 +451,23 @@ async def measure(broker: BrokerUnderTest, result: dict[str, Any], details: dict
             n_loaded += details["entities_topped_up_by_sql"]
         rng = random.Random(SEED + 2)
         log("queries: type + q, near, GET by id")
-        q_ms = await latencies_ms(broker, q_targets(rng), "query_q", errors)
-        near_ms = await latencies_ms(broker, near_targets(rng), "query_near", errors)
-        get_ms = await latencies_ms(broker, get_targets(rng, n_loaded), "get_by_id", errors)
+        cpu_per_request: dict[str, dict[str, float]] = {}
+
+        async def timed(name: str, targets: list[str]) -> list[float]:
+            before = cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid)
+            measured = await latencies_ms(broker, targets, name, errors)
+            if measured:
+                # Warm-up requests included in the CPU but not in the count: a slight overestimate.
+                cpu_per_request[name] = {
+                    "broker_ms": round((cpu_seconds(broker.pid) - before[0]) / len(measured) * 1000, 2),
+                    "postgres_ms": round((process_tree_cpu_seconds(broker.postgres_pid) - before[1])
+                                         / len(measured) * 1000, 2)}
+            return measured
+
+        q_ms = await timed("query_q", q_targets(rng))
+        near_ms = await timed("query_near", near_targets(rng))
+        get_ms = await timed("get_by_id", get_targets(rng, n_loaded))
+        details["cpu_per_request"] = cpu_per_request
         result["query_q_p95_ms"] = rounded(percentile(q_ms, 0.95)) if q_ms else None
         result["query_near_p95_ms"] = rounded(percentile(near_ms, 0.95)) if near_ms else None
         result["get_by_id_p50_ms"] = rounded(percentile(get_ms, 0.5), 2) if get_ms else None
@@ -468,6 +490,7 @@ def main() -> None:
     COPY_SAMPLE_ENTITIES = min(COPY_SAMPLE_ENTITIES, N_ENTITIES)
     SINGLE_UPSERT_SECONDS = arguments.seconds
     began = time.monotonic()
+    load_at_start = round(os.getloadavg()[0], 2)
     result: dict[str, Any] = dict.fromkeys((
         "batch_upsert_entities_per_s", "copy_rows_per_s", "batch_vs_copy_ratio", "single_upsert_rps",
         "query_q_p95_ms", "query_near_p95_ms", "get_by_id_p50_ms", "broker_rss_mb"))
@@ -483,6 +506,7 @@ def main() -> None:
             errors["run"] = f"{type(error).__name__}: {error}"
             log(f"run failed: {errors['run']}; broker log tail:\n{broker.log_path.read_text()[-3000:]}")
     details["run_seconds"] = round(time.monotonic() - began, 1)
+    details["loadavg_1m_at_start"] = load_at_start
     emit_result({**result, "machine": machine_info(), "details": details, "errors": errors})
 
 
