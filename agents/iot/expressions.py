@@ -90,6 +90,9 @@ def _evaluate(node: ast.expr, variables: Mapping[str, Any]) -> Any:
         return variables[node.id]
     if isinstance(node, ast.BinOp):
         left, right = _evaluate(node.left, variables), _evaluate(node.right, variables)
+        if not isinstance(node.op, ast.Add) and (isinstance(left, str) or isinstance(right, str)):
+            # Text only concatenates: `"ab" * 10**9` must not build a gigabyte string.
+            raise ExpressionError(f"arithmetic on text ({left!r}, {right!r}) failed: needs numbers")
         if isinstance(node.op, ast.Pow) and isinstance(right, int | float) and abs(right) > _MAX_EXPONENT:
             raise ExpressionError(f"exponent {right} is too large")
         return _BINARY[type(node.op)](left, right)

@@ -36,7 +36,7 @@ def scope(service: str | None, subservice: str | None) -> tuple[str, str]:
         raise BadRequestData(
             f"fiware-service {service!r} must be letters, digits, '_' or '-' (at most 48)", name="BAD_REQUEST"
         )
-    if not _SERVICE_PATH.match(subservice):
+    if subservice != "/*" and not _SERVICE_PATH.match(subservice):
         raise BadRequestData(f"fiware-servicepath {subservice!r} must start with '/'", name="BAD_REQUEST")
     return service.lower(), subservice
 
