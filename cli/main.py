@@ -112,7 +112,7 @@ def ingest(
     mapping: Annotated[str, typer.Option(help="Mapping file (YAML) or a shipped mapping's name (beijing_multisite).")],
     tenant: Annotated[str | None, typer.Option(help="NGSILD-Tenant to write to (default tenant if unset).")] = None,
     broker_url: Annotated[str | None, typer.Option(help="Broker root URL (CLIMABOROUGH_BROKER_URL).")] = None,
-    chunk_rows: Annotated[int, typer.Option(min=1, help="Records per chunk (one checkpoint per chunk).")] = 2000,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="Records per chunk (one checkpoint per chunk).")] = 5000,
     restart: Annotated[bool, typer.Option("--restart", help="Forget the checkpoint and send the file again.")] = False,
     no_temporal: Annotated[
         bool, typer.Option("--no-temporal", help="Write history as upserts (brokers without temporal append).")

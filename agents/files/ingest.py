@@ -41,7 +41,9 @@ from ngsi.errors import NgsiError, NonexistentTenant, ResourceNotFound
 log = logging.getLogger(__name__)
 
 AGENT = "files"
-DEFAULT_CHUNK_ROWS = 2000
+DEFAULT_CHUNK_ROWS = 5000
+APPEND_CONCURRENCY = 4
+"""Temporal append requests in flight at once (one per entity)."""
 MAX_INSTANCES_PER_APPEND = 20_000
 """Instances per temporal append request (keeps bodies well under the broker's backfill limit)."""
 _STATIC_KEYS = frozenset({"id", "type", "@context"})
@@ -237,17 +239,19 @@ class BrokerWriter:
             return await self._write_as_upserts(planned)
         upserts = [p for p in planned if len(p.upsert) > 2]
         refused = await self._upsert([{**p.upsert, "@context": p.context} for p in upserts])
-        history = 0
         for part in planned:
-            if not part.history:
-                continue
-            if part.entity_id in refused:
+            if part.history and part.entity_id in refused:
                 for body in _append_bodies(part):
                     self._reject(body, "its entity was refused (see the upsert record)",
                                  {"operation": "temporal append", "entity": part.entity_id})  # fmt: skip
-                continue
-            history += await self._append(part)
-        return len(upserts) - len(refused), history
+        gate = asyncio.Semaphore(APPEND_CONCURRENCY)
+
+        async def append(part: _Planned) -> int:
+            async with gate:
+                return await self._append(part)
+
+        counts = await asyncio.gather(*(append(p) for p in planned if p.history and p.entity_id not in refused))
+        return len(upserts) - len(refused), sum(counts)
 
     async def _upsert(self, entities: list[dict[str, Any]]) -> set[str]:
         """Batch upsert, one request per @context; returns the ids the broker refused."""
