@@ -7,8 +7,8 @@ test windows for every horizon, prints a table, and ends with one JSON line.
 Two settings are reported, because the model takes the weather over the horizon as input:
 - `*_ratio_*` (the headline): the observed weather stands in for a perfect weather forecast
   ("perfect prognosis"), an upper bound of operational accuracy;
-- `*_noforecast_*`: no forecast at all, the weather of the same hours one day earlier is used
-  instead ("tomorrow like today"), the lower bound.
+- `noforecast_*`: the observation-only model (series `pm25@observed`) the twin uses for a
+  station without a weather forecast.
 Ratios are model RMSE / persistence RMSE on the same windows.
 """
 
@@ -25,13 +25,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from twin.evaluation import AutoRegression
 from twin.model import TrainingConfig
 from twin.scenarios import FeatureChange, what_if
 from twin.sources import BEIJING_TZ, read_beijing_station
 from twin.store import ModelStore
-from twin.training import evaluate_on, prepare, train_station
+from twin.training import prepare, train_station
+
+
+def read_csv_observations(path: Path, time_column: str) -> pd.DataFrame:
+    """Any hourly CSV as observations: a time column, numeric columns kept, UTC index."""
+    raw = pd.read_csv(path)
+    if time_column not in raw:
+        raise SystemExit(f"{path} has no column {time_column!r}")
+    times = pd.to_datetime(raw.pop(time_column), utc=True)
+    numeric = raw.apply(pd.to_numeric, errors="coerce").dropna(axis=1, how="all")
+    return numeric.set_index(pd.DatetimeIndex(times))
 
 
 def peak_rss_mb() -> float:
@@ -40,45 +50,54 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True, help="folder of the PRSA_Data_<station>_*.csv files")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="folder of the PRSA_Data_<station>_*.csv files")
+    source.add_argument("--csv", type=Path, help="any hourly CSV: numeric columns are features")
+    parser.add_argument("--target", default="pm25", help="target column (with --csv)")
+    parser.add_argument("--time", default="time", help="time column (with --csv; naive times are UTC)")
     parser.add_argument("--stations", nargs="*", help="only these stations (default: all files)")
     parser.add_argument("--epochs", type=int, default=TrainingConfig.epochs)
     args = parser.parse_args()
 
-    files = sorted(args.data.glob("PRSA_Data_*_*.csv"))
-    if args.stations:
-        files = [f for f in files if f.name.split("_")[2] in args.stations]
-    if not files:
-        raise SystemExit(f"no PRSA_Data_<station>_*.csv files in {args.data}")
+    if args.csv:
+        inputs = [(args.csv.stem, read_csv_observations(args.csv, args.time))]
+        target, local_tz = args.target, None
+    else:
+        files = sorted(args.data.glob("PRSA_Data_*_*.csv"))
+        if args.stations:
+            files = [f for f in files if f.name.split("_")[2] in args.stations]
+        if not files:
+            raise SystemExit(f"no PRSA_Data_<station>_*.csv files in {args.data}")
+        inputs = [(f.name.split("_")[2], read_beijing_station(f)) for f in files]
+        target, local_tz = "pm25", BEIJING_TZ
     config = TrainingConfig(epochs=args.epochs)
     rows: list[dict[str, object]] = []
     forecast_ms: list[float] = []
     whatif_ms: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp))
-        for path in files:
-            station = path.name.split("_")[2]
-            observations = read_beijing_station(path)
-            trained = train_station(observations, station, config=config, store=store, local_tz=BEIJING_TZ)
+        for station, observations in inputs:
+            trained = train_station(observations, station, target=target, config=config, store=store,
+                                    local_tz=local_tz)
             report = trained.report
-            # The same model without a weather forecast: yesterday's weather for the hours ahead.
-            shifted = prepare(observations, "pm25", config, local_tz=BEIJING_TZ, covariate_shift_hours=24)
-            target_index = shifted.features.index("pm25")
-            ar = AutoRegression.fit(shifted.train.inputs, shifted.train.targets, target_index)
-            noforecast = evaluate_on(trained.forecaster, shifted, ar, shifted.test)
+            # Without a weather forecast the twin uses its observation-only model.
+            observed = train_station(
+                observations, station, target=target, config=config, store=store, local_tz=local_tz,
+                weather_forecast=False,
+            ).report
             # Speed of a stored model: load once, then time single forecasts and what-ifs.
             assert trained.version is not None
             model = store.load(trained.version)
-            window, future = shifted.test.inputs[-1], shifted.test.future[-1]
+            data = prepare(observations, target, config, local_tz=local_tz)
+            window, future = data.test.inputs[-1], data.test.future[-1]
             model.predict(window[None], future[None])
             for _ in range(20):
                 started = time.perf_counter()
                 model.predict(window[None], future[None])
                 forecast_ms.append((time.perf_counter() - started) * 1000)
-            changes = [
-                FeatureChange("no2", "scale", 0.8, -47, 0),
-                FeatureChange("windSpeed", "scale", 0.9, 1, 24),
-            ]
+            changes = [FeatureChange(target, "scale", 0.9, -(config.lookback - 1), 0)]
+            if "windSpeed" in model.future_features:
+                changes.append(FeatureChange("windSpeed", "scale", 0.9, 1, 24))
             for _ in range(10):
                 started = time.perf_counter()
                 what_if(model, window, future, changes, trained.bounds, report.residual_q10, report.residual_q90)
@@ -92,8 +111,8 @@ def main() -> None:
                 "ar_24h": report.ar_rmse[23],
                 "ratio_1h": round(report.ratio_to_persistence(1), 3),
                 "ratio_24h": round(report.ratio_to_persistence(24), 3),
-                "noforecast_ratio_1h": round(noforecast.ratio_to_persistence(1), 3),
-                "noforecast_ratio_24h": round(noforecast.ratio_to_persistence(24), 3),
+                "noforecast_ratio_1h": round(observed.ratio_to_persistence(1), 3),
+                "noforecast_ratio_24h": round(observed.ratio_to_persistence(24), 3),
                 "test_windows": report.samples,
                 "per_horizon_rmse": report.model_rmse,
                 "per_horizon_persistence": report.persistence_rmse,

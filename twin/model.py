@@ -97,11 +97,21 @@ class Forecaster:
         ahead = scaled_future.reshape(len(scaled_future), -1)
         return np.concatenate([recent, ahead, np.ones((len(scaled), 1), dtype="float32")], axis=1)
 
+    @property
+    def series(self) -> str:
+        """Store key: the target, marked `@observed` for a model that uses no weather forecast."""
+        return self.target if self.future_features else f"{self.target}@observed"
+
+    def network_inputs(self, scaled: np.ndarray, scaled_future: np.ndarray) -> list[np.ndarray]:
+        if not self.future_features:
+            return [scaled]
+        return [scaled, scaled_future.reshape(len(scaled_future), -1)]
+
     def predict(self, inputs: np.ndarray, future: np.ndarray) -> np.ndarray:
         """Forecasts (samples × horizon) in the target's unit from raw windows and covariates."""
         scaled, scaled_future = self.scaler.transform(inputs), self.scale_future(future)
         base = self.linear_design(scaled, scaled_future) @ self.ridge_coef
-        residual = self.keras_model([scaled, scaled_future.reshape(len(scaled_future), -1)], training=False)
+        residual = self.keras_model(self.network_inputs(scaled, scaled_future), training=False)
         return np.asarray(base + np.asarray(residual) * self.target_scale, dtype="float64")
 
 
@@ -151,16 +161,19 @@ def train_forecaster(
     val_res = (val_y - val_design @ forecaster.ridge_coef) / forecaster.target_scale
 
     past_in = tf.keras.layers.Input((config.lookback, len(features)), name="past")
-    future_in = tf.keras.layers.Input((config.horizon * len(future_features),), name="future")
+    inputs = [past_in]
     hidden = tf.keras.layers.LSTM(config.lstm_units)(past_in)
-    hidden = tf.keras.layers.Concatenate()([hidden, future_in])
+    if future_features:
+        future_in = tf.keras.layers.Input((config.horizon * len(future_features),), name="future")
+        inputs.append(future_in)
+        hidden = tf.keras.layers.Concatenate()([hidden, future_in])
     hidden = tf.keras.layers.Dense(config.dense_units, activation="relu")(hidden)
-    model = tf.keras.Model([past_in, future_in], tf.keras.layers.Dense(config.horizon)(hidden))
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(config.horizon)(hidden))
     model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate), loss="mse")
     fit = model.fit(
-        [sx, sf.reshape(len(sf), -1)],
+        forecaster.network_inputs(sx, sf),
         train_res.astype("float32"),
-        validation_data=([vx, vf.reshape(len(vf), -1)], val_res.astype("float32")),
+        validation_data=(forecaster.network_inputs(vx, vf), val_res.astype("float32")),
         epochs=config.epochs,
         batch_size=config.batch_size,
         shuffle=True,

@@ -46,7 +46,8 @@ class ModelNotFound(LookupError):
 
 
 class ModelStore:
-    """Models under `root/<station>/<target>/<version>/`, with `active` pointer files."""
+    """Models under `root/<station>/<series>/<version>/`, with `active` pointer files; the series
+    is the target (`pm25`), or `pm25@observed` for the model that needs no weather forecast."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -56,7 +57,7 @@ class ModelStore:
 
     def save(self, station: str, forecaster: Forecaster, metadata: dict[str, Any], *, activate: bool = True) -> str:
         """Store a trained model as a new version and (by default) make it the active one."""
-        series = self._series_dir(station, forecaster.target)
+        series = self._series_dir(station, forecaster.series)
         series.mkdir(parents=True, exist_ok=True)
         existing = [int(p.name[1:]) for p in series.glob("v*") if p.name[1:].isdigit()]
         number = max(existing, default=0) + 1
@@ -68,6 +69,7 @@ class ModelStore:
         artefact = {
             "station": station,
             "target": forecaster.target,
+            "series": forecaster.series,
             "features": forecaster.features,
             "futureFeatures": forecaster.future_features,
             "config": forecaster.config.to_json(),
@@ -81,7 +83,7 @@ class ModelStore:
         }
         (tmp / "artefact.json").write_text(json.dumps(artefact, indent=1))
         tmp.rename(version_dir)  # a version appears whole or not at all
-        version = f"{station}/{forecaster.target}/v{number}"
+        version = f"{station}/{forecaster.series}/v{number}"
         if activate:
             self.activate(version)
         return version
@@ -126,7 +128,7 @@ class ModelStore:
         infos: list[ModelInfo] = []
         for artefact_path in sorted(self.root.glob("*/*/v*/artefact.json")):
             artefact = json.loads(artefact_path.read_text())
-            station, target = artefact["station"], artefact["target"]
+            station, target = artefact["station"], artefact.get("series", artefact["target"])
             version = f"{station}/{target}/{artefact_path.parent.name}"
             try:
                 active = self.active_version(station, target) == version

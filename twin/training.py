@@ -52,17 +52,19 @@ def prepare(
     *,
     local_tz: str | None = None,
     covariate_shift_hours: int = 0,
+    weather_forecast: bool = True,
 ) -> PreparedData:
     """Hourly frame, features and windows from raw observations (UTC index, SDM column names).
 
     `covariate_shift_hours` > 0 replaces the weather over the horizon by the weather observed that
     many hours earlier (24 = "tomorrow like today"), for evaluating without a weather forecast.
+    `weather_forecast=False` prepares windows without covariates, for the observation-only model.
     """
     if target not in observations:
         raise ValueError(f"the history has no {target!r} values")
     frame = add_features(hourly_frame(observations), local_tz=local_tz)
     features = list(frame.columns)
-    future_features = [f for f in FORECAST_WEATHER if f in features]
+    future_features = [f for f in FORECAST_WEATHER if f in features] if weather_forecast else []
     split = chronological_split(frame)
 
     def windows(part: pd.DataFrame) -> Windows:
@@ -92,10 +94,16 @@ def train_station(
     store: ModelStore | None = None,
     local_tz: str | None = None,
     source: Sequence[str] = (),
+    weather_forecast: bool = True,
 ) -> TrainedStation:
-    """Train, evaluate against the baselines and (with a store) save a new model version."""
+    """Train, evaluate against the baselines and (with a store) save a new model version.
+
+    `weather_forecast=True` trains the model that takes the weather over the horizon as input
+    (series `<target>`); False the one that uses observations only (series `<target>@observed`),
+    for stations without a weather forecast.
+    """
     config = config or TrainingConfig()
-    data = prepare(observations, target, config, local_tz=local_tz)
+    data = prepare(observations, target, config, local_tz=local_tz, weather_forecast=weather_forecast)
     if min(len(data.train.targets), len(data.validation.targets), len(data.test.targets)) == 0:
         raise ValueError(
             f"{station}: not enough complete {config.lookback + config.horizon}-hour windows to train and test"
@@ -142,6 +150,8 @@ def latest_window(
     origin = full_windows[full_windows].index[-1]
     past = frame.loc[:origin].iloc[-lookback:]
     hours = pd.date_range(origin + pd.Timedelta(hours=1), periods=horizon, freq="1h")
+    if not forecaster.future_features:
+        return past[forecaster.features].to_numpy(dtype="float32"), np.empty((horizon, 0), "float32"), origin
     if forecast is not None and not forecast.empty:
         ahead = forecast.reindex(hours)[forecaster.future_features]
     else:

@@ -147,3 +147,22 @@ def test_what_if_refuses_what_it_cannot_answer(
     with pytest.raises(ScenarioError, match=complaint):
         what_if(station.forecaster, window, future, [change], station.bounds,
                 station.report.residual_q10, station.report.residual_q90)
+
+
+def test_a_station_without_weather_forecast_gets_an_observation_only_model(
+    observations: pd.DataFrame, trained: tuple[TrainedStation, ModelStore]
+) -> None:
+    _, store = trained
+    observed = train_station(
+        observations, "Aotizhongxin", config=SMALL, store=store, local_tz=BEIJING_TZ, weather_forecast=False
+    )
+    assert observed.version == "Aotizhongxin/pm25@observed/v1"
+    assert observed.forecaster.future_features == []
+    frame = prepare(observations, "pm25", SMALL, local_tz=BEIJING_TZ).frame
+    window, future, _ = latest_window(frame, store.load(observed.version))
+    assert future.shape == (24, 0)
+    assert store.load(observed.version).predict(window[None], future[None]).shape == (1, 24)
+    # Scenarios about the weather ahead need a model that takes the weather ahead.
+    with pytest.raises(ScenarioError, match="only observed, not forecast"):
+        what_if(observed.forecaster, window, future, [FeatureChange("windSpeed", "scale", 0.5, 1, 24)],
+                observed.bounds, observed.report.residual_q10, observed.report.residual_q90)
