@@ -46,19 +46,27 @@ def authorize(principal: Principal, tenant: str, access: Access) -> None:
 
 
 def require_tenant_access(
-    authenticator: Authenticator, *, tenant_header: str, write_access: Access = Access.WRITE
+    authenticator: Authenticator,
+    *,
+    tenant_header: str | None = None,
+    fixed_tenant: str | None = None,
+    write_access: Access = Access.WRITE,
 ) -> Callable[[Request], Awaitable[Principal]]:
     """A FastAPI dependency: authenticate, then allow reads (GET/HEAD/OPTIONS) to every role and
     other methods to roles with `write_access`, always within the caller's tenants.
 
-    Used by APIs that are not NGSI-LD (IoT agent provisioning with `fiware-service`, the
-    platform API); the gateway applies finer NGSI-LD rules itself.
+    The tenant is the one `tenant_header` names (IoT agent provisioning: `fiware-service`), or
+    `fixed_tenant` for a service bound to one tenant (the platform API's `CLIMABOROUGH_TENANT`),
+    the default tenant when neither is given. The gateway applies finer NGSI-LD rules itself.
     """
     default_tenant = authenticator.settings.auth_default_tenant
 
     async def tenant_access(request: Request) -> Principal:
         principal = await authenticator.principal(request)
-        tenant = requested_tenant(request, tenant_header, default_tenant=default_tenant)
+        if tenant_header is not None:
+            tenant = requested_tenant(request, tenant_header, default_tenant=default_tenant)
+        else:
+            tenant = (fixed_tenant or default_tenant).lower()
         access = Access.READ if request.method in READ_METHODS else write_access
         authorize(principal, tenant, access)
         return principal
