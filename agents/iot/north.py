@@ -11,7 +11,7 @@ the NGSI-LD tenant the measures go to.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
@@ -238,16 +238,24 @@ def _devices_router(registry: Registry) -> APIRouter:
 
 
 def create_north_app(
-    settings: IotAgentSettings, registry: Registry, status: Callable[[], dict[str, Any]] | None = None
+    settings: IotAgentSettings,
+    registry: Registry,
+    status: Callable[[], dict[str, Any]] | None = None,
+    access: Sequence[Any] = (),
 ) -> FastAPI:
-    """The provisioning API on the registry; `/health` adds the agent's `status()` (counters, outbox backlog)."""
+    """The provisioning API on the registry; `/health` adds the agent's `status()` (counters, outbox backlog).
+
+    `access` are FastAPI dependencies (`Depends(...)`) guarding every `/iot/...` route: the
+    caller wires the authenticator (`api.auth.require_tenant_access` on `fiware-service`).
+    """
     app = FastAPI(title="climaborough IoT agent provisioning API", version=VERSION)
     install_problem_handlers(app)
-    app.include_router(_groups_router(registry, "groups"))
-    app.include_router(_groups_router(registry, "services"))
-    app.include_router(_devices_router(registry))
+    guarded = list(access)
+    app.include_router(_groups_router(registry, "groups"), dependencies=guarded)
+    app.include_router(_groups_router(registry, "services"), dependencies=guarded)
+    app.include_router(_devices_router(registry), dependencies=guarded)
 
-    @app.get("/iot/about")
+    @app.get("/iot/about", dependencies=guarded)
     async def about() -> dict[str, Any]:
         return {
             "libVersion": VERSION,

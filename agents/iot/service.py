@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -39,7 +39,7 @@ def _server(app: FastAPI, host: str, port: int) -> _Server:
 class IotAgent:
     """The parts of one agent process; `run()` serves until `stop()` (or SIGTERM/SIGINT)."""
 
-    def __init__(self, settings: IotAgentSettings) -> None:
+    def __init__(self, settings: IotAgentSettings, *, north_access: Sequence[Any] = ()) -> None:
         self.settings = settings
         self.registry = Registry(settings.registry_path)
         self.quarantine = Quarantine(settings.quarantine_path)
@@ -56,7 +56,7 @@ class IotAgent:
             batch_size=settings.iot_batch_size, concurrency=settings.iot_delivery_concurrency,
         )  # fmt: skip
         self.ingestor = MeasureIngestor(self.registry, self.outbox, self.quarantine, city=settings.iot_city)
-        north_app = create_north_app(settings, self.registry, self.status)
+        north_app = create_north_app(settings, self.registry, self.status, north_access)
         self.north = _server(north_app, settings.iot_host, settings.iot_north_port)
         self.south = _server(create_south_app(self.ingestor), settings.iot_host, settings.iot_south_port)
         self.mqtt: MqttIntake | None = None
@@ -118,6 +118,6 @@ class IotAgent:
             self.quarantine.close()
 
 
-async def run_iot_agent(settings: IotAgentSettings) -> None:
-    """Run one agent process until SIGTERM/SIGINT."""
-    await IotAgent(settings).run()
+async def run_iot_agent(settings: IotAgentSettings, *, north_access: Sequence[Any] = ()) -> None:
+    """Run one agent process until SIGTERM/SIGINT; `north_access` guards the provisioning API."""
+    await IotAgent(settings, north_access=north_access).run()
