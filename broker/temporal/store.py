@@ -21,7 +21,6 @@ from broker.temporal.durations import Period
 from broker.temporal.parameters import TimeFilter
 
 EPOCH = datetime(1970, 1, 1)
-AGGREGATION_WORK_MEM = "64MB"
 
 ISO_MS = '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\''
 
@@ -313,11 +312,8 @@ class TemporalStore:
             series=series, start=start, end=end, iso=sql.SQL(ISO_MS), carried=carried, bucket=bucket, col=column,
             named=named, cond=sql.SQL(" AND ").join(conditions),
         )  # fmt: skip
-        async with conn.transaction():
-            # Grouping tens of thousands of instances must not spill a sort to disk (default 4 MB).
-            await conn.execute(f"SET LOCAL work_mem = '{AGGREGATION_WORK_MEM}'")
-            cur = await conn.execute(query, [*bucket_params, list(entity_ids), *params, *outer_params])
-            return await cur.fetchall()
+        cur = await conn.execute(query, [*bucket_params, list(entity_ids), *params, *outer_params])
+        return await cur.fetchall()
 
     # -- provision -------------------------------------------------------------------------------
 
