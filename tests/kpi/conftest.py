@@ -77,7 +77,7 @@ def mqtt_url() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def eventually(check: Callable[[], Any], within: float = 20.0, what: str = "condition") -> Any:
+async def eventually(check: Callable[[], Any], within: float = 60.0, what: str = "condition") -> Any:
     """Wait until `check()` returns something truthy; fail naming `what` after `within` seconds."""
     deadline = time.monotonic() + within
     last_error: Exception | None = None
