@@ -21,6 +21,7 @@ from broker.temporal.durations import Period
 from broker.temporal.parameters import TimeFilter
 
 EPOCH = datetime(1970, 1, 1)
+INDEX_LOCK_KEY = 0x74726F65  # pg advisory lock of the temporal index setup ("troe")
 
 ISO_MS = '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\''
 
@@ -104,6 +105,8 @@ class TemporalStore:
         if database in self._indexed:
             return
         async with conn.transaction():
+            # One creator at a time: concurrent CREATE INDEX IF NOT EXISTS of one name can collide.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (INDEX_LOCK_KEY,))
             await conn.execute(sql.SQL(troe_indexes_sql()))
         self._indexed.add(database)
 
