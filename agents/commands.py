@@ -1,0 +1,144 @@
+"""`climaborough agent …` and `climaborough quarantine list|show|replay` (registered by cli/main.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agents.quarantine import QUARANTINE_FILE, Quarantine, ReplayHandler
+
+console = Console()
+agent_app = typer.Typer(help="Run the platform's agents.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Records agents could not map or the broker refused: list, show, replay.",
+                             no_args_is_help=True)  # fmt: skip
+
+DataDirOption = Annotated[
+    Path | None, typer.Option(help="Data folder (CLIMABOROUGH_DATA_DIR, default ./.data) holding quarantine.sqlite.")
+]
+
+
+@agent_app.command("iot")
+def agent_iot(
+    broker_url: Annotated[str | None, typer.Option(help="NGSI-LD broker (CLIMABOROUGH_BROKER_URL).")] = None,
+    mqtt_url: Annotated[str | None, typer.Option(help="MQTT server, '' for none (CLIMABOROUGH_MQTT_URL).")] = None,
+    north_port: Annotated[int | None, typer.Option(help="Provisioning API port (default 4041).")] = None,
+    south_port: Annotated[int | None, typer.Option(help="HTTP measures port (default 7896).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address both APIs listen on.")] = None,
+    instance: Annotated[str | None, typer.Option(help="Name of this agent process (own outbox).")] = None,
+    data_dir: DataDirOption = None,
+    log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
+) -> None:
+    """FIWARE-compatible IoT agent: provisioning on :4041, UltraLight/JSON over MQTT and HTTP (:7896)."""
+    from agents.iot.service import run_iot_agent
+    from agents.iot.settings import IotAgentSettings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    overrides = {
+        "broker_url": broker_url, "mqtt_url": mqtt_url, "iot_north_port": north_port, "iot_south_port": south_port,
+        "iot_host": host, "iot_instance": instance, "data_dir": data_dir,
+    }  # fmt: skip
+    settings = IotAgentSettings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    console.print(
+        f"IoT agent: provisioning [bold cyan]http://{settings.iot_host}:{settings.iot_north_port}/iot/[/], "
+        f"measures http://{settings.iot_host}:{settings.iot_south_port}/iot/d, MQTT {settings.mqtt_url or 'off'}, "
+        f"broker {settings.broker_url}  (Ctrl-C stops)"
+    )
+    asyncio.run(run_iot_agent(settings))
+
+
+def _quarantine(data_dir: Path | None) -> Quarantine:
+    from agents.iot.settings import IotAgentSettings
+
+    folder = data_dir if data_dir is not None else IotAgentSettings().data_dir
+    return Quarantine(folder / QUARANTINE_FILE)
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    agent: Annotated[str | None, typer.Option(help="Only records of this agent (iot, files, oup).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """List quarantined records, newest first."""
+    quarantine = _quarantine(data_dir)
+    records = quarantine.list(agent=agent, limit=limit, offset=offset)
+    if as_json:
+        for record in records:
+            typer.echo(json.dumps(record.as_dict(), ensure_ascii=False))
+        return
+    table = Table(title=f"Quarantine ({quarantine.count(agent=agent)} records)")
+    for column in ("id", "time", "agent", "source", "reason", "attempts"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(str(record.id), record.as_dict()["quarantinedAt"], record.agent, record.source,
+                      record.reason[:80], str(record.attempts))  # fmt: skip
+    console.print(table)
+
+
+@quarantine_app.command("show")
+def quarantine_show(record_id: int, data_dir: DataDirOption = None) -> None:
+    """Show one record with its original payload (JSON)."""
+    record = _quarantine(data_dir).get(record_id)
+    if record is None:
+        raise typer.BadParameter(f"no quarantined record {record_id}", param_hint="RECORD_ID")
+    typer.echo(json.dumps(record.as_dict(), ensure_ascii=False, indent=2))
+
+
+def replay_handler(agent: str, data_dir: Path | None) -> ReplayHandler:
+    """The handler that re-ingests records of one agent (files and OUP agents: add yours here)."""
+    if agent == "iot":
+        from agents.iot.replay import iot_replay_handler
+        from agents.iot.settings import IotAgentSettings
+
+        settings = IotAgentSettings()
+        if data_dir is not None:
+            settings = settings.model_copy(update={"data_dir": data_dir})
+        return iot_replay_handler(settings)
+    raise typer.BadParameter(f"records of agent {agent!r} cannot be replayed from the command line yet")
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    record_ids: Annotated[list[int] | None, typer.Argument(help="Record ids; none: every record (of --agent).")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only records of this agent.")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Map and send records again; those that go through leave the quarantine, the others keep their new reason."""
+    quarantine = _quarantine(data_dir)
+    records = (
+        [r for r in (quarantine.get(i) for i in record_ids) if r is not None]
+        if record_ids
+        else quarantine.list(agent=agent, limit=1_000_000)
+    )
+    by_agent: dict[str, list[int]] = {}
+    for record in sorted(records, key=lambda r: r.id):
+        by_agent.setdefault(record.agent, []).append(record.id)
+
+    async def replay() -> tuple[int, dict[int, str]]:
+        replayed, failed = 0, {}
+        for name, ids in by_agent.items():
+            handler = replay_handler(name, data_dir)
+            outcome = await quarantine.replay(ids, handler)
+            replayed += len(outcome.replayed)
+            failed.update(outcome.failed)
+            closing = getattr(handler, "aclose", None)
+            if closing is not None:
+                await closing()
+        return replayed, failed
+
+    replayed, failed = asyncio.run(replay())
+    console.print(f"replayed {replayed}, still failing {len(failed)}")
+    for record_id, reason in failed.items():
+        console.print(f"  {record_id}: {reason}")
+    if failed:
+        raise typer.Exit(1)
