@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from agents.commands import agent_app, quarantine_app
 from cli.settings import BROKER_PORT, CliSettings
 from kpi.commands import kpi_app
 
@@ -20,6 +21,8 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(kpi_app, name="kpi")
+app.add_typer(agent_app, name="agent")
+app.add_typer(quarantine_app, name="quarantine")
 
 HostOption = Annotated[str, typer.Option(help="Address the broker listens on.")]
 PortOption = Annotated[int, typer.Option(help="Port of the broker's NGSI-LD API (FIWARE default 1026).")]
