@@ -5,7 +5,6 @@ Only Orion-LD's TRoE columns are used, so the same queries answer over a history
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -412,13 +411,3 @@ def calendar_bucket(column: sql.Composable) -> sql.Composable:
         "(({m}) - CASE WHEN {c} < %s::timestamp + make_interval(months => ({m2})) THEN 1 ELSE 0 END)"
     ).format(m=months, c=column, m2=months)
     return sql.SQL("(%s::timestamp + make_interval(months => (floor({w}::float8 / %s) * %s)::int))").format(w=whole)
-
-
-def period_end(start: datetime, period: Period) -> datetime:
-    """The end of the period starting at `start` (exclusive); month ends clamp (Jan 31 + P1M = Feb 28/29)."""
-    if period.is_calendar:
-        months = start.month - 1 + period.months
-        year, month = start.year + months // 12, months % 12 + 1
-        day = min(start.day, calendar.monthrange(year, month)[1])
-        return start.replace(year=year, month=month, day=day)
-    return start + period.fixed

@@ -8,7 +8,6 @@ import pytest
 
 from broker.temporal.durations import Period, parse_duration
 from broker.temporal.parameters import parse_temporal_query
-from broker.temporal.store import period_end
 from ngsi.errors import BadRequestData
 
 DURATIONS = [
@@ -35,12 +34,6 @@ def test_iso_8601_durations_split_into_calendar_months_and_fixed_time(text: str,
 def test_malformed_or_mixed_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
-
-
-def test_month_periods_end_on_the_same_day_of_the_next_month_clamped() -> None:
-    assert period_end(datetime(2016, 1, 31), Period(1, timedelta(0))) == datetime(2016, 2, 29)
-    assert period_end(datetime(2016, 11, 1), Period(3, timedelta(0))) == datetime(2017, 2, 1)
-    assert period_end(datetime(2016, 3, 1, 6), Period(0, timedelta(hours=6))) == datetime(2016, 3, 1, 12)
 
 
 def test_times_with_offsets_become_utc() -> None:
