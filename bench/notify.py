@@ -51,8 +51,10 @@ REPO = Path(__file__).resolve().parents[1]
 API = "/ngsi-ld/v1"
 ENTITY_TYPE = "AirQualityObserved"
 ENTITIES = 20
-SUBSCRIPTIONS_PER_KIND = 5
+SUBSCRIPTIONS_PER_KIND = int(os.environ.get("BENCH_NOTIFY_SUBSCRIPTIONS_PER_KIND", "5"))
 PENDING_TARGET = 100_000
+LOAD_CONNECTIONS = 64
+"""At most this many updates in flight; beyond that the generator waits (and the achieved rate shows it)."""
 DRAIN_TIMEOUT_S = 60.0
 """How long after the last update the receivers may take to get every notification."""
 
@@ -160,25 +162,29 @@ def generate_load(port: int, rate: float, seconds: float) -> None:
     failures: list[str] = []
 
     async def load() -> None:
-        idle: list[HttpConnection] = [await HttpConnection("127.0.0.1", port).open() for _ in range(16)]
+        # Connections open lazily; an update waits for a free one only when LOAD_CONNECTIONS are busy.
+        free: asyncio.Queue[HttpConnection] = asyncio.Queue()
+        for _ in range(LOAD_CONNECTIONS):
+            free.put_nowait(HttpConnection("127.0.0.1", port))
 
         async def one(seq: int) -> None:
-            connection = idle.pop() if idle else HttpConnection("127.0.0.1", port)
+            connection = await free.get()
             body = orjson.dumps({"seq": {"type": "Property", "value": seq}})
             try:
                 status, answer = await connection.request(
                     "PATCH", f"{API}/entities/{ids[seq % len(ids)]}/attrs", body,
                     {"Content-Type": "application/json"})
+                at = time.time()
             except Exception as error:  # the broker dropped the connection: the run reports it
                 failures.append(f"{type(error).__name__}: {error}")
                 await connection.close()
                 return
-            at = time.time()
+            finally:
+                free.put_nowait(connection)
             if status == 204:
                 acked[seq] = at
             else:
                 failures.append(f"HTTP {status}: {answer[:200]!r}")
-            idle.append(connection)
 
         total = int(rate * seconds)
         start = time.monotonic()
@@ -192,8 +198,8 @@ def generate_load(port: int, rate: float, seconds: float) -> None:
         _, unanswered = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
         for task in unanswered:
             task.cancel()
-        for connection in idle:
-            await connection.close()
+        while not free.empty():
+            await free.get_nowait().close()
         failures.extend(f"no answer in {DRAIN_TIMEOUT_S}s" for _ in unanswered)
         _announce({"acked": acked, "failures": failures[:20], "failed": len(failures),
                    "achieved_rate": round(len(acked) / max(sent_for, 1e-9), 1)})
@@ -311,8 +317,12 @@ def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, back
         mqtt_receiver = Child(stack, "--role", "receive-mqtt", "--mqtt-port", str(mqtt_port), "--topic", topic)
         mqtt_receiver.read()
         broker = stack.enter_context(running_broker(extra_env={"CLIMABOROUGH_NOTIFY_TIMEOUT_S": "1"}))
-        log.write(f"broker pid {broker.pid} on {broker.base_url}\n")
-        with httpx.Client(base_url=broker.base_url + API, timeout=120) as client:
+        log.write(f"broker pid {broker.pid} on {broker.base_url}, database {broker.database_url}\n")
+        log.flush()
+        # keepalive_expiry below uvicorn's 5 s keep-alive: with equal timers the server may close a
+        # connection just as the client reuses it (httpx ReadError), as happened in earlier runs.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        with httpx.Client(base_url=broker.base_url + API, timeout=120, limits=limits) as client:
             for entity_id in entity_ids():
                 client.post("/entities", json={"id": entity_id, "type": ENTITY_TYPE,
                                                "seq": {"type": "Property", "value": -1}}).raise_for_status()

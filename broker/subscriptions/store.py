@@ -120,13 +120,15 @@ async def enqueue(
         return {}
     lanes = " ".join(dict.fromkeys(sub_id for sub_id, _, _ in rows))
     payload = f"{token} {lanes}" if len(token) + len(lanes) < NOTIFY_PAYLOAD_LIMIT else f"{token} *"
+    # One jsonb parameter (dumped by orjson) is far cheaper to send than three text-format arrays.
     cur = await conn.execute(
         "WITH added AS (INSERT INTO subscription_outbox (subscription_id, notification_id, entities)"
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[]) RETURNING seq, notification_id),"
+        " SELECT r.s, r.n, r.e FROM jsonb_to_recordset(%s) AS r(s text, n text, e jsonb)"
+        " RETURNING seq, notification_id),"
         " announced AS (SELECT pg_notify(%s, %s))"
         " SELECT added.seq, added.notification_id FROM added, announced",
-        ([sub_id for sub_id, _, _ in rows], [notification_id for _, notification_id, _ in rows],
-         [Jsonb(entities) for _, _, entities in rows], OUTBOX_CHANNEL, payload),
+        (Jsonb([{"s": sub_id, "n": notification_id, "e": entities} for sub_id, notification_id, entities in rows]),
+         OUTBOX_CHANNEL, payload),
     )
     return {notification_id: seq for seq, notification_id in await cur.fetchall()}
 

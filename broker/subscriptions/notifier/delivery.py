@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -47,6 +48,8 @@ class DeliverySettings(BaseSettings):
     batch_size: int = 100
     sweep_interval_s: float = 2.0
     pool_size: int = 4
+    in_flight_per_subscription: int = 16
+    """Notifications of one subscription on their way at once (one entity's always one after the other)."""
 
 
 def backoff(attempts: int, settings: DeliverySettings) -> float:
@@ -313,19 +316,15 @@ class DatabaseWorker:
         if sub is None or not sub.is_active:
             lane.to_backlog()  # deleted (its rows went with it) or paused: resumes on update or sweep
             return False
-        terms = await self._notifier.contexts.term_map(sub.context)
-        sender = self._notifier.sender_for(sub)
-        while lane.live and lane.queue:
-            row = lane.queue.popleft()
-            if row.seq in lane.read_from_outbox:
-                continue
-            try:
-                await sender.send(sub.endpoint, render(sub, row.notification_id, row.entities, terms))
-            except DeliveryFailed as error:
-                lane.to_backlog()
-                await self._failed(sub, row.seq, row.attempts + 1, str(error))
-                return True
-            self._acks.add(sub.id, row.seq)
+
+        def arrived() -> Iterator[store.OutboxRow]:
+            while lane.live and lane.queue:
+                row = lane.queue.popleft()
+                if row.seq not in lane.read_from_outbox:
+                    yield row
+
+        if not await self._send_in_order(sub, arrived()):
+            lane.to_backlog()
         return True
 
     async def _deliver_backlog(self, lane: _Lane) -> bool:
@@ -345,20 +344,72 @@ class DatabaseWorker:
             lane.to_backlog()
             return False
         lane.read_from_outbox = {row.seq for row in rows}
+        if not await self._send_in_order(sub, iter(rows)):
+            lane.to_backlog()
+        return True
+
+    async def _send_in_order(self, sub: Subscription, rows: Iterator[store.OutboxRow]) -> bool:
+        """Send rows keeping each entity's order, several entities at once; False after a failure.
+
+        A receiver's round trip, not our CPU, bounds one connection's rate, so up to
+        `in_flight_per_subscription` notifications travel at once; one entity's notifications
+        never overtake each other (each waits for the previous one of its entity). After a
+        failure nothing more is started; the earliest failed row is recorded (attempts, backoff)
+        and everything not delivered stays in the outbox for the backlog read.
+        """
         terms = await self._notifier.contexts.term_map(sub.context)
         sender = self._notifier.sender_for(sub)
-        for row in rows:
-            wait = (row.next_attempt_at - datetime.now(UTC)).total_seconds()
-            if wait > 0:
-                await asyncio.sleep(wait)
+        slots = asyncio.Semaphore(self._settings.in_flight_per_subscription)
+        last_of_entity: dict[str, asyncio.Task[None]] = {}
+        running: set[asyncio.Task[None]] = set()
+        failures: list[tuple[store.OutboxRow, str]] = []
+
+        async def deliver(row: store.OutboxRow, key: str | None, previous: asyncio.Task[None] | None) -> None:
             try:
+                if previous is not None:
+                    await asyncio.wait([previous])
+                if failures:
+                    return
                 await sender.send(sub.endpoint, render(sub, row.notification_id, row.entities, terms))
+                self._acks.add(sub.id, row.seq)
             except DeliveryFailed as error:
-                lane.to_backlog()
-                await self._failed(sub, row.seq, row.attempts + 1, str(error))
-                return True
-            self._acks.add(sub.id, row.seq)
-        return True
+                failures.append((row, str(error)))
+            finally:
+                slots.release()
+                if key is not None and last_of_entity.get(key) is asyncio.current_task():
+                    del last_of_entity[key]
+
+        try:
+            for row in rows:
+                wait = (row.next_attempt_at - datetime.now(UTC)).total_seconds()
+                key = row.entities[0].get("id", "") if len(row.entities) == 1 else None
+                if (wait > 0 or key is None) and running:
+                    await asyncio.wait(running)  # a retry or a many-entity notification goes after all before it
+                if failures:
+                    break
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await slots.acquire()
+                if failures:
+                    slots.release()
+                    break
+                task = asyncio.create_task(deliver(row, key, last_of_entity.get(key) if key is not None else None))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                if key is None:
+                    await asyncio.wait([task])
+                else:
+                    last_of_entity[key] = task
+            if running:
+                await asyncio.wait(running)
+        finally:
+            for task in list(running):
+                task.cancel()
+        if not failures:
+            return True
+        row, error = min(failures, key=lambda failure: failure[0].seq)
+        await self._failed(sub, row.seq, row.attempts + 1, error)
+        return False
 
     async def _failed(self, sub: Subscription, seq: int, attempts: int, error: str) -> None:
         now = datetime.now(UTC)

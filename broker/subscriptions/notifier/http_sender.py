@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import ssl
 from collections import defaultdict
 from urllib.parse import unquote, urlsplit
@@ -84,22 +85,15 @@ class HttpSender:
         self._tls = ssl.create_default_context()
 
     async def send(self, endpoint: Endpoint, notification: RenderedNotification) -> None:
-        parts = urlsplit(endpoint.uri)
-        secure = parts.scheme == "https"
-        host = parts.hostname or "localhost"
-        try:
-            port = parts.port or (443 if secure else 80)
-        except ValueError as error:
-            raise DeliveryFailed(f"bad endpoint port: {error}") from None
-        origin: Origin = (parts.scheme, host, port)
-        request = self._request(parts.path or "/", parts.query, parts.netloc.rpartition("@")[2], parts.username,
-                                parts.password, notification)
+        origin, head = _target(endpoint.uri)
+        request = self._request(head, notification)
         idle = self._idle[origin]
         try:
             while idle:  # a reused connection may have been closed by the receiver meanwhile: try the next
                 connection = idle.pop()
                 try:
-                    status, reusable = await asyncio.wait_for(connection.exchange(request), self._timeout)
+                    async with asyncio.timeout(self._timeout):
+                        status, reusable = await connection.exchange(request)
                 except (ConnectionError, asyncio.IncompleteReadError):
                     connection.close()
                     continue
@@ -110,7 +104,8 @@ class HttpSender:
                 return
             connection = await self._connect(origin)
             try:
-                status, reusable = await asyncio.wait_for(connection.exchange(request), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    status, reusable = await connection.exchange(request)
             except BaseException:
                 connection.close()
                 raise
@@ -141,24 +136,36 @@ class HttpSender:
         return _Connection(reader, writer)
 
     @staticmethod
-    def _request(path: str, query: str, authority: str, user: str | None, password: str | None,
-                 notification: RenderedNotification) -> bytes:
-        target = path + ("?" + query if query else "")
-        lines = [f"POST {target} HTTP/1.1", f"Host: {authority}", f"Content-Length: {len(notification.body)}"]
-        if user is not None:
-            credentials = f"{unquote(user)}:{unquote(password or '')}".encode()
-            lines.append("Authorization: Basic " + base64.b64encode(credentials).decode("ascii"))
+    def _request(head: str, notification: RenderedNotification) -> bytes:
+        lines = [head + f"Content-Length: {len(notification.body)}"]
         for name, value in notification.headers.items():
             if _header_safe(name) and _header_safe(value):  # receiverInfo must not smuggle extra headers
                 lines.append(f"{name}: {value}")
-        head = "\r\n".join(lines) + "\r\n\r\n"
-        return head.encode("utf-8") + notification.body
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + notification.body
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, defaultdict(list)
         for connections in idle.values():
             for connection in connections:
                 connection.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(uri: str) -> tuple[Origin, str]:
+    """Where to connect for an endpoint URI and the start of its request (request line, Host, credentials)."""
+    parts = urlsplit(uri)
+    secure = parts.scheme == "https"
+    host = parts.hostname or "localhost"
+    try:
+        port = parts.port or (443 if secure else 80)
+    except ValueError as error:
+        raise DeliveryFailed(f"bad endpoint port: {error}") from None
+    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    head = f"POST {target} HTTP/1.1\r\nHost: {parts.netloc.rpartition('@')[2]}\r\n"
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        head += "Authorization: Basic " + base64.b64encode(credentials).decode("ascii") + "\r\n"
+    return (parts.scheme, host, port), head
 
 
 def _header_safe(text: str) -> bool:

@@ -40,6 +40,7 @@ class _Connection:
         self.client.on_disconnect = self._on_disconnect
         self._timeout = connect_timeout_s
         self._started = False
+        self.connecting = asyncio.Lock()
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
                     properties: object = None) -> None:
@@ -94,10 +95,11 @@ class MqttSender:
             if connection is None:
                 connection = self._connections[key] = _Connection(key, self._timeout)
         if not connection.connected.is_set():
-            try:
-                await asyncio.to_thread(connection.ensure_connected)
-            except (OSError, mqtt.WebsocketConnectionError, ValueError) as error:
-                raise DeliveryFailed(f"MQTT connect to {key[1]}:{key[2]} failed: {error}") from None
+            async with connection.connecting:  # concurrent sends of a lane connect once
+                try:
+                    await asyncio.to_thread(connection.ensure_connected)
+                except (OSError, mqtt.WebsocketConnectionError, ValueError) as error:
+                    raise DeliveryFailed(f"MQTT connect to {key[1]}:{key[2]} failed: {error}") from None
         info = connection.client.publish(topic, payload, qos=qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             connection.connected.clear()
