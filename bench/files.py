@@ -82,8 +82,8 @@ def run_ingests(files: list[Path], broker_url: str, data_dir: Path, parallel: in
             if process.poll() is None:
                 try:
                     peak = max(peak, peak_rss_mb(pid))
-                except (OSError, ValueError):
-                    pass
+                except (OSError, ValueError, KeyError):
+                    pass  # the process is exiting: its last reading stands
                 continue
             del running[pid]
             if process.returncode != 0:

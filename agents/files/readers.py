@@ -13,9 +13,8 @@ import csv
 import tempfile
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import ijson
 import orjson
@@ -24,8 +23,7 @@ from agents.files.mapping import Mapping as FileMapping
 from agents.files.mapping import MappingError
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One source record: its values (mapping column order), its original text, the position after it.
 
     `error` is set (and `values` empty) when the record could not even be parsed (a broken JSON line).
@@ -141,7 +139,7 @@ class RecordStream:
         reader = csv.reader(self._lines(held), delimiter=source.delimiter, quotechar=source.quote)
         width = len(header)
         for row in reader:
-            raw = "".join(held).rstrip("\r\n")
+            raw = (held[0] if len(held) == 1 else "".join(held)).rstrip("\r\n")
             held.clear()
             values: list[str | None]
             if len(row) >= width:

@@ -79,7 +79,15 @@ def columns_parser(format_: str, time_zone: str, count: int) -> Callable[[list[A
     zone = time_zone_of(time_zone)
     fixed = zone.utcoffset(None) if not isinstance(zone, ZoneInfo) else None
 
+    in_order = directives == list(order[: len(directives)]) and len(directives) >= 3
+
     def parse(cells: list[Any]) -> str:
+        if in_order and fixed is not None:
+            try:
+                local = datetime(*map(int, cells))  # type: ignore[arg-type]
+            except (ValueError, TypeError) as error:
+                raise BadTimestamp(f"{' '.join(map(str, cells))!r} does not match the format {format_!r}") from error
+            return (local - fixed).isoformat(timespec="milliseconds") + "Z"
         try:
             numbers = [int(cells[slot]) if slot >= 0 else (1 if index < 3 else 0) for index, slot in enumerate(slots)]
             local = datetime(numbers[0], numbers[1], numbers[2], numbers[3], numbers[4], numbers[5])

@@ -229,10 +229,11 @@ class _EntityBuilder:
         templates = [self.id_template, self.city, *(t for _, t in self.templated)]
         templates += [t for _, _, t in self.relationships]
         self.key_positions = sorted({position for template in templates for position in template.positions})
-        self._heads: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
-        # (name, column position or -1, column, plain number?, scale, offset, reader, unit, observed)
-        self.readers: list[tuple[str, int, str, bool, float | None, float | None, Callable[[Values], Any],
-                                 str | None, bool]] = []  # fmt: skip
+        self._heads: dict[Any, tuple[str, dict[str, Any]]] = {}
+        # Plain numbers are read inline (the hot path): (name, position, column, scale, offset, unit, observed).
+        self.plain: list[tuple[str, int, str, float | None, float | None, str | None, bool]] = []
+        # Everything else through its reader: (name, reader, unit, observed).
+        self.other: list[tuple[str, Callable[[Values], Any], str | None, bool]] = []
         for attribute in spec.attributes:
             position = index[attribute.column] if attribute.column else None
             if attribute.kind in ("number", "integer") and attribute.convert is None:
@@ -246,11 +247,14 @@ class _EntityBuilder:
                 attribute.kind == "number" and attribute.convert is None and attribute.expression is None
                 and position is not None
             )  # fmt: skip
-            self.readers.append((attribute.name, -1 if position is None else position, attribute.column or "",
-                                 plain, attribute.scale, attribute.offset, reader, attribute.unit,
-                                 attribute.observed))  # fmt: skip
+            if plain:
+                assert position is not None
+                self.plain.append((attribute.name, position, attribute.column or "", attribute.scale, attribute.offset,
+                                   attribute.unit, attribute.observed))  # fmt: skip
+            else:
+                self.other.append((attribute.name, reader, attribute.unit, attribute.observed))
 
-    def _head(self, values: Values, key: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
+    def _head(self, values: Values, key: Any) -> tuple[str, dict[str, Any]]:
         """The entity id and the properties/relationships that depend only on the template cells."""
         source_id = self.id_template.render(values)
         city = self.city.render(values)
@@ -284,42 +288,50 @@ class _EntityBuilder:
         missing_numbers = cells.missing_numbers
         comma = cells.decimal_comma
         measured: dict[str, Any] = {}
-        for name, position, column, plain, scale, offset, read, unit, observed in self.readers:
-            if plain:
-                raw = values[position]
-                if raw is None or raw in missing_text:
-                    continue
-                try:
-                    value = float(raw.replace(",", ".") if comma else raw)
-                except (ValueError, TypeError, AttributeError):
-                    value = cells.number(raw, column)
-                    if value is _MISSING:
-                        continue
-                if value in missing_numbers:
-                    continue
-                if value - value != 0.0:  # inf or nan
-                    raise UnmappableRecord(f"column {column!r}: {raw!r} is not a finite number")
-                if scale is not None:
-                    value *= scale
-                if offset is not None:
-                    value += offset
-            else:
-                value = read(values)
+        for name, position, column, scale, offset, unit, observed in self.plain:
+            raw = values[position]
+            if raw is None or raw in missing_text:
+                continue
+            try:
+                value = float(raw.replace(",", ".") if comma else raw)
+            except (ValueError, TypeError, AttributeError):
+                value = cells.number(raw, column)
                 if value is _MISSING:
                     continue
-            if unit is not None:
-                if observed:
-                    measured[name] = {"type": "Property", "value": value, "unitCode": unit, "observedAt": observed_at}
-                else:
-                    measured[name] = {"type": "Property", "value": value, "unitCode": unit}
+            if missing_numbers and value in missing_numbers:
+                continue
+            if value - value != 0.0:  # inf or nan
+                raise UnmappableRecord(f"column {column!r}: {raw!r} is not a finite number")
+            if scale is not None:
+                value *= scale
+            if offset is not None:
+                value += offset
+            if unit is None:
+                measured[name] = (
+                    {"type": "Property", "value": value, "observedAt": observed_at}
+                    if observed
+                    else {"type": "Property", "value": value}
+                )
             elif observed:
-                measured[name] = {"type": "Property", "value": value, "observedAt": observed_at}
+                measured[name] = {"type": "Property", "value": value, "unitCode": unit, "observedAt": observed_at}
             else:
-                measured[name] = {"type": "Property", "value": value}
+                measured[name] = {"type": "Property", "value": value, "unitCode": unit}
+        for name, read, unit, observed in self.other:
+            value = read(values)
+            if value is _MISSING:
+                continue
+            attribute: dict[str, Any] = {"type": "Property", "value": value}
+            if unit is not None:
+                attribute["unitCode"] = unit
+            if observed:
+                attribute["observedAt"] = observed_at
+            measured[name] = attribute
         if not measured:
             return None
-        key = tuple([values[p] for p in self.key_positions])
-        identifier, fixed = self._heads.get(key) or self._head(values, key)
+        key_positions = self.key_positions
+        key: Any = values[key_positions[0]] if len(key_positions) == 1 else tuple([values[p] for p in key_positions])
+        head = self._heads.get(key)
+        identifier, fixed = head if head is not None else self._head(values, key)
         location = self.location or location
         if location is None:
             return {"id": identifier, "type": self.type, "dateObserved": date_observed, **fixed, **measured,
