@@ -139,6 +139,9 @@ def ingest(
     except IngestInterrupted as error:
         console.print(f"[red]Stopped:[/red] {error}. Run the same command again to resume.")
         raise typer.Exit(3) from error
+    except KeyboardInterrupt:
+        console.print("[yellow]Stopped.[/yellow] The checkpoint keeps the progress: run the same command to resume.")
+        raise typer.Exit(130) from None
     except NgsiError as error:
         console.print(f"[red]{error.title}:[/red] {error.detail}")
         raise typer.Exit(2) from error
