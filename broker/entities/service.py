@@ -273,7 +273,7 @@ class EntityService:
     async def retrieve(self, tenant: str | None, entity_id: str) -> StoredEntity:
         """GS CIM 009 5.7.1; ResourceNotFound if absent."""
         pool = await self.databases.pool(tenant, create=False)
-        async with pool.connection() as conn:
+        async with pool.connection() as conn, store.autocommit(conn):
             entity = await store.fetch_entity(conn, entity_id)
         if entity is None:
             raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
@@ -298,10 +298,18 @@ class EntityService:
         geo = parse_geo_query(**query.geo) if query.geo else None
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn:
-            if geo is not None:
-                return await self.geo_query(conn, conditions, geo, query, terms)
-            entities = await store.select_entities(conn, conditions, limit=query.limit, offset=query.offset)
-            total = await store.count_entities(conn, conditions) if query.count else None
+            if query.count:  # page and count from one snapshot
+                async with conn.transaction():
+                    return await self.select(conn, conditions, geo, query, terms)
+            async with store.autocommit(conn):
+                return await self.select(conn, conditions, geo, query, terms)
+
+    async def select(self, conn: AsyncConnection, conditions: list[sql.Composable], geo: GeoQuery | None,
+                     query: EntityQuery, terms: TermMap) -> tuple[list[StoredEntity], int | None]:
+        if geo is not None:
+            return await self.geo_query(conn, conditions, geo, query, terms)
+        entities = await store.select_entities(conn, conditions, limit=query.limit, offset=query.offset)
+        total = await store.count_entities(conn, conditions) if query.count else None
         return entities, total
 
     @staticmethod
