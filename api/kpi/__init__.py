@@ -1,0 +1,1 @@
+"""The KPI REST slice: KeyPerformanceIndicator entities read from the broker."""

@@ -1,0 +1,1 @@
+"""The twin's REST slice: what-if scenarios, model list, stored forecasts."""
