@@ -38,9 +38,11 @@ forecast across them."""
 # The same deliberately small model as tests/twin/test_twin.py: seconds, not minutes, to train.
 SMALL = TrainingConfig(lookback=24, linear_hours=12, lstm_units=8, dense_units=8, epochs=2, batch_size=128)
 
-AIR_UNITS = {"pm25": "GQ", "pm10": "GQ", "so2": "GQ", "no2": "GQ", "o3": "GQ", "co": "GP"}
-WEATHER_UNITS = {"temperature": "CEL", "atmosphericPressure": "HPA", "dewPoint": "CEL", "precipitation": "MMT",
-                 "windSpeed": "MTS", "windDirection": None}  # fmt: skip
+AIR_UNITS: dict[str, str | None] = {"pm25": "GQ", "pm10": "GQ", "so2": "GQ", "no2": "GQ", "o3": "GQ", "co": "GP"}
+WEATHER_UNITS: dict[str, str | None] = {
+    "temperature": "CEL", "atmosphericPressure": "HPA", "dewPoint": "CEL", "precipitation": "MMT", "windSpeed": "MTS",
+    "windDirection": None,
+}  # fmt: skip
 CHUNK_HOURS = 24 * 15
 
 

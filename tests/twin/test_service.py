@@ -127,7 +127,7 @@ async def test_weather_forecast_entities_of_the_station_become_the_covariates(
     origin = world.frame.index[-1]
     # A "forecast" that is in fact what was then observed (a perfect forecast), valid hour by hour.
     ahead = world.next_hours.iloc[:24]
-    forecasts = [
+    forecasts: list[dict[str, Any]] = [
         {
             "id": f"urn:ngsi-ld:WeatherForecast:beijing:Aotizhongxin:{i:02d}",
             "type": "WeatherForecast",
@@ -150,7 +150,7 @@ async def test_weather_forecast_entities_of_the_station_become_the_covariates(
             with_forecast = await service.forecast_station(STATION, until=origin.to_pydatetime())
         finally:
             await service.reader.aclose()
-            await weather.batch_delete([f["id"] for f in forecasts])
+            await weather.batch_delete([str(f["id"]) for f in forecasts])
     assert with_forecast is not None
     assert with_forecast.covariates == COVARIATES_FORECAST
     assert with_forecast.origin == origin
