@@ -49,8 +49,12 @@ def hourly_frame(observations: pd.DataFrame, *, max_gap_hours: int = 3) -> pd.Da
     return filled
 
 
-def add_features(hourly: pd.DataFrame, *, local_tz: str | None = None) -> pd.DataFrame:
-    """Model features: wind direction as a vector, calendar cycles in local time."""
+def add_features(hourly: pd.DataFrame, *, local_tz: str | None = None, seasonal: bool | None = None) -> pd.DataFrame:
+    """Model features: wind direction as a vector, calendar cycles in local time.
+
+    The day-of-year cycle is only a feature when the history covers a full year (`seasonal`
+    None decides from the data): on a few months it would be extrapolated, not learned.
+    """
     frame = hourly.copy()
     if "windDirection" in frame:
         radians = np.deg2rad(frame.pop("windDirection"))
@@ -63,7 +67,10 @@ def add_features(hourly: pd.DataFrame, *, local_tz: str | None = None) -> pd.Dat
     doy = local.day_of_year.to_numpy()
     dow = local.day_of_week.to_numpy()
     frame["hour_sin"], frame["hour_cos"] = np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)
-    frame["doy_sin"], frame["doy_cos"] = np.sin(2 * np.pi * doy / 365.25), np.cos(2 * np.pi * doy / 365.25)
+    if seasonal is None:
+        seasonal = len(frame) > 0 and bool(frame.index[-1] - frame.index[0] >= pd.Timedelta(days=365))
+    if seasonal:
+        frame["doy_sin"], frame["doy_cos"] = np.sin(2 * np.pi * doy / 365.25), np.cos(2 * np.pi * doy / 365.25)
     frame["dow_sin"], frame["dow_cos"] = np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)
     return frame
 
