@@ -316,22 +316,46 @@ class EntityService:
     async def geo_query(conn: AsyncConnection, conditions: list[sql.Composable], geo: GeoQuery, query: EntityQuery,
                         terms: TermMap) -> tuple[list[StoredEntity], int | None]:
         """GS CIM 009 4.10: SQL pre-filters on `geo_bbox`, shapely decides exactly; `near` sorts by distance."""
-        prefilter = compile_near_condition(geo) or compile_geo_prefilter(geo)
-        if prefilter is not None:
-            conditions = [*conditions, prefilter]
-        ordering = compile_point_distance(geo) if geo.georel == "near" else None
-        candidates = await store.select_entities(conn, conditions, limit=None, order_by=ordering)
         attribute = terms.expand(geo.geoproperty)
 
         def geometry_of(entity: StoredEntity) -> Any:
             instances = entity.doc.get(attribute) or []
             return instances[0].get("value") if instances else None
 
+        near_points = compile_near_condition(geo)
+        if near_points is not None:
+            return await EntityService.near_point_query(conn, conditions, geo, query, near_points, geometry_of)
+        prefilter = compile_geo_prefilter(geo)
+        if prefilter is not None:
+            conditions = [*conditions, prefilter]
+        ordering = compile_point_distance(geo) if geo.georel == "near" else None
+        candidates = await store.select_entities(conn, conditions, limit=None, order_by=ordering)
         matched = [entity for entity in candidates if geo_matches(geo, geometry_of(entity))]
         if geo.georel == "near":
             matched.sort(key=lambda entity: distance(geo, geometry_of(entity)) or 0.0)
         page = matched[query.offset:query.offset + query.limit]
         return page, len(matched) if query.count else None
+
+    @staticmethod
+    async def near_point_query(conn: AsyncConnection, conditions: list[sql.Composable], geo: GeoQuery,
+                               query: EntityQuery, near: sql.Composable, geometry_of: Any
+                               ) -> tuple[list[StoredEntity], int | None]:
+        """`near` from a Point on `location`: point entities are decided, sorted and paged in SQL (only the
+        rows up to the end of the page are read); other shapes are few and decided by shapely."""
+        ordering = compile_point_distance(geo)
+        is_point = sql.SQL("(width(geo_bbox) = 0 AND height(geo_bbox) = 0)")
+        is_shape = sql.SQL("(width(geo_bbox) > 0 OR height(geo_bbox) > 0)")
+        points = await store.select_entities(conn, [*conditions, near, is_point], limit=query.offset + query.limit,
+                                             order_by=ordering)
+        shapes = [entity for entity in await store.select_entities(conn, [*conditions, near, is_shape], limit=None)
+                  if geo_matches(geo, geometry_of(entity))]
+        matched = points
+        if shapes:
+            matched = sorted([*points, *shapes], key=lambda entity: distance(geo, geometry_of(entity)) or 0.0)
+        total = None
+        if query.count:
+            total = await store.count_entities(conn, [*conditions, near, is_point]) + len(shapes)
+        return matched[query.offset:query.offset + query.limit], total
 
 
 def _types_of(payload: Any) -> list[str]:
