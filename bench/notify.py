@@ -44,7 +44,7 @@ import httpx
 import orjson
 import psycopg
 
-from bench._harness import HttpConnection, cpu_seconds, process_tree_cpu_seconds, rss_mb, running_broker
+from bench._harness import HttpConnection, process_tree_cpu_seconds, rss_mb, running_broker
 from broker.embedded_postgres import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,13 +188,13 @@ def generate_load(port: int, rate: float, seconds: float) -> None:
 
         total = int(rate * seconds)
         start = time.monotonic()
+        started_at = time.time()
         tasks = []
         for seq in range(total):
             delay = start + seq / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(seq)))
-        sent_for = time.monotonic() - start
         _, unanswered = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
         for task in unanswered:
             task.cancel()
@@ -202,7 +202,8 @@ def generate_load(port: int, rate: float, seconds: float) -> None:
             await free.get_nowait().close()
         failures.extend(f"no answer in {DRAIN_TIMEOUT_S}s" for _ in unanswered)
         _announce({"acked": acked, "failures": failures[:20], "failed": len(failures),
-                   "achieved_rate": round(len(acked) / max(sent_for, 1e-9), 1)})
+                   # acknowledged updates per second, from the first request to the last acknowledgement
+                   "achieved_rate": round(len(acked) / max(max(acked.values(), default=0) - started_at, 1e-9), 1)})
 
     asyncio.run(load())
 
@@ -302,6 +303,12 @@ def profiled(pid: int, output: Path | None) -> Iterator[None]:
             process.wait(30)
 
 
+def broker_processes(pid: int) -> list[int]:
+    """The broker and its children (the notifier process)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *(int(child) for child in children.read_text().split())] if children.exists() else [pid]
+
+
 def latencies(acked: dict[int, float], arrived: list[tuple[int, float]]) -> list[float]:
     return [max(at - acked[seq], 0.0) * 1000 for seq, at in arrived if seq in acked]
 
@@ -330,7 +337,7 @@ def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, back
                 subscribe(client, f"http://127.0.0.1:{http_port}/notify/{i}")
                 subscribe(client, f"mqtt://127.0.0.1:{mqtt_port}/{topic}/{i}")
 
-            cpu_before = cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid)
+            cpu_before = process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid)
             with profiled(broker.pid, profile):
                 load = Child(stack, "--role", "load", "--port", str(broker.port), "--rate", str(rate),
                              "--seconds", str(seconds))
@@ -343,7 +350,8 @@ def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, back
                         if row is not None and row[0] == 0:
                             break
                         time.sleep(0.1)
-            cpu = cpu_seconds(broker.pid) - cpu_before[0], process_tree_cpu_seconds(broker.postgres_pid) - cpu_before[1]
+            cpu = (process_tree_cpu_seconds(broker.pid) - cpu_before[0],
+                   process_tree_cpu_seconds(broker.postgres_pid) - cpu_before[1])
             http_ms = latencies(acked, http_receiver.stop()["arrivals"])
             mqtt_ms = latencies(acked, mqtt_receiver.stop()["arrivals"])
 
@@ -371,7 +379,7 @@ def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, back
         return {
             **_result(acked, sent, http_ms, mqtt_ms, cpu, rate),
             "pending_notifications": pending,
-            "pending_rss_mb": rss_mb(broker.pid),
+            "pending_rss_mb": round(sum(rss_mb(pid) for pid in broker_processes(broker.pid)), 1),
             "pending_write_p50_ms": round(statistics.median(write_ms), 2),
         }
 

@@ -15,6 +15,7 @@ from broker.subscriptions.model import (
     validate_body,
 )
 from broker.subscriptions.notifier.delivery import Notifier
+from broker.subscriptions.notifier.process import NotifierProcess
 from broker.subscriptions.registry import SubscriptionRegistry
 from ngsi.errors import AlreadyExists, InvalidRequest, NonexistentTenant, ResourceNotFound
 
@@ -30,7 +31,8 @@ def _iso(value: datetime | None) -> str | None:
 class SubscriptionService:
     """The rules of the subscription API; storage through `store`, matching state through the registry."""
 
-    def __init__(self, databases: TenantDatabases, registry: SubscriptionRegistry, notifier: Notifier) -> None:
+    def __init__(self, databases: TenantDatabases, registry: SubscriptionRegistry,
+                 notifier: Notifier | NotifierProcess) -> None:
         self._databases = databases
         self._registry = registry
         self._notifier = notifier

@@ -12,7 +12,6 @@ from broker.changes import EntityChange
 from broker.subscriptions import store
 from broker.subscriptions.matching import match_change
 from broker.subscriptions.registry import SubscriptionRegistry
-from broker.subscriptions.store import OutboxRow
 
 NOTIFICATION_ID_PREFIX = "urn:ngsi-ld:Notification:"
 
@@ -21,19 +20,14 @@ def new_notification_id() -> str:
     return NOTIFICATION_ID_PREFIX + str(uuid.uuid4())
 
 
-Enqueued = Callable[[str | None, str, list[OutboxRow]], None]
-"""`on_enqueued(tenant, token, rows)`: the rows a transaction added, announced under `token` once it commits."""
-
-
 class SubscriptionSink:
     """`broker.changes.ChangeSink` for subscriptions (docs/internals.md "Change hook").
 
-    `on_enqueued(tenant, token, rows)` is called after rows are added, so the notifier watches
-    that tenant's database and holds the rows in memory: when the transaction commits, its LISTEN
-    hears the token and the rows go out without being read back from the outbox.
+    `on_enqueued(tenant)` is called after rows are added, so the notifier makes sure it watches
+    that tenant's database (its LISTEN hears the rows once the transaction commits).
     """
 
-    def __init__(self, registry: SubscriptionRegistry, on_enqueued: Enqueued | None = None):
+    def __init__(self, registry: SubscriptionRegistry, on_enqueued: Callable[[str | None], None] | None = None):
         self._registry = registry
         self._on_enqueued = on_enqueued
         self._last_enqueued: dict[tuple[str, str], float] = {}
@@ -61,14 +55,9 @@ class SubscriptionSink:
                     continue
                 rows.append((sub.id, new_notification_id(), [_json_safe(entity)]))
         if rows:
-            token = uuid.uuid4().hex
-            seqs = await store.enqueue(conn, rows, token)
+            await store.enqueue(conn, rows)
             if self._on_enqueued is not None:
-                due = datetime.now(UTC)
-                self._on_enqueued(changes[0].tenant, token, [
-                    OutboxRow(seqs[notification_id], sub_id, notification_id, entities, 0, due)
-                    for sub_id, notification_id, entities in rows
-                ])
+                self._on_enqueued(changes[0].tenant)
 
     def _throttled(self, database: str, subscription_id: str, throttling: float) -> bool:
         """GS CIM 009 5.2.12 throttling: at most one notification per `throttling` seconds."""

@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from broker.query.params import Param, bound_params
 
 OUTBOX_CHANNEL = "climaborough_outbox"
-"""LISTEN/NOTIFY channel: the payload is a writer's token and the subscription ids with new notifications."""
+"""LISTEN/NOTIFY channel: the payload is the sequence numbers a committed transaction added (or `*`)."""
 
 SUBSCRIPTION_COLUMNS = (
     "id, tenant, body, is_active, expires_at, time_interval, times_sent, times_failed, "
@@ -105,38 +105,46 @@ NOTIFY_PAYLOAD_LIMIT = 7_900
 """PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more."""
 
 
-async def enqueue(
-    conn: AsyncConnection, rows: list[tuple[str, str, list[dict[str, Any]]]], token: str = ""
-) -> dict[str, int]:
+async def enqueue(conn: AsyncConnection, rows: list[tuple[str, str, list[dict[str, Any]]]]) -> None:
     """Add notifications (subscription id, notification id, entities) in the caller's transaction.
 
-    One statement inserts the rows and queues one NOTIFY `<token> <subscription id>...` (or
-    `<token> *` when the ids do not fit a payload). NOTIFY is delivered to listeners only when the
-    transaction commits, so workers never see a notification of a change that rolled back, and
-    the token tells the notifier of this process which rows it already holds in memory.
-    Returns the outbox sequence number of each notification id.
+    One statement inserts the rows and queues one NOTIFY naming their sequence numbers (or `*`
+    when they do not fit a payload). NOTIFY is delivered to listeners only when the transaction
+    commits, so the notifier never sees a notification of a change that rolled back, and it reads
+    exactly the committed rows, in commit order, without scanning the outbox.
     """
     if not rows:
-        return {}
-    lanes = " ".join(dict.fromkeys(sub_id for sub_id, _, _ in rows))
-    payload = f"{token} {lanes}" if len(token) + len(lanes) < NOTIFY_PAYLOAD_LIMIT else f"{token} *"
+        return
     # One jsonb parameter (dumped by orjson) is far cheaper to send than three text-format arrays.
-    cur = await conn.execute(
+    await conn.execute(
         "WITH added AS (INSERT INTO subscription_outbox (subscription_id, notification_id, entities)"
-        " SELECT r.s, r.n, r.e FROM jsonb_to_recordset(%s) AS r(s text, n text, e jsonb)"
-        " RETURNING seq, notification_id),"
-        " announced AS (SELECT pg_notify(%s, %s))"
-        " SELECT added.seq, added.notification_id FROM added, announced",
+        " SELECT r.s, r.n, r.e FROM jsonb_to_recordset(%s) AS r(s text, n text, e jsonb) RETURNING seq),"
+        " announced AS (SELECT pg_notify(%s, CASE WHEN sum(length(seq::text) + 1) < %s"
+        "   THEN string_agg(seq::text, ' ' ORDER BY seq) ELSE '*' END) FROM added)"
+        " SELECT 1 FROM announced",
         (Jsonb([{"s": sub_id, "n": notification_id, "e": entities} for sub_id, notification_id, entities in rows]),
-         OUTBOX_CHANNEL, payload),
+         OUTBOX_CHANNEL, NOTIFY_PAYLOAD_LIMIT),
     )
-    return {notification_id: seq for seq, notification_id in await cur.fetchall()}
 
 
-def parse_announcement(payload: str) -> tuple[str, list[str] | None]:
-    """(token, subscription ids) of an outbox NOTIFY; None for the ids means "any lane"."""
-    token, _, lanes = payload.partition(" ")
-    return token, None if lanes == "*" else lanes.split()
+def parse_announcement(payload: str) -> list[int] | None:
+    """The sequence numbers an outbox NOTIFY names; None means "some rows, look at every lane"."""
+    if payload == "*":
+        return None
+    try:
+        return [int(seq) for seq in payload.split()]
+    except ValueError:
+        return None
+
+
+async def fetch_rows(conn: AsyncConnection, seqs: list[int]) -> list[OutboxRow]:
+    """The rows with these sequence numbers that are still pending, in `seq` order."""
+    cur = await conn.execute(
+        "SELECT seq, subscription_id, notification_id, entities, attempts, next_attempt_at "
+        "FROM subscription_outbox WHERE seq = ANY(%s) ORDER BY seq",
+        (seqs,),
+    )
+    return [OutboxRow(*row) for row in await cur.fetchall()]
 
 
 async def lanes_with_pending(conn: AsyncConnection) -> list[str]:

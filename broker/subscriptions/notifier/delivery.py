@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,8 +58,6 @@ def backoff(attempts: int, settings: DeliverySettings) -> float:
 
 LIVE_QUEUE_LIMIT = 5_000
 """Rows a lane holds in memory; beyond that it reads its backlog from the outbox instead."""
-HELD_TOKEN_TTL_S = 300.0
-"""Rows of a transaction that never announced itself (rolled back) are forgotten after this long."""
 ACK_DELAY_S = 0.01
 """Delivered rows are removed from the outbox in one transaction per this interval, not one per row."""
 
@@ -69,11 +66,11 @@ ACK_DELAY_S = 0.01
 class _Lane:
     """The ordered delivery of one subscription.
 
-    Live: every new row reaches the lane in memory (from the sink, once its transaction
-    committed), in commit order, so the outbox is not read. Backlog: the outbox is the truth
-    (after a start, a failure, a paused subscription, rows written by another process or more
-    than `LIVE_QUEUE_LIMIT` waiting); the lane reads it in `seq` order and goes live again when
-    it has caught up.
+    Live: every new row reaches the lane from the listener (read by the sequence numbers its
+    transaction announced on commit), in commit order, so the lane never scans the outbox.
+    Backlog: the outbox is the truth (after a start, a failure, a paused subscription, a big
+    transaction or more than `LIVE_QUEUE_LIMIT` waiting); the lane reads it in `seq` order and
+    goes live again when it has caught up.
     """
 
     subscription_id: str
@@ -148,7 +145,6 @@ class DatabaseWorker:
         self._pool = AsyncConnectionPool(conninfo, min_size=1, max_size=self._settings.pool_size, open=False,
                                          name=f"notifier-{database}")
         self._lanes: dict[str, _Lane] = {}
-        self._held: dict[str, tuple[float, list[store.OutboxRow]]] = {}
         self._acks = _Acks(self._pool)
         self._tasks: list[asyncio.Task[None]] = []
         self._periodic_sent: dict[str, datetime] = {}
@@ -173,10 +169,6 @@ class DatabaseWorker:
         self._lanes.clear()
         await self._pool.close()
 
-    def hold(self, token: str, rows: list[store.OutboxRow]) -> None:
-        """Rows a transaction of this process added; they go out when its commit is announced."""
-        self._held[token] = (time.monotonic(), rows)
-
     def wake(self, subscription_id: str) -> None:
         """Read this subscription's lane from the outbox (new, resumed or changed elsewhere)."""
         lane = self._lane(subscription_id)
@@ -194,29 +186,28 @@ class DatabaseWorker:
         if not lane.running:
             lane.task = asyncio.create_task(self._run_lane(lane), name=f"notifier-lane-{lane.subscription_id}")
 
-    def _announced(self, payload: str) -> None:
-        """A transaction that added rows has committed: send its rows from memory if we hold them."""
-        token, lanes = store.parse_announcement(payload)
-        held = self._held.pop(token, None) if token else None
-        if held is not None:
-            woken: dict[str, _Lane] = {}
-            for row in held[1]:
-                lane = woken.get(row.subscription_id) or self._lane(row.subscription_id)
-                woken[row.subscription_id] = lane
-                if lane.live:
-                    if len(lane.queue) < LIVE_QUEUE_LIMIT:
-                        lane.queue.append(row)
-                    else:
-                        lane.to_backlog()
-            for lane in woken.values():
-                self._run(lane)
-        elif lanes is None:
-            task = asyncio.create_task(self._sweep_once())
-            self._tasks.append(task)
-            task.add_done_callback(self._tasks.remove)
-        else:
-            for subscription_id in lanes:
-                self.wake(subscription_id)
+    async def _announced(self, payload: str) -> None:
+        """A transaction that added rows has committed: read exactly those rows and hand them to their lanes.
+
+        Announcements are handled one after the other, so lanes get rows in commit order.
+        """
+        seqs = store.parse_announcement(payload)
+        if seqs is None:
+            await self._sweep_once()
+            return
+        async with self._pool.connection() as conn:
+            rows = await store.fetch_rows(conn, seqs)
+        woken: dict[str, _Lane] = {}
+        for row in rows:
+            lane = woken.get(row.subscription_id) or self._lane(row.subscription_id)
+            woken[row.subscription_id] = lane
+            if lane.live:
+                if len(lane.queue) < LIVE_QUEUE_LIMIT:
+                    lane.queue.append(row)
+                else:
+                    lane.to_backlog()
+        for lane in woken.values():
+            self._run(lane)
 
     async def _listen(self) -> None:
         while True:
@@ -227,7 +218,7 @@ class DatabaseWorker:
                     # Rows committed before LISTEN took effect are found by this first sweep.
                     await self._sweep_once()
                     async for note in conn.notifies():
-                        self._announced(note.payload)
+                        await self._announced(note.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -247,9 +238,6 @@ class DatabaseWorker:
 
     async def _sweep_once(self) -> None:
         """Lanes with rows in the outbox but no delivery running missed an announcement: read them."""
-        horizon = time.monotonic() - HELD_TOKEN_TTL_S
-        for token in [token for token, (held_at, _) in self._held.items() if held_at < horizon]:
-            del self._held[token]
         await self._acks.flush()
         async with self._pool.connection() as conn:
             pending = await store.lanes_with_pending(conn)
@@ -459,16 +447,11 @@ class Notifier:
             except (psycopg.Error, Exception) as error:  # a tenant database we cannot open is logged, not fatal
                 log.warning("notifier cannot watch tenant=%s error=%s", tenant, error)
 
-    def watch_soon(self, tenant: str | None, token: str = "", rows: list[store.OutboxRow] | None = None) -> None:
-        """Called by the sink after enqueuing: hand the rows to that tenant's worker, or start one."""
+    def watch_soon(self, tenant: str | None) -> None:
+        """Called by the sink after enqueuing: start watching that tenant's database if not yet."""
         key = tenant.lower() if tenant else ""
-        worker = self._workers.get(key)
-        if worker is not None:
-            if rows:
-                worker.hold(token, rows)
+        if key in self._workers or key in self._starting:
             return
-        if key in self._starting:
-            return  # the new worker's first sweep reads these rows from the outbox
         task = asyncio.create_task(self._watch(tenant))
         self._starting[key] = task
         task.add_done_callback(lambda _: self._starting.pop(key, None))
@@ -483,8 +466,10 @@ class Notifier:
         await worker.start()
 
     def wake(self, tenant: str | None, subscription_id: str) -> None:
+        """The subscription changed (created, updated, resumed): reload it and read its lane."""
         worker = self._workers.get(tenant.lower() if tenant else "")
         if worker is not None:
+            self.registry.invalidate(worker.dbname)
             worker.wake(subscription_id)
 
     async def stop(self) -> None:

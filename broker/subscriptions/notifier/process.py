@@ -1,0 +1,126 @@
+"""Runs the notifier in its own process beside the API process, and relays the API's hints to it.
+
+Delivery costs about as much CPU as the writes that cause it (rendering, sockets, the outbox
+reads and acknowledgements); in the API's event loop it competed with the writes for one core
+and notifications queued behind requests. In a child process it has its own interpreter and
+core, and needs nothing from the API process but hints: the outbox and its LISTEN/NOTIFY
+announcements in PostgreSQL carry every notification. The child ends with its parent (a
+closed stdin, and PR_SET_PDEATHSIG on Linux), so a killed broker leaves no deliverer behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import IO, Any
+
+from broker.settings import BrokerSettings
+from broker.subscriptions.notifier.delivery import DeliverySettings
+
+log = logging.getLogger(__name__)
+
+SETTINGS_VARIABLE = "CLIMABOROUGH_NOTIFIER_BROKER_SETTINGS"
+"""The child reads the broker's settings (JSON) from this environment variable."""
+RESTART_DELAY_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Any:
+    """preexec_fn: the child gets SIGTERM when the broker dies, even by SIGKILL (Linux)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def setup() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
+
+class NotifierProcess:
+    """The API process's handle on the notifier child: `start`, `stop`, `watch_soon`, `wake`."""
+
+    def __init__(self, broker_settings: BrokerSettings, settings: DeliverySettings | None = None) -> None:
+        self.broker_settings = broker_settings
+        self.settings = settings or DeliverySettings()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._watched: set[str] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="notifier-supervisor")
+
+    def _spawn(self) -> None:
+        env = {**os.environ, SETTINGS_VARIABLE: self.broker_settings.model_dump_json()}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "broker.subscriptions.notifier"], stdin=subprocess.PIPE, env=env,
+            preexec_fn=_die_with_parent(),  # only prctl, before exec
+        )
+        for tenant in sorted(self._watched):
+            self._tell(f"watch {tenant or '-'}")
+
+    async def _supervise(self) -> None:
+        """A notifier that died (a crash, the OOM killer) is started again; the outbox lost nothing."""
+        while not self._stopping:
+            process = self._process
+            if process is not None:
+                code = await asyncio.to_thread(process.wait)
+                if self._stopping:
+                    return
+                log.warning("notifier process exited code=%s; starting it again", code)
+            await asyncio.sleep(RESTART_DELAY_S)
+            if not self._stopping:
+                self._spawn()
+
+    def watch_soon(self, tenant: str | None) -> None:
+        """Called by the sink after enqueuing: the child watches that tenant's database from now on."""
+        key = tenant.lower() if tenant else ""
+        if key in self._watched:
+            return
+        self._watched.add(key)
+        self._tell(f"watch {key or '-'}")
+
+    def wake(self, tenant: str | None, subscription_id: str) -> None:
+        """The subscription was created, updated or resumed: the child reloads it and reads its lane."""
+        self._tell(f"wake {tenant.lower() if tenant else '-'} {subscription_id}")
+
+    def _tell(self, line: str) -> None:
+        process = self._process
+        stdin: IO[bytes] | None = process.stdin if process is not None else None
+        if stdin is None:
+            return
+        try:
+            stdin.write(line.encode() + b"\n")
+            stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the supervisor starts a new child, which sweeps every database it watches
+
+    async def stop(self) -> None:
+        self._stopping = True
+        process = self._process
+        if process is None:
+            return
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()  # the child stops when its stdin closes
+        try:
+            await asyncio.wait_for(asyncio.to_thread(process.wait), 10)
+        except TimeoutError:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
