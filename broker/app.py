@@ -29,7 +29,7 @@ from broker.entities.service import EntityService
 from broker.settings import BrokerSettings
 from broker.storage.tenants import TenantDatabases
 from broker.subscriptions import (
-    Notifier,
+    NotifierProcess,
     SubscriptionRegistry,
     SubscriptionService,
     SubscriptionSink,
@@ -85,7 +85,7 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
         hosted_base_url=f"http://{settings.host}:{settings.port}{API_PREFIX}/jsonldContexts/",
     )
     subscription_registry = SubscriptionRegistry(contexts)
-    notifier = Notifier(databases, contexts, subscription_registry)
+    notifier = NotifierProcess(settings)  # delivery runs in its own process (broker/subscriptions/notifier/process.py)
     sink = change_sink or SubscriptionSink(subscription_registry, notifier.watch_soon)
     subscription_service = SubscriptionService(databases, subscription_registry, notifier)
     started_at = datetime.now(UTC)
