@@ -12,6 +12,7 @@ from rich.console import Console
 from agents.commands import agent_app, quarantine_app
 from cli.settings import BROKER_PORT, CliSettings
 from kpi.commands import kpi_app
+from twin.commands import twin_app
 
 app = typer.Typer(
     name="climaborough",
@@ -23,6 +24,7 @@ console = Console()
 app.add_typer(kpi_app, name="kpi")
 app.add_typer(agent_app, name="agent")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(twin_app, name="twin")
 
 HostOption = Annotated[str, typer.Option(help="Address the broker listens on.")]
 PortOption = Annotated[int, typer.Option(help="Port of the broker's NGSI-LD API (FIWARE default 1026).")]
@@ -145,6 +147,25 @@ def ingest(
     except NgsiError as error:
         console.print(f"[red]{error.title}:[/red] {error.detail}")
         raise typer.Exit(2) from error
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Address the platform API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the platform API.")] = 8000,
+    data_dir: DataDirOption = None,
+    log_level: LogLevelOption = "warning",
+) -> None:
+    """Run the platform API (twin what-if and forecasts, KPIs; OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.settings import ApiSettings
+
+    configure_logging(log_level)
+    settings = ApiSettings() if data_dir is None else ApiSettings(data_dir=data_dir)
+    console.print(f"platform API: [bold cyan]http://{host}:{port}/docs[/bold cyan]  (Ctrl-C stops)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
 if __name__ == "__main__":
