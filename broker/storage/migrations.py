@@ -24,6 +24,11 @@ def troe_sql() -> str:
     return resources.files("broker_config").joinpath("sql/troe.sql").read_text(encoding="utf-8")
 
 
+def troe_indexes_sql() -> str:
+    """The indexes the temporal queries need over the TRoE tables (shared with the FIWARE deployment)."""
+    return resources.files("broker_config").joinpath("sql/troe_indexes.sql").read_text(encoding="utf-8")
+
+
 def query_indexes_sql() -> str | None:
     """The indexes the query engine asks for (`broker/query/indexes.sql`), if it ships any."""
     path = Path(__file__).parent.parent / "query" / "indexes.sql"
@@ -31,7 +36,7 @@ def query_indexes_sql() -> str | None:
 
 
 async def migrate(conn: AsyncConnection) -> None:
-    """Apply every migration not yet applied, then the TRoE and query-index setup SQL.
+    """Apply every migration not yet applied, then the TRoE, temporal-index and query-index setup SQL.
 
     `conn` must be in autocommit mode; each migration runs in its own transaction, under an
     advisory lock so that two broker processes starting together do not race.
@@ -53,6 +58,8 @@ async def migrate(conn: AsyncConnection) -> None:
             log.info("migration applied name=%s", path.name)
         async with conn.transaction():
             await conn.execute(sql.SQL(troe_sql()))
+        async with conn.transaction():
+            await conn.execute(sql.SQL(troe_indexes_sql()))
         indexes = query_indexes_sql()
         if indexes:
             async with conn.transaction():

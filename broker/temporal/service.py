@@ -59,7 +59,6 @@ class TemporalService:
         current_state = self._current_state_filter(query, terms)
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn:
-            await self.store.ensure_indexes(conn)
             if current_state is not None:
                 matching = await self._current_state_ids(conn, *current_state)
                 restricted = [i for i in matching if not where.ids or i in where.ids]
@@ -78,7 +77,6 @@ class TemporalService:
         check_uri(entity_id, "Entity id")
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn:
-            await self.store.ensure_indexes(conn)
             entity_type = await self.store.latest_entity_type(conn, entity_id)
             if entity_type is None:
                 raise ResourceNotFound(f"Entity {entity_id!r} has no temporal evolution", entityId=entity_id)
@@ -193,8 +191,6 @@ class TemporalService:
         rows = HistoryRows()
         attribute_rows(rows, entity_id, body, terms, now)
         pool = await self.databases.pool(tenant, create=True)
-        async with pool.connection() as conn:
-            await self.store.ensure_indexes(conn)
         async with pool.connection() as conn, conn.transaction():
             created = await self.store.latest_entity_type(conn, entity_id) is None
             rows.add_entity("Create" if created else "Append", entity_id, [entity_type], now)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -20,7 +19,6 @@ from broker.temporal.durations import Period
 from broker.temporal.parameters import TimeFilter
 
 EPOCH = datetime(1970, 1, 1)
-INDEX_LOCK_KEY = 0x74726F65  # pg advisory lock of the temporal index setup ("troe")
 
 ISO_MS = '\'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\''
 
@@ -82,32 +80,11 @@ def _attribute_conditions(time: TimeFilter, attrs: Sequence[str]) -> tuple[list[
     return conditions, params
 
 
-def troe_indexes_sql() -> str:
-    """The setup SQL of the indexes the temporal queries need (broker_config/sql/troe_indexes.sql)."""
-    return resources.files("broker_config").joinpath("sql/troe_indexes.sql").read_text(encoding="utf-8")
-
-
 class TemporalStore:
     """Reads and writes the TRoE tables of one tenant database, through a connection passed in."""
 
     def __init__(self) -> None:
         self._timescale: dict[str, bool] = {}
-        self._indexed: set[str] = set()
-
-    async def ensure_indexes(self, conn: AsyncConnection) -> None:
-        """Create the temporal indexes once per database and process (idempotent SQL).
-
-        Until the storage migrations run troe_indexes.sql after troe.sql themselves, the temporal
-        slice makes sure of them on first use of each tenant database.
-        """
-        database = conn.info.dbname
-        if database in self._indexed:
-            return
-        async with conn.transaction():
-            # One creator at a time: concurrent CREATE INDEX IF NOT EXISTS of one name can collide.
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (INDEX_LOCK_KEY,))
-            await conn.execute(sql.SQL(troe_indexes_sql()))
-        self._indexed.add(database)
 
     async def has_timescale(self, conn: AsyncConnection) -> bool:
         database = conn.info.dbname
