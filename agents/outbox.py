@@ -282,6 +282,10 @@ class OutboxRelay:
         while not self._stop.is_set():
             self.outbox._changed.clear()
             while len(tasks) < self.concurrency and time.monotonic() >= self._resume_at:
+                # Adaptive batching: a second batch goes out only when a full one is waiting; otherwise
+                # entries gather while the first is in flight, so batches grow with the load.
+                if tasks and self.outbox.pending - len(self._busy_seqs) < self.batch_size:
+                    break
                 batch = await asyncio.to_thread(
                     self.outbox.next_batch, self.batch_size, busy_seqs=set(self._busy_seqs),
                     busy_keys=set(self._busy_keys),

@@ -20,7 +20,7 @@ from agents.iot.payloads import (
 from agents.iot.provisioning import Device
 from agents.iot.registry import AlreadyProvisioned, Registry
 from agents.iot.topics import Protocol
-from agents.iot.translation import MappingError, device_profile, translate_measure
+from agents.iot.translation import DeviceProfile, MappingError, device_profile, translate_measure
 from agents.outbox import Outbox, OutboxEntry
 from agents.quarantine import Quarantine
 from ngsi.errors import BadRequestData, NgsiError, ResourceNotFound
@@ -112,6 +112,8 @@ class MeasureIngestor:
         self.outbox = outbox
         self.quarantine = quarantine
         self.city = city
+        self._profiles: dict[tuple[str, str, str | None], tuple[DeviceProfile, str]] = {}
+        self._generation = -1
 
     def translate(self, raw: RawMeasure) -> IngestResult:
         """One message as outbox entries (pure apart from registry reads and auto-provisioning)."""
@@ -119,6 +121,14 @@ class MeasureIngestor:
             measures = _parse(raw)
         except (PayloadError, UnicodeDecodeError) as error:
             return IngestResult(error=MeasureRefused(str(error), name="WRONG_SYNTAX"))
+        cache_key = (raw.apikey, raw.device_id, raw.resource)
+        generation = self.registry.generation
+        if generation != self._generation:
+            self._profiles.clear()
+            self._generation = generation
+        cached = self._profiles.get(cache_key)
+        if cached is not None:
+            return self._entries(raw, measures, *cached)
         group = self.registry.group_for(raw.apikey, raw.resource)
         device = self.registry.device_for(raw.apikey, raw.device_id, group)
         if group is None and device is None:
@@ -141,6 +151,11 @@ class MeasureIngestor:
         profile = device_profile(
             raw.device_id, group.item if group else None, device.item if device else None, service or self.city
         )
+        if device is not None:
+            self._profiles[cache_key] = (profile, service)
+        return self._entries(raw, measures, profile, service)
+
+    def _entries(self, raw: RawMeasure, measures: list[Measure], profile: DeviceProfile, service: str) -> IngestResult:
         entries: list[OutboxEntry] = []
         source = {"agent": AGENT, "source": raw.source, "payload": raw.payload.decode("utf-8", "replace"),
                   "metadata": {**raw.replay_metadata(), "tenant": service}}  # fmt: skip

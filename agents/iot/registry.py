@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from typing import Generic, TypeVar
 import orjson
 
 from agents.iot.provisioning import ConfigGroup, Device
+
+CHECK_INTERVAL_S = 0.5
+"""How stale a process's view of provisioning changed by another process may be."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS config_groups (
@@ -59,6 +63,8 @@ class Registry:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._version = -1
+        self._checked_at = 0.0
+        self._generation = 0
         self._groups: list[Scoped[ConfigGroup]] = []
         self._devices: dict[tuple[str, str, str], Scoped[Device]] = {}
 
@@ -78,11 +84,24 @@ class Registry:
             self._db.execute("COMMIT")
             self._version = -1
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever the in-memory copy is reloaded (for caches built on top of it)."""
+        self._refresh()
+        return self._generation
+
     def _refresh(self) -> None:
+        # Other processes' changes are looked for at most every CHECK_INTERVAL_S: the measure path
+        # calls this for every message.
+        now = time.monotonic()
+        if self._version != -1 and now - self._checked_at < CHECK_INTERVAL_S:
+            return
         with self._lock:
+            self._checked_at = now
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
             if version == self._version:
                 return
+            self._generation += 1
             self._groups = [
                 Scoped(service, subservice, ConfigGroup.model_validate(orjson.loads(doc)))
                 for service, subservice, doc in self._db.execute(

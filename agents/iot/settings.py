@@ -36,7 +36,7 @@ class IotAgentSettings(BaseSettings):
     iot_context: str = SMART_DATA_MODELS_CONTEXT
     iot_outbox_max_pending: int = 1_000_000
     iot_outbox_synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    iot_batch_size: int = 100
+    iot_batch_size: int = 200
     iot_delivery_concurrency: int = 2
     iot_broker_timeout_s: float = 10.0
 

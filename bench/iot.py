@@ -1,0 +1,245 @@
+"""IoT agent benchmark: UltraLight measures over MQTT from 100 devices, sustained into the broker; prints one JSON line.
+
+    python -m bench.iot [--rate 2000] [--seconds 20] [--devices 100]
+
+Starts PostgreSQL + broker (bench/_harness.py), Mosquitto with the shipped
+broker_config/mosquitto/mosquitto.conf (amqtt when Mosquitto is absent) and one IoT agent
+process, provisions a config group, then publishes `n|…|t|…|TimeInstant|<publish time>` at a
+fixed rate with QoS 1. Device → broker latency of a measure is the broker's history write time
+(TRoE `attributes.ts`) minus the publish time it carries (`observedAt`), both on this machine's
+clock. `iot_measures_per_s` is how many measures of the measured window reached the broker's
+history per second, from the window's first publish to the last write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as paho
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench._harness import (
+    REPO,
+    emit_result,
+    log,
+    machine_info,
+    percentile,
+    process_tree_cpu_seconds,
+    running_broker,
+)
+from broker.embedded_postgres import free_port
+
+SHIPPED_MOSQUITTO_CONF = REPO / "broker_config" / "mosquitto" / "mosquitto.conf"
+APIKEY = "bench"
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port}")
+
+
+@contextlib.contextmanager
+def running_mqtt(folder: Path) -> Iterator[tuple[str, str]]:
+    """(url, MQTT version): Mosquitto with the shipped configuration, else amqtt."""
+    port = free_port()
+    if shutil.which("mosquitto"):
+        os.chmod(folder, 0o777)
+        config = folder / "mosquitto.conf"
+        lines = []
+        for line in SHIPPED_MOSQUITTO_CONF.read_text().splitlines():
+            if line.startswith("listener "):
+                line = f"listener {port} 127.0.0.1"
+            elif line.startswith("persistence_location "):
+                line = f"persistence_location {folder}/"
+            lines.append(line)
+        config.write_text("\n".join(lines) + "\n")
+        argv, version = ["mosquitto", "-c", str(config)], "5"
+    else:
+        script = (
+            "import asyncio, sys\nfrom amqtt.broker import Broker\nasync def main():\n"
+            "    b = Broker({'listeners': {'default': {'type': 'tcp', 'bind': '127.0.0.1:' + sys.argv[1]}}})\n"
+            "    await b.start(); await asyncio.Event().wait()\nasyncio.run(main())\n"
+        )
+        argv, version = [sys.executable, "-c", script, str(port)], "3.1.1"
+    with open(folder / "mqtt.log", "wb") as mqtt_log:
+        process = subprocess.Popen(argv, stdout=mqtt_log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, process, argv[0])
+        yield f"mqtt://127.0.0.1:{port}", version
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running_agent(broker_url: str, mqtt_url: str, version: str, folder: Path) -> Iterator[tuple[str, int]]:
+    """(north URL, pid) of one IoT agent process."""
+    north, south = free_port(), free_port()
+    env = {
+        **os.environ,
+        "CLIMABOROUGH_BROKER_URL": broker_url,
+        "CLIMABOROUGH_MQTT_URL": mqtt_url,
+        "CLIMABOROUGH_DATA_DIR": str(folder / "agent"),
+        "CLIMABOROUGH_IOT_NORTH_PORT": str(north),
+        "CLIMABOROUGH_IOT_SOUTH_PORT": str(south),
+        "CLIMABOROUGH_IOT_MQTT_PROTOCOL": version,
+    }
+    with open(folder / "agent.log", "wb") as agent_log:
+        process = subprocess.Popen([sys.executable, "-m", "agents.iot"], cwd=REPO, env=env, stdout=agent_log,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{north}/health", timeout=2).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the agent did not start:\n{(folder / 'agent.log').read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{north}", process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def provision(north_url: str) -> None:
+    group = {
+        "apikey": APIKEY,
+        "entity_type": "AirQualityObserved",
+        "attributes": [
+            {"object_id": "n", "name": "no2", "type": "Number"},
+            {"object_id": "t", "name": "temperature", "type": "Number"},
+        ],
+    }
+    response = httpx.post(f"{north_url}/iot/groups", json={"groups": [group]})
+    response.raise_for_status()
+
+
+def iso_ms(moment: float) -> str:
+    stamp = datetime.fromtimestamp(moment, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def publish(mqtt_url: str, version: str, *, rate: float, seconds: float, devices: int) -> tuple[int, float]:
+    """Publish at `rate` measures/s for `seconds` (QoS 1); returns (how many, wall time of the first publish)."""
+    host, port = mqtt_url.removeprefix("mqtt://").split(":")
+    protocol = paho.MQTTv5 if version == "5" else paho.MQTTv311
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    client.max_inflight_messages_set(5000)
+    client.max_queued_messages_set(0)
+    client.connect(host, int(port))
+    client.loop_start()
+    tick = 0.01
+    per_tick = rate * tick
+    start = time.monotonic()
+    first_wall = time.time()
+    sent = 0
+    infos = []
+    while True:
+        elapsed = time.monotonic() - start
+        if elapsed >= seconds:
+            break
+        due = int((elapsed + tick) * rate)
+        while sent < due:
+            now = time.time()
+            device = sent % devices
+            payload = f"n|{sent % 200}|t|{20 + sent % 10}|TimeInstant|{iso_ms(now)}"
+            infos.append(client.publish(f"/ul/{APIKEY}/dev{device:03d}/attrs", payload, qos=1))
+            sent += 1
+        time.sleep(max(0.0, start + (sent / rate) - time.monotonic()) if per_tick < 1 else tick / 2)
+    for info in infos:
+        info.wait_for_publish(timeout=30)
+    client.disconnect()
+    client.loop_stop()
+    return sent, first_wall
+
+
+def history_latencies(database_url: str, since: float) -> tuple[list[float], float | None]:
+    """Latencies (ms) of the no2 measures observed since `since`, and the wall time of the last write."""
+    with psycopg.connect(database_url) as connection:
+        rows = connection.execute(
+            "SELECT EXTRACT(EPOCH FROM (ts - observedAt)) * 1000, EXTRACT(EPOCH FROM ts) FROM attributes"
+            " WHERE id LIKE %s AND observedAt >= %s",
+            ("%no2", datetime.fromtimestamp(since, UTC).replace(tzinfo=None)),
+        ).fetchall()
+    if not rows:
+        return [], None
+    return [float(latency) for latency, _ in rows], max(float(ts) for _, ts in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=2000.0, help="measures per second offered (default 2000)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window (default 20 s)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds published before the window")
+    parser.add_argument("--devices", type=int, default=100)
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="climaborough-bench-iot-"))
+    try:
+        with running_broker() as broker, running_mqtt(folder) as (mqtt_url, version), \
+                running_agent(broker.base_url, mqtt_url, version, folder) as (north_url, agent_pid):  # fmt: skip
+            provision(north_url)
+            log(f"mqtt={mqtt_url} (MQTT {version}) broker={broker.base_url}; warm-up {args.warmup}s")
+            publish(mqtt_url, version, rate=args.rate, seconds=args.warmup, devices=args.devices)
+            cpu_before = {
+                name: process_tree_cpu_seconds(pid)
+                for name, pid in (("agent", agent_pid), ("broker", broker.pid), ("postgres", broker.postgres_pid))
+            }
+            log(f"publishing {args.rate:.0f} measures/s from {args.devices} devices for {args.seconds}s")
+            sent, window_start = publish(mqtt_url, version, rate=args.rate, seconds=args.seconds,
+                                         devices=args.devices)  # fmt: skip
+            deadline = time.monotonic() + 120
+            latencies: list[float] = []
+            last_write: float | None = None
+            while time.monotonic() < deadline:
+                latencies, last_write = history_latencies(broker.database_url, window_start)
+                if len(latencies) >= sent:
+                    break
+                time.sleep(0.5)
+            cpu = {
+                name: process_tree_cpu_seconds(pid) - cpu_before[name]
+                for name, pid in (("agent", agent_pid), ("broker", broker.pid), ("postgres", broker.postgres_pid))
+            }
+        arrived = len(latencies)
+        span = (last_write - window_start) if last_write else float("inf")
+        result = {
+            "benchmark": "iot",
+            "iot_measures_per_s": round(arrived / span, 1) if arrived else 0.0,
+            "iot_p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
+            "iot_p50_ms": round(percentile(latencies, 0.50), 1) if latencies else None,
+            "offered_per_s": args.rate,
+            "sent": sent,
+            "arrived": arrived,
+            "devices": args.devices,
+            "mqtt": "mosquitto" if version == "5" else "amqtt",
+            "cpu_s_per_1000_measures": {name: round(used / max(sent, 1) * 1000, 3) for name, used in cpu.items()},
+            "machine": machine_info(),
+        }
+        emit_result(result)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
