@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from agents.commands import agent_app, quarantine_app
+from broker_config.config_apply import config_app
 from cli.settings import BROKER_PORT, CliSettings
 from kpi.commands import kpi_app
 from twin.commands import twin_app
@@ -24,6 +25,7 @@ console = Console()
 app.add_typer(kpi_app, name="kpi")
 app.add_typer(agent_app, name="agent")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(config_app, name="config")
 app.add_typer(twin_app, name="twin")
 
 HostOption = Annotated[str, typer.Option(help="Address the broker listens on.")]
