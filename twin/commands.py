@@ -112,7 +112,6 @@ def train(
         task = progress.add_task(f"reading the history of {station_id}")
         if csv is not None:
             observations = read_beijing_station(csv)
-            observations["co"] = observations["co"] / 1000  # mg/m³, as the broker's Beijing mapping writes CO
             sources = [str(csv)]
             local_tz: str | None = timezone or BEIJING_TZ
         else:

@@ -19,10 +19,13 @@ _COLUMNS = {
 
 def read_beijing_station(path: Path, *, nrows: int | None = None) -> pd.DataFrame:
     """One `PRSA_Data_<station>_*.csv` as observations with Smart Data Models names on a UTC
-    index (the file is in Beijing local time). CO stays in µg/m³ as in the file."""
+    index (the file is in Beijing local time). CO is converted from the file's µg/m³ to mg/m³
+    (unit GP), as the shipped Beijing mapping writes it to the broker, so that a model trained
+    from the file forecasts from broker data unchanged."""
     raw = pd.read_csv(path, na_values=["NA"], nrows=nrows)
     local = pd.to_datetime(raw[["year", "month", "day", "hour"]])
     index = pd.DatetimeIndex(local).tz_localize(BEIJING_TZ).tz_convert("UTC")
     frame = pd.DataFrame({name: raw[column].to_numpy() for name, column in _COLUMNS.items()}, index=index)
+    frame["co"] = frame["co"] / 1000
     frame["windDirection"] = raw["wd"].map(COMPASS_DEGREES).to_numpy()
     return frame

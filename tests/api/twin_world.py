@@ -48,9 +48,7 @@ CHUNK_HOURS = 24 * 15
 
 def observations(hours: int) -> pd.DataFrame:
     """The station file's first `hours` hours, CO in mg/m³ as the broker's Beijing mapping writes it."""
-    frame = read_beijing_station(STATION_FILE, nrows=hours)
-    frame["co"] = frame["co"] / 1000
-    return frame
+    return read_beijing_station(STATION_FILE, nrows=hours)
 
 
 def _instances(series: pd.Series, unit: str | None) -> list[dict[str, Any]]:
