@@ -58,6 +58,8 @@ def backoff(attempts: int, settings: DeliverySettings) -> float:
 
 LIVE_QUEUE_LIMIT = 5_000
 """Rows a lane holds in memory; beyond that it reads its backlog from the outbox instead."""
+ANNOUNCEMENTS_PER_READ = 500
+"""Committed transactions whose rows are read with one query."""
 ACK_DELAY_S = 0.01
 """Delivered rows are removed from the outbox in one transaction per this interval, not one per row."""
 
@@ -146,6 +148,8 @@ class DatabaseWorker:
                                          name=f"notifier-{database}")
         self._lanes: dict[str, _Lane] = {}
         self._acks = _Acks(self._pool)
+        self._announcements: deque[str] = deque()
+        self._announced = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._periodic_sent: dict[str, datetime] = {}
 
@@ -154,6 +158,7 @@ class DatabaseWorker:
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"notifier-listen-{self.database}"),
             asyncio.create_task(self._sweep(), name=f"notifier-sweep-{self.database}"),
+            asyncio.create_task(self._take_announced(), name=f"notifier-announced-{self.database}"),
         ]
 
     async def stop(self) -> None:
@@ -186,19 +191,38 @@ class DatabaseWorker:
         if not lane.running:
             lane.task = asyncio.create_task(self._run_lane(lane), name=f"notifier-lane-{lane.subscription_id}")
 
-    async def _announced(self, payload: str) -> None:
-        """A transaction that added rows has committed: read exactly those rows and hand them to their lanes.
+    async def _take_announced(self) -> None:
+        """Transactions that added rows have committed: read exactly those rows and hand them to their lanes.
 
-        Announcements are handled one after the other, so lanes get rows in commit order.
+        Every announcement waiting is read with one query, and rows reach their lanes in the order
+        of the announcements (commit order), then of `seq` within one transaction.
         """
-        seqs = store.parse_announcement(payload)
-        if seqs is None:
+        while True:
+            await self._announced.wait()
+            self._announced.clear()
+            while self._announcements:
+                payloads = [self._announcements.popleft()
+                            for _ in range(min(len(self._announcements), ANNOUNCEMENTS_PER_READ))]
+                try:
+                    await self._hand_over([store.parse_announcement(payload) for payload in payloads])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # the rows stay in the outbox: the sweep hands them over
+                    log.warning("notifier could not read announced rows database=%s error=%s", self.database, error)
+
+    async def _hand_over(self, announced: list[list[int] | None]) -> None:
+        if any(seqs is None for seqs in announced):
             await self._sweep_once()
+        wanted = [seq for seqs in announced if seqs is not None for seq in seqs]
+        if not wanted:
             return
         async with self._pool.connection() as conn:
-            rows = await store.fetch_rows(conn, seqs)
+            rows = {row.seq: row for row in await store.fetch_rows(conn, wanted)}
         woken: dict[str, _Lane] = {}
-        for row in rows:
+        for seq in wanted:
+            row = rows.get(seq)
+            if row is None:
+                continue  # delivered already (read by a backlog read) or its subscription is gone
             lane = woken.get(row.subscription_id) or self._lane(row.subscription_id)
             woken[row.subscription_id] = lane
             if lane.live:
@@ -218,7 +242,8 @@ class DatabaseWorker:
                     # Rows committed before LISTEN took effect are found by this first sweep.
                     await self._sweep_once()
                     async for note in conn.notifies():
-                        await self._announced(note.payload)
+                        self._announcements.append(note.payload)
+                        self._announced.set()
             except asyncio.CancelledError:
                 raise
             except Exception as error:
