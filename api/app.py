@@ -1,4 +1,4 @@
-"""The platform API app (FastAPI, :8000): twin and KPI slices behind one access dependency, errors as ProblemDetails."""
+"""The platform API app (FastAPI, :8000): twin and KPI slices and the NGSI-LD gateway behind one authenticator."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.access import AccessCheck, open_access
+from api.auth import Access, authenticator_from_settings, problem_response, require_tenant_access
+from api.gateway import install_gateway
 from api.kpi.routes import router as kpi_router
 from api.kpi.service import KpiApi
 from api.settings import ApiSettings
@@ -30,13 +30,16 @@ log = logging.getLogger(__name__)
 API_VERSION = "0.1.0"
 
 
-def problem_response(error: NgsiError) -> Response:
-    return Response(orjson.dumps(error.to_problem()), status_code=error.status, media_type="application/json")
+def create_app(settings: ApiSettings) -> FastAPI:
+    """Build the API; broker clients open in the lifespan.
 
-
-def create_app(settings: ApiSettings, *, access: AccessCheck = open_access) -> FastAPI:
-    """Build the API; broker clients open in the lifespan. `access` guards every data route."""
+    One authenticator (`CLIMABOROUGH_AUTH`) guards the twin and KPI routes, bound to
+    `settings.tenant` (reads for every role of the city, POST for writers), and the gateway
+    (`/ngsi-ld/...` proxied to `settings.broker_url`); `/health` and `/version` stay open.
+    """
     started_at = datetime.now(UTC)
+    authenticator = authenticator_from_settings(settings, service="api")
+    access = require_tenant_access(authenticator, fixed_tenant=settings.tenant, write_access=Access.WRITE)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,6 +55,9 @@ def create_app(settings: ApiSettings, *, access: AccessCheck = open_access) -> F
         finally:
             await reader.aclose()
             await kpi_client.aclose()
+            await gateway.broker.aclose()
+            await gateway.contexts.aclose()
+            await authenticator.aclose()
 
     app = FastAPI(
         title="climaborough platform API",
@@ -63,6 +69,7 @@ def create_app(settings: ApiSettings, *, access: AccessCheck = open_access) -> F
     guarded = [Depends(access)]
     app.include_router(twin_router, dependencies=guarded)
     app.include_router(kpi_router, dependencies=guarded)
+    gateway = install_gateway(app, settings, authenticator)
 
     @app.exception_handler(NgsiError)
     async def ngsi_error(request: Request, error: NgsiError) -> Response:
