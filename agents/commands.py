@@ -35,9 +35,16 @@ def agent_iot(
     data_dir: DataDirOption = None,
     log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
 ) -> None:
-    """FIWARE-compatible IoT agent: provisioning on :4041, UltraLight/JSON over MQTT and HTTP (:7896)."""
+    """FIWARE-compatible IoT agent: provisioning on :4041, UltraLight/JSON over MQTT and HTTP (:7896).
+
+    Provisioning is guarded by `CLIMABOROUGH_AUTH` (docs/security.md): `fiware-service` is the
+    tenant, every role of the city reads, only `city-admin` provisions.
+    """
+    from fastapi import Depends
+
     from agents.iot.service import run_iot_agent
     from agents.iot.settings import IotAgentSettings
+    from api.auth import Access, AuthSettings, authenticator_from_settings, require_tenant_access
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -46,12 +53,25 @@ def agent_iot(
         "iot_host": host, "iot_instance": instance, "data_dir": data_dir,
     }  # fmt: skip
     settings = IotAgentSettings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    auth_settings = AuthSettings()
+    authenticator = authenticator_from_settings(auth_settings, service="iot-agent")
+    access = require_tenant_access(authenticator, tenant_header="fiware-service", write_access=Access.ADMINISTER)
+    if auth_settings.auth == "off":
+        console.print("[bold red]AUTHENTICATION IS OFF[/]: anyone who reaches the provisioning API may provision "
+                      "devices (set CLIMABOROUGH_AUTH=keycloak anywhere but a laptop bound to 127.0.0.1)")  # fmt: skip
     console.print(
         f"IoT agent: provisioning [bold cyan]http://{settings.iot_host}:{settings.iot_north_port}/iot/[/], "
         f"measures http://{settings.iot_host}:{settings.iot_south_port}/iot/d, MQTT {settings.mqtt_url or 'off'}, "
         f"broker {settings.broker_url}  (Ctrl-C stops)"
     )
-    asyncio.run(run_iot_agent(settings))
+
+    async def serve() -> None:
+        try:
+            await run_iot_agent(settings, north_access=[Depends(access)])
+        finally:
+            await authenticator.aclose()
+
+    asyncio.run(serve())
 
 
 def _quarantine(data_dir: Path | None) -> Quarantine:

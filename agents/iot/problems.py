@@ -17,7 +17,10 @@ def problem_response(error: NgsiError) -> JSONResponse:
     body = error.to_problem()
     body.setdefault("name", type(error).__name__)
     body["message"] = error.detail
-    return JSONResponse(body, status_code=error.status)
+    # A 401 carries its Bearer challenge (RFC 6750 3); the error names it, as agents/ does not import api/.
+    challenge = getattr(error, "challenge", None)
+    headers = {"WWW-Authenticate": challenge} if isinstance(challenge, str) else None
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
 def validation_problem(error: ValidationError | RequestValidationError, what: str) -> BadRequestData:
