@@ -13,8 +13,11 @@ processes so that no measuring code shares an interpreter (or a GIL) with anothe
 
 Latency = receiver's stamp - load generator's acknowledgement stamp (same machine, same clock;
 a notification that arrives before the acknowledgement counts as 0). 10 subscriptions match
-every update (5 HTTP, 5 MQTT). Afterwards it queues 100,000 notifications for a dead receiver and
-reads the broker's resident memory while it keeps taking writes. Prints one JSON line.
+every update (5 HTTP, 5 MQTT). `achieved_rate_per_s` is acknowledged updates per second from the
+first request to the last acknowledgement; CPU per update is split between the broker's API
+process and its notifier process. Afterwards it queues 100,000 notifications for a dead receiver
+and reads the resident memory of both broker processes while the broker keeps taking writes
+(`--no-backlog` skips that part). Prints one JSON line.
 `--profile out.txt` records the broker with py-spy during the load (if py-spy is installed).
 """
 
@@ -44,7 +47,7 @@ import httpx
 import orjson
 import psycopg
 
-from bench._harness import HttpConnection, process_tree_cpu_seconds, rss_mb, running_broker
+from bench._harness import HttpConnection, cpu_seconds, process_tree_cpu_seconds, rss_mb, running_broker
 from broker.embedded_postgres import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,7 +340,8 @@ def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, back
                 subscribe(client, f"http://127.0.0.1:{http_port}/notify/{i}")
                 subscribe(client, f"mqtt://127.0.0.1:{mqtt_port}/{topic}/{i}")
 
-            cpu_before = process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid)
+            cpu_before = (cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.pid),
+                          process_tree_cpu_seconds(broker.postgres_pid))
             with profiled(broker.pid, profile):
                 load = Child(stack, "--role", "load", "--port", str(broker.port), "--rate", str(rate),
                              "--seconds", str(seconds))
@@ -350,8 +354,8 @@ def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, back
                         if row is not None and row[0] == 0:
                             break
                         time.sleep(0.1)
-            cpu = (process_tree_cpu_seconds(broker.pid) - cpu_before[0],
-                   process_tree_cpu_seconds(broker.postgres_pid) - cpu_before[1])
+            cpu = (cpu_seconds(broker.pid) - cpu_before[0], process_tree_cpu_seconds(broker.pid) - cpu_before[1],
+                   process_tree_cpu_seconds(broker.postgres_pid) - cpu_before[2])
             http_ms = latencies(acked, http_receiver.stop()["arrivals"])
             mqtt_ms = latencies(acked, mqtt_receiver.stop()["arrivals"])
 
@@ -385,7 +389,7 @@ def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, back
 
 
 def _result(acked: dict[int, float], sent: dict[str, Any], http_ms: list[float], mqtt_ms: list[float],
-            cpu: tuple[float, float], rate: float) -> dict[str, Any]:
+            cpu: tuple[float, float, float], rate: float) -> dict[str, Any]:
     return {
         "notify_http_p50_ms": round(percentile(http_ms, 0.5), 2),
         "notify_http_p99_ms": round(percentile(http_ms, 0.99), 2),
@@ -400,8 +404,10 @@ def _result(acked: dict[int, float], sent: dict[str, Any], http_ms: list[float],
         "rate_per_s": rate,
         "achieved_rate_per_s": sent["achieved_rate"],
         "subscriptions": 2 * SUBSCRIPTIONS_PER_KIND,
-        "broker_cpu_ms_per_update": round(cpu[0] * 1000 / max(len(acked), 1), 2),
-        "postgres_cpu_ms_per_update": round(cpu[1] * 1000 / max(len(acked), 1), 2),
+        "broker_cpu_ms_per_update": round(cpu[1] * 1000 / max(len(acked), 1), 2),
+        "api_process_cpu_ms_per_update": round(cpu[0] * 1000 / max(len(acked), 1), 2),
+        "notifier_process_cpu_ms_per_update": round((cpu[1] - cpu[0]) * 1000 / max(len(acked), 1), 2),
+        "postgres_cpu_ms_per_update": round(cpu[2] * 1000 / max(len(acked), 1), 2),
     }
 
 

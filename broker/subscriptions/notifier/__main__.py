@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 
 from broker.contexts.service import UserContextService
@@ -54,6 +55,8 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("CLIMABOROUGH_LOG_LEVEL", "WARNING").upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = BrokerSettings.model_validate_json(os.environ[SETTINGS_VARIABLE])
+    # Ctrl-C reaches the whole process group: the broker stops us by closing stdin, after its own shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import uvloop
     except ImportError:
