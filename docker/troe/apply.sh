@@ -9,7 +9,7 @@ set -eu
 : "${TROE_SETUP_INTERVAL_S:=60}"
 SQL_DIR=/troe/sql
 
-psql_admin() { psql -v ON_ERROR_STOP=1 -q -X "$@"; }
+psql_admin() { PGOPTIONS="-c client_min_messages=warning" psql -v ON_ERROR_STOP=1 -q -X "$@"; }
 
 ensure_grafana_role() {
   psql_admin -d postgres -v role="$GRAFANA_DB_USER" -v password="$GRAFANA_DB_PASSWORD" <<'SQL'
@@ -43,6 +43,6 @@ SQL
   if [ -n "$databases" ]; then
     touch /tmp/troe-applied
   fi
-  echo "troe-setup: applied to: ${databases:-(no TRoE database yet)}"
+  echo "troe-setup: applied to:" ${databases:-"(no TRoE database yet)"}
   sleep "$TROE_SETUP_INTERVAL_S"
 done
