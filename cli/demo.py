@@ -1,32 +1,71 @@
-"""`climaborough demo`: embedded PostgreSQL and broker, real data in, NGSI-LD queries out, via ngsi.client."""
+"""`climaborough demo`: the whole mission on embedded defaults, from a fresh clone, narrated step by step.
+
+PostgreSQL, MQTT, broker, IoT agent, KPI engine and platform API start as child processes
+(`cli.services.Platform`); then: the official Smart Data Models examples, a year of one Beijing
+station ingested from its file through `agents/files` (history by temporal append), an
+aggregated temporal query and a `q` + `near` query, a subscription notifying a receiver in this
+process, a simulated UltraLight device over MQTT, the KPI entities that appear, a quickly
+trained twin with one forecast written to the broker and one what-if answer over HTTP, and a
+summary with URLs to open.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import paho.mqtt.client as mqtt
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.beijing import STATION_LOCATIONS, station_hours
-from cli.services import announce_auth, broker_in_background, database, free_port, port_is_free
-from cli.settings import CliSettings
-from ngsi.client import BrokerClient
-from ngsi.errors import NgsiError
-from smart_data_models import format_timestamp, to_ngsi_ld
-from smart_data_models.models import ENVIRONMENT_CONTEXT, WEATHER_CONTEXT
+from cli.services import Platform, ServiceFailed, announce_auth, free_port, serve_until_interrupted, stop_on_sigterm
+from cli.settings import CliSettings, usable_data_dir
+from ngsi.client import BrokerClient, GeoQuery
+from ngsi.errors import AlreadyExists, NgsiError
+from smart_data_models.models import ENVIRONMENT_CONTEXT, KPI_CONTEXT
 
 REPO = Path(__file__).resolve().parents[1]
 BEIJING_CSV = REPO / "examples" / "beijing" / "PRSA_Data_Aotizhongxin_20130301-20170228.csv"
+BEIJING_MAPPING = "beijing_multisite"
 API = "/ngsi-ld/v1"
+STATION = "urn:ngsi-ld:AirQualityObserved:beijing:Aotizhongxin"
+STATION_POINT = (116.397, 39.982)
+BEIJING_TZ = "Asia/Shanghai"
+HOURS_PER_YEAR = 24 * 365
+WAIT_S = 90.0
+"""How long the demo waits for something to happen (a notification, an entity, KPIs) on a busy machine."""
+
+DEVICE_APIKEY = "demo-ul-key"
+DEVICE_ID = "aq-sensor-01"
+DEVICE_ENTITY = "urn:ngsi-ld:AirQualityObserved:beijing:demo-sensor-01"
+DEVICE_MEASURES = ("p|41.5|n|38.0", "p|57.0|n|44.5", "p|72.5|n|52.0")
+"""UltraLight 2.0 measures of the simulated device: `p` is pm25 and `n` is no2 (µg/m³)."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `climaborough demo` was asked to do."""
+
+    hours: int = HOURS_PER_YEAR
+    epochs: int = 3
+    keep_running: bool = False
+    default_ports: bool = True
+    broker_port: int = 1026
 
 
 def link_header(context_url: str) -> str:
@@ -34,194 +73,471 @@ def link_header(context_url: str) -> str:
     return f'<{context_url}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
 
 
+def wait_for(check: Callable[[], T | None], what: str, within: float = WAIT_S) -> T:
+    """Poll `check` until it returns something truthy; raise naming `what` after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: nothing after {within:.0f}s")
+        time.sleep(0.25)
+
+
+def value_of(attribute: Any) -> Any:
+    """The plain value of a normalized attribute (a DateTime's `@value` included)."""
+    if isinstance(attribute, dict):
+        attribute = attribute.get("value", attribute.get("object", attribute))
+    if isinstance(attribute, dict) and "@value" in attribute:
+        attribute = attribute["@value"]
+    return attribute
+
+
+# -- 2. the official Smart Data Models examples ------------------------------------------------------
+
+
 def official_examples() -> Iterator[tuple[str, dict[str, Any]]]:
-    """The official Smart Data Models normalized NGSI-LD examples shipped in `smart_data_models`."""
-    root = resources.files("smart_data_models")
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        for item in sorted(folder.iterdir(), key=lambda entry: entry.name):
-            if item.is_dir():
-                stack.append(item)
-            elif item.name == "example-normalized.jsonld":
-                yield f"{folder.name}/{item.name}", json.loads(item.read_text(encoding="utf-8"))
+    """The official normalized NGSI-LD examples shipped in `smart_data_models/examples`."""
+    root = resources.files("smart_data_models") / "examples"
+    for folder in sorted(root.iterdir(), key=lambda entry: entry.name):
+        example = folder / "example-normalized.jsonld"
+        if folder.is_dir() and example.is_file():
+            yield folder.name, json.loads(example.read_text(encoding="utf-8"))
 
 
-def upsert(client: BrokerClient, entities: list[dict[str, Any]]) -> None:
-    # GS CIM 009 5.6.8: batch upsert; the entities carry their own @context.
-    result = client.batch_upsert(entities)
-    if not result.ok:
-        raise RuntimeError("; ".join(f"{error.entity_id}: {error.error}" for error in result.errors))
+def load_examples(broker_url: str, console: Console) -> int:
+    loaded = 0
+    with BrokerClient(broker_url, timeout=30) as client:
+        for model, entity in official_examples():
+            # GS CIM 009 5.6.8: batch upsert; each example carries its own @context.
+            result = client.batch_upsert([entity])
+            if not result.ok:
+                raise RuntimeError("; ".join(f"{error.entity_id}: {error.error}" for error in result.errors))
+            console.print(f"  official example [cyan]{entity['id']}[/cyan] ({model})")
+            loaded += 1
+    return loaded
 
 
-def load_examples(client: BrokerClient, console: Console) -> int:
-    examples = list(official_examples())
-    if not examples:
-        console.print("[yellow]No official Smart Data Models examples found in the smart_data_models package.")
-        return 0
-    # One upsert per example: each has its own @context.
-    for name, entity in examples:
-        upsert(client, [entity])
-        console.print(f"  loaded official example [cyan]{entity['id']}[/cyan] ({name})")
-    return len(examples)
+# -- 3. a year of one station from its file ----------------------------------------------------------
 
 
-def load_beijing(client: BrokerClient, console: Console, hours: int) -> tuple[int, str, str]:
-    """Send each hour of Aotizhongxin as upserts, so that the broker's history builds up."""
+def year_of_station(data_dir: Path, hours: int) -> Path:
+    """The last `hours` rows of the Aotizhongxin file (a year by default), as a file of their own."""
     if not BEIJING_CSV.exists():
         raise SystemExit(f"{BEIJING_CSV} is missing: run the demo from a clone of the repository")
-    first = last = ""
-    sent = 0
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("Beijing Aotizhongxin, hourly upserts", total=hours)
-        for hour in station_hours(BEIJING_CSV, limit=hours):
-            # One upsert per @context: entities of one batch share a context on some brokers.
-            upsert(client, [to_ngsi_ld(hour.air_quality)])
-            upsert(client, [to_ngsi_ld(hour.weather)])
-            first = first or format_timestamp(hour.observed_at)
-            last = format_timestamp(hour.observed_at)
-            sent += 1
-            progress.advance(task)
-    return sent, first, last
+    lines = BEIJING_CSV.read_text(encoding="utf-8").splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    chosen = rows[-hours:]
+    def day(row: str) -> str:
+        _, year, month, day_of_month, *_ = row.split(",")
+        return f"{year}{int(month):02d}{int(day_of_month):02d}"
+
+    name = f"Aotizhongxin_{day(chosen[0])}-{day(chosen[-1])}"
+    path = data_dir / "demo" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(header + "".join(chosen), encoding="utf-8")
+    return path
 
 
-def entity_table(title: str, entities: list[dict[str, Any]], attributes: list[str]) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("id", style="cyan", overflow="fold")
-    table.add_column("type")
-    for attribute in attributes:
-        table.add_column(attribute, justify="right")
-    for entity in entities:
-        cells = []
-        for attribute in attributes:
-            value = entity.get(attribute)
-            if isinstance(value, dict) and "value" in value:
-                value = value["value"]
-            if isinstance(value, dict) and "@value" in value:
-                value = value["@value"]
-            cells.append("" if value is None else str(value))
-        table.add_row(str(entity.get("id")), str(entity.get("type")), *cells)
-    return table
+def ingest_station(platform: Platform, console: Console, hours: int) -> tuple[datetime, datetime]:
+    """Stream the file through the shipped mapping; returns the first and last hour (UTC) it holds."""
+    from agents.files.command import ingest_with_progress, resolve_mapping, summary_table
+    from agents.files.settings import FilesSettings
+
+    file = year_of_station(platform.data_dir, hours)
+    settings = FilesSettings(broker_url=platform.urls.broker, data_dir=platform.data_dir)
+    summary = asyncio.run(
+        ingest_with_progress(file, resolve_mapping(BEIJING_MAPPING), settings, tenant=None, console=console)
+    )
+    if summary.already_done:
+        console.print(f"  {file.name} was already ingested in this data folder: the broker has it.")
+    else:
+        console.print(summary_table(summary))
+    with BrokerClient(platform.urls.broker, context=ENVIRONMENT_CONTEXT, timeout=60) as client:
+        latest = client.get_entity(STATION, attrs="pm25")
+    end = _parse(str(latest["pm25"]["observedAt"]))
+    return end - timedelta(hours=hours - 1), end
 
 
-@dataclass(frozen=True)
-class DemoQuery:
-    """One GET /entities the demo runs and shows, with the curl line to repeat it."""
-
-    title: str
-    context: str
-    params: dict[str, str]
-    attributes: list[str]
-
-    def curl(self, base_url: str) -> str:
-        url = httpx.URL(f"{base_url}{API}/entities", params=self.params)
-        return f"curl -s '{url}' -H 'Link: {link_header(self.context)}'"
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def demo_queries() -> list[DemoQuery]:
-    longitude, latitude = STATION_LOCATIONS["Aotizhongxin"]
-    return [
-        DemoQuery("All AirQualityObserved", ENVIRONMENT_CONTEXT, {"type": "AirQualityObserved"},
-                  ["dateObserved", "pm25", "no2"]),
-        DemoQuery("AirQualityObserved with q=no2>40", ENVIRONMENT_CONTEXT,
-                  {"type": "AirQualityObserved", "q": "no2>40"}, ["dateObserved", "no2"]),
-        DemoQuery(
-            "AirQualityObserved within 2 km of Aotizhongxin (georel=near;maxDistance==2000)",
-            ENVIRONMENT_CONTEXT,
-            {"type": "AirQualityObserved", "georel": "near;maxDistance==2000", "geometry": "Point",
-             "coordinates": f"[{longitude},{latitude}]"},
-            ["dateObserved", "location"],
-        ),
-        DemoQuery("WeatherObserved", WEATHER_CONTEXT, {"type": "WeatherObserved"},
-                  ["dateObserved", "temperature", "windSpeed"]),
-    ]  # fmt: skip
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def run_queries(clients: dict[str, BrokerClient], console: Console) -> None:
-    """A few NGSI-LD queries (type, q, near, count), printed as tables."""
-    for query in demo_queries():
-        params = dict(query.params)
-        try:
-            result = clients[query.context].query_entities(type=params.pop("type"), extra=params)
-        except NgsiError as error:
-            console.print(f"[red]{query.title}: {error.status} {error.title}: {error.detail}")
-            continue
-        console.print(entity_table(query.title, result.items, query.attributes))
-    counts = Table(title="How many entities (count=true&limit=0, NGSILD-Results-Count)", title_justify="left")
-    counts.add_column("type")
-    counts.add_column("count", justify="right")
-    for entity_type, context in (("AirQualityObserved", ENVIRONMENT_CONTEXT), ("WeatherObserved", WEATHER_CONTEXT)):
-        try:
-            counted = clients[context].query_entities(type=entity_type, count=True, limit=0).count
-            counts.add_row(entity_type, str(counted))
-        except NgsiError as error:
-            counts.add_row(entity_type, f"({error.status} {error.title})")
-    console.print(counts)
-
-
-def show_history(client: BrokerClient, console: Console, entity_id: str) -> bool:
-    """The last hours of no2 from the temporal API, when the broker has it."""
-    try:
-        history = client.get_temporal_entity(entity_id, attrs="no2", last_n=6)
-    except NgsiError as error:
-        console.print(f"[yellow]Temporal API: {error.status} {error.title}: {error.detail}")
-        return False
-    instances = history.get("no2", [])
-    if isinstance(instances, dict):
-        instances = [instances]
-    table = Table(title=f"History of no2 for {entity_id} (temporal API, lastN=6)", title_justify="left")
-    table.add_column("observedAt")
-    table.add_column("no2 µg/m³", justify="right")
-    for instance in instances:
-        table.add_row(str(instance.get("observedAt")), str(instance.get("value")))
+def show_daily_aggregates(broker_url: str, console: Console, end: datetime) -> None:
+    """Daily average and maximum of pm25 over the last month, aggregated by the broker."""
+    start = (end - timedelta(days=30)).replace(hour=0, minute=0, second=0)
+    with BrokerClient(broker_url, context=ENVIRONMENT_CONTEXT, timeout=60) as client:
+        # GS CIM 009 4.5.19: aggregated temporal representation (aggrMethods, aggrPeriodDuration).
+        history = client.get_temporal_entity(
+            STATION, attrs="pm25", timerel="between", time_at=_iso(start), end_time_at=_iso(end + timedelta(hours=1)),
+            aggr_methods="avg,max", aggr_period_duration="P1D",
+        )  # fmt: skip
+    attribute = history.get("pm25", {})
+    if isinstance(attribute, list):
+        attribute = attribute[0] if attribute else {}
+    averages = {str(row[1]): row[0] for row in attribute.get("avg", [])}
+    maxima = {str(row[1]): row[0] for row in attribute.get("max", [])}
+    table = Table(title=f"pm25 of Aotizhongxin per day (µg/m³), {start:%Y-%m-%d} → {end:%Y-%m-%d}: "
+                        "aggrMethods=avg,max&aggrPeriodDuration=P1D", title_justify="left")  # fmt: skip
+    table.add_column("day (UTC)")
+    table.add_column("avg", justify="right")
+    table.add_column("max", justify="right")
+    table.add_column("")
+    for day in sorted(averages):
+        average, maximum = averages[day], maxima.get(day)
+        bar = "█" * min(60, int((average or 0) / 5))
+        table.add_row(day[:10], f"{average:.1f}", "" if maximum is None else f"{maximum:.0f}", f"[magenta]{bar}")
     console.print(table)
-    return True
 
 
-def run_demo(settings: CliSettings, *, console: Console, port: int, hours: int, keep_running: bool) -> None:
-    """Start everything, load data, query it, say where to look, stop (or keep running)."""
-    announce_auth(settings, console)
-    host = "127.0.0.1"
-    if port == 0:
-        port = free_port(host)
-    elif not port_is_free(host, port):
-        busy, port = port, free_port(host)
-        console.print(f"Port {busy} is busy; the broker uses {port} instead.")
-    with (
-        database(settings, embedded=settings.database_url is None, console=console) as database_url,
-        broker_in_background(database_url, host, port) as base_url,
-        BrokerClient(base_url, context=ENVIRONMENT_CONTEXT, timeout=30) as environment,
-        BrokerClient(base_url, context=WEATHER_CONTEXT, timeout=30) as weather,
-    ):
-        console.print(f"NGSI-LD broker: [bold cyan]{base_url}{API}/[/bold cyan]")
-        examples = load_examples(environment, console)
-        sent, first, last = load_beijing(environment, console, hours)
-        console.print(
-            f"Loaded {examples} official Smart Data Models examples and {sent} hours of Aotizhongxin "
-            f"({first} → {last}) as AirQualityObserved + WeatherObserved upserts."
-        )
-        run_queries({ENVIRONMENT_CONTEXT: environment, WEATHER_CONTEXT: weather}, console)
-        station = "urn:ngsi-ld:AirQualityObserved:beijing:Aotizhongxin"
-        has_history = show_history(environment, console, station)
-        tries = [query.curl(base_url) for query in demo_queries()[:2]]
-        if has_history:
-            tries.append(
-                f"curl -s '{base_url}{API}/temporal/entities/{station}?attrs=no2&lastN=24' "
-                f"-H 'Link: {link_header(ENVIRONMENT_CONTEXT)}'"
-            )
-        console.print(
-            Panel(
-                f"Broker: {base_url}{API}/   health: {base_url}/health   version: {base_url}/version\n"
-                f"Data folder: {Path(settings.data_dir).absolute()} (PostgreSQL cluster and its log)\n\n"
-                "Try:\n" + "\n".join(tries),
-                title="What the demo did and where to look",
-            )
-        )
-        if keep_running:
-            console.print("The broker keeps running; Ctrl-C stops it.")
+def near_query() -> tuple[str, GeoQuery]:
+    # GS CIM 009 4.9 (q) and 4.10 (geo-query): polluted stations within 5 km of Aotizhongxin.
+    return "pm25>10", GeoQuery("near;maxDistance==5000", "Point", list(STATION_POINT))
+
+
+def show_near_query(broker_url: str, console: Console) -> None:
+    q, geo = near_query()
+    with BrokerClient(broker_url, context=ENVIRONMENT_CONTEXT, timeout=30) as client:
+        found = client.query_entities(type="AirQualityObserved", q=q, geo=geo, attrs="pm25,no2,dateObserved")
+    table = Table(title=f"AirQualityObserved with q={q} and georel={geo.georel} of {list(STATION_POINT)}",
+                  title_justify="left")  # fmt: skip
+    for column in ("id", "dateObserved", "pm25", "no2"):
+        table.add_column(column, justify="left" if column in ("id", "dateObserved") else "right")
+    for entity in found.items:
+        table.add_row(entity["id"], *(str(value_of(entity.get(name, ""))) for name in ("dateObserved", "pm25", "no2")))
+    console.print(table)
+
+
+# -- 4. a subscription notifying this process --------------------------------------------------------
+
+
+class NotificationReceiver:
+    """A small HTTP server in this process that keeps the NGSI-LD notifications it receives."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        received: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    received.put(json.loads(body))
+                except json.JSONDecodeError:
+                    pass
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer((host, free_port(host)), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/notify"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="notification-receiver", daemon=True)
+
+    def __enter__(self) -> NotificationReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def next_about(self, entity_id: str, within: float = WAIT_S) -> dict[str, Any]:
+        """The first notification whose data names `entity_id`."""
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0:
             try:
-                threading.Event().wait()
-            except KeyboardInterrupt:
-                console.print("Stopping.")
-    console.print("Broker and PostgreSQL stopped.")
+                notification = self.received.get(timeout=left)
+            except queue.Empty:
+                break
+            if any(item.get("id") == entity_id for item in notification.get("data", [])):
+                return notification
+        raise TimeoutError(f"no notification about {entity_id} within {within:.0f}s")
+
+
+def subscribe(broker_url: str, receiver: NotificationReceiver) -> str:
+    # GS CIM 009 5.8.1: a subscription to pm25 changes of every AirQualityObserved, notified over HTTP.
+    subscription = {
+        "id": "urn:ngsi-ld:Subscription:climaborough-demo",
+        "type": "Subscription",
+        "description": "climaborough demo: pm25 changes of air-quality stations",
+        "entities": [{"type": "AirQualityObserved"}],
+        "watchedAttributes": ["pm25"],
+        "notification": {"attributes": ["pm25", "no2"], "format": "normalized",
+                         "endpoint": {"uri": receiver.url, "accept": "application/json"}},
+    }  # fmt: skip
+    with BrokerClient(broker_url, context=ENVIRONMENT_CONTEXT, timeout=30) as client:
+        try:
+            return str(client.create_subscription(subscription))
+        except AlreadyExists:
+            fragment = {key: value for key, value in subscription.items() if key not in ("id", "type")}
+            client.update_subscription(str(subscription["id"]), fragment)
+            return str(subscription["id"])
+
+
+# -- 5. the IoT agent with a simulated device --------------------------------------------------------
+
+
+def provision_device(north_url: str) -> None:
+    """A config group and a device on the provisioning API (FIWARE IoT Agent format)."""
+    group = {"apikey": DEVICE_APIKEY, "entity_type": "AirQualityObserved", "resource": ""}
+    device = {
+        "device_id": DEVICE_ID, "entity_name": DEVICE_ENTITY, "entity_type": "AirQualityObserved",
+        "apikey": DEVICE_APIKEY, "protocol": "PDI-IoTA-UltraLight", "transport": "MQTT",
+        "attributes": [{"object_id": "p", "name": "pm25", "type": "Number", "metadata": {"unitCode": "GQ"}},
+                       {"object_id": "n", "name": "no2", "type": "Number", "metadata": {"unitCode": "GQ"}}],
+        "static_attributes": [{"name": "location", "type": "GeoProperty",
+                               "value": {"type": "Point", "coordinates": [116.404, 39.975]}}],
+    }  # fmt: skip
+    for path, body in (("/iot/services", {"services": [group]}), ("/iot/devices", {"devices": [device]})):
+        response = httpx.post(f"{north_url}{path}", json=body, timeout=30)
+        if response.status_code not in (201, 409):  # 409: provisioned by an earlier run
+            raise RuntimeError(f"POST {path}: {response.status_code} {response.text}")
+
+
+def publish_measures(mqtt_url: str, measures: tuple[str, ...]) -> None:
+    """Publish UltraLight measures as the device would, on `/ul/<apikey>/<device>/attrs`, QoS 1."""
+    url = httpx.URL(mqtt_url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"demo-device-{time.monotonic_ns()}")
+    client.connect(url.host, url.port or 1883)
+    client.loop_start()
+    try:
+        for payload in measures:
+            info = client.publish(f"/ul/{DEVICE_APIKEY}/{DEVICE_ID}/attrs", payload, qos=1)
+            info.wait_for_publish(timeout=30)
+            time.sleep(1.0)  # a second apart, as a sensor reports: distinct observedAt, distinct history instances
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def device_entity_with(broker_url: str, pm25: float) -> dict[str, Any] | None:
+    with BrokerClient(broker_url, context=ENVIRONMENT_CONTEXT, timeout=30) as client:
+        try:
+            entity = client.get_entity(DEVICE_ENTITY)
+        except NgsiError:
+            return None
+    return entity if value_of(entity.get("pm25")) == pm25 else None
+
+
+# -- 6. KPIs -----------------------------------------------------------------------------------------
+
+
+def kpis_of(broker_url: str, stations: tuple[str, ...]) -> list[dict[str, Any]]:
+    with BrokerClient(broker_url, context=KPI_CONTEXT, timeout=30) as client:
+        found = client.query_entities(type="KeyPerformanceIndicator", limit=1000)
+    return [kpi for kpi in found.items if any(station.rsplit(":", 1)[-1] in kpi["id"] for station in stations)]
+
+
+def show_kpis(kpis: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="KeyPerformanceIndicator entities written by the KPI engine", title_justify="left")
+    for column in ("id", "kpiValue", "currentStanding", "calculationPeriod"):
+        table.add_column(column, overflow="fold")
+    for kpi in sorted(kpis, key=lambda entity: entity["id"])[:12]:
+        period = value_of(kpi.get("calculationPeriod"))
+        span = f"{period.get('from', '')} → {period.get('to', '')}" if isinstance(period, dict) else ""
+        standing = value_of(kpi.get("currentStanding")) or ""
+        table.add_row(kpi["id"], str(value_of(kpi.get("kpiValue"))), str(standing), span)
+    console.print(table)
+    if len(kpis) > 12:
+        console.print(f"  … and {len(kpis) - 12} more")
+
+
+# -- 7. the twin ---------------------------------------------------------------------------------------
+
+
+def train_twin(platform: Platform, console: Console, start: datetime, end: datetime, epochs: int) -> str:
+    """Train a small model on the station's history read over the temporal API; returns its version."""
+    from twin.commands import _read_broker_history
+    from twin.model import TrainingConfig
+    from twin.service import ForecastSettings
+    from twin.store import ModelStore
+    from twin.training import train_station
+
+    settings = ForecastSettings(broker_url=platform.urls.broker, mqtt_url=platform.urls.mqtt,
+                                data_dir=platform.data_dir)  # fmt: skip
+    with console.status("Reading the station's history over the temporal API ..."):
+        observations = asyncio.run(_read_broker_history(settings, STATION, start, end + timedelta(hours=1)))
+    console.print(f"  history: {len(observations)} hourly rows × {len(observations.columns)} series")
+    config = TrainingConfig(epochs=epochs, lstm_units=16, dense_units=16, patience=1, batch_size=512)
+    with console.status(f"Training a small twin ({epochs} epochs, 16 LSTM units) ..."):
+        began = time.monotonic()
+        store = ModelStore(settings.model_dir)
+        trained = train_station(observations, STATION, target=settings.twin_target, config=config, store=store,
+                                local_tz=BEIJING_TZ, source=[STATION])  # fmt: skip
+    console.print(f"  trained and activated [bold]{trained.version}[/bold] in {time.monotonic() - began:.0f}s "
+                  f"(stored under {settings.model_dir})")  # fmt: skip
+    return str(trained.version)
+
+
+def forecast_once(platform: Platform, console: Console) -> None:
+    """One 24 h forecast from the newest hour, written to the broker as KPI entities."""
+    from twin.service import ForecastService, ForecastSettings
+
+    settings = ForecastSettings(broker_url=platform.urls.broker, mqtt_url=platform.urls.mqtt,
+                                data_dir=platform.data_dir)  # fmt: skip
+
+    async def forecast() -> dict[str, Any] | None:
+        service = ForecastService(settings)
+        try:
+            result = await service.forecast_station(STATION)
+        finally:
+            await service.reader.aclose()
+        return None if result is None else result.to_json()
+
+    data = asyncio.run(forecast())
+    if data is None:
+        console.print("  this origin was already forecast by this model: the broker holds that forecast")
+        return
+    table = Table(title=f"Twin forecast of {data['target']} from {data['origin']} ({data['modelVersion']}), "
+                        "written to the broker", title_justify="left")  # fmt: skip
+    for column in ("hour (UTC)", data["target"], "low", "high", "EEA band"):
+        table.add_column(column, justify="right")
+    for hour in data["hours"][::3]:
+        table.add_row(hour["time"], f"{hour['value']:.1f}", f"{hour['low']:.1f}", f"{hour['high']:.1f}",
+                      str(hour.get("eeaBand") or ""))  # fmt: skip
+    console.print(table)
+
+
+WHAT_IF = {
+    "station": STATION,
+    "horizon": 24,
+    "scenario": [{"feature": "no2", "operation": "scale", "value": 0.7, "from": -23, "until": 0}],
+}
+"""What if traffic (no2) had been 30 % lower over the last day?"""
+
+
+def ask_what_if(api_url: str, console: Console) -> dict[str, Any]:
+    response = httpx.post(f"{api_url}/twin/what-if", json=WHAT_IF, timeout=120)
+    if response.status_code != 200:
+        raise RuntimeError(f"POST /twin/what-if: {response.status_code} {response.text}")
+    answer: dict[str, Any] = response.json()
+    table = Table(title="POST /twin/what-if: no2 30 % lower over the last 24 h → pm25 over the next 24 h",
+                  title_justify="left")  # fmt: skip
+    for column in ("hour (UTC)", "baseline", "scenario", "Δ"):
+        table.add_column(column, justify="right")
+    for hour, baseline, scenario in itertools.islice(
+        zip(answer["hours"], answer["baseline"], answer["scenario"], strict=False), 0, None, 4
+    ):
+        table.add_row(hour, f"{baseline:.1f}", f"{scenario:.1f}", f"{scenario - baseline:+.1f}")
+    console.print(table)
+    console.print(f"  summary: baseline {answer['baselineSummary']} → scenario {answer['scenarioSummary']}")
+    return answer
+
+
+# -- 8. summary ----------------------------------------------------------------------------------------
+
+
+def summary_panel(platform: Platform, note: str | None) -> Panel:
+    urls = platform.urls
+    link = link_header(ENVIRONMENT_CONTEXT)
+    q, geo = near_query()
+    near = httpx.URL(f"{urls.broker}{API}/entities", params={"type": "AirQualityObserved", "q": q, **geo.params()})
+    lines = [
+        f"NGSI-LD broker   {urls.broker}{API}/   (health {urls.broker}/health, version {urls.broker}/version)",
+        f"MQTT             {urls.mqtt}",
+        f"IoT agent        {urls.iot_north}/iot/devices   (UltraLight over MQTT: /ul/<apikey>/<device>/attrs)",
+        f"Platform API     {urls.api}/docs",
+        f"Data folder      {platform.data_dir}   (logs in {platform.log_dir})",
+        *([f"[yellow]Note: {note}[/yellow]"] if note else []),
+        "",
+        "Try:",
+        f"curl -s '{urls.broker}{API}/entities/{STATION}' -H 'Link: {link}'",
+        f"curl -s '{near}' -H 'Link: {link}'",
+        f"curl -s '{urls.broker}{API}/temporal/entities/{STATION}?attrs=pm25&aggrMethods=avg,max"
+        f"&aggrPeriodDuration=P1D&lastN=30' -H 'Link: {link}'",
+        f"curl -s '{urls.broker}{API}/entities?type=KeyPerformanceIndicator&limit=5' "
+        f"-H 'Link: {link_header(KPI_CONTEXT)}'",
+        f"curl -s '{urls.iot_north}/iot/devices'",
+        f"curl -s -X POST '{urls.api}/twin/what-if' -H 'Content-Type: application/json' "
+        f"-d '{json.dumps(WHAT_IF, separators=(',', ':'))}'",
+    ]
+    return Panel("\n".join(lines), title="What the demo did and where to look")
+
+
+# -- the whole demo --------------------------------------------------------------------------------------
+
+
+def run_demo(settings: CliSettings, *, console: Console, options: DemoOptions) -> None:
+    """Start everything, run the mission, say where to look, stop (or keep running until Ctrl-C)."""
+    began = time.monotonic()
+    data_dir, note = usable_data_dir(Path(settings.data_dir))
+    if note:
+        console.print(f"[yellow]{note}[/yellow]")
+    settings = settings.model_copy(update={"data_dir": data_dir})
+    announce_auth(settings, console)
+    stop_on_sigterm()
+    try:
+        with Platform(settings, console, default_ports=options.default_ports,
+                      broker_port=options.broker_port) as platform:  # fmt: skip
+            console.rule("1. Services")
+            platform.start(("mqtt", "broker", "iot", "kpi", "api"))
+            _mission(platform, console, options)
+            console.print(summary_panel(platform, note))
+            console.print(f"Demo finished in {time.monotonic() - began:.0f}s.")
+            if options.keep_running:
+                console.rule("Running")
+                platform.restart_service("twin")  # now that a model exists, it forecasts on every new pm25
+                serve_until_interrupted(platform, console)
+    except KeyboardInterrupt:
+        console.print("Stopping.")
+    except ServiceFailed as error:
+        console.print(f"[red]A service failed:[/red] {error}")
+        raise SystemExit(1) from None
+    console.print("Every service stopped (broker, agents, KPI engine, API, MQTT, PostgreSQL).")
+
+
+def _mission(platform: Platform, console: Console, options: DemoOptions) -> None:
+    broker = platform.urls.broker
+    console.rule("2. Official Smart Data Models examples")
+    examples = load_examples(broker, console)
+    console.print(f"  {examples} official examples loaded")
+
+    console.rule("3. A year of one station from its file (agents/files, history by temporal append)")
+    start, end = ingest_station(platform, console, options.hours)
+    console.print(f"  Aotizhongxin {options.hours} hours: {_iso(start)} → {_iso(end)}")
+    show_daily_aggregates(broker, console, end)
+    platform.check()
+
+    with NotificationReceiver() as receiver:
+        console.rule("4. A subscription")
+        subscription = subscribe(broker, receiver)
+        console.print(f"  subscription {subscription} → {receiver.url} (this process)")
+
+        console.rule("5. The IoT agent with a simulated device (UltraLight over MQTT)")
+        provision_device(platform.urls.iot_north)
+        console.print(f"  provisioned group {DEVICE_APIKEY!r} and device {DEVICE_ID!r} on {platform.urls.iot_north}")
+        publish_measures(platform.urls.mqtt, DEVICE_MEASURES)
+        console.print(f"  published {len(DEVICE_MEASURES)} measures on /ul/{DEVICE_APIKEY}/{DEVICE_ID}/attrs: "
+                      f"{', '.join(DEVICE_MEASURES)}")  # fmt: skip
+        last_pm25 = float(DEVICE_MEASURES[-1].split("|")[1])
+        entity = wait_for(lambda: device_entity_with(broker, last_pm25), f"{DEVICE_ENTITY} with pm25={last_pm25}")
+        console.print(f"  broker: [cyan]{entity['id']}[/cyan] pm25={value_of(entity['pm25'])} "
+                      f"no2={value_of(entity.get('no2'))} observedAt={entity['pm25'].get('observedAt')}")  # fmt: skip
+        notification = receiver.next_about(DEVICE_ENTITY)
+        item = next(item for item in notification["data"] if item["id"] == DEVICE_ENTITY)
+        console.print(f"  [green]notification[/green] {notification['id']} at {notification['notifiedAt']}: "
+                      f"{item['id']} pm25={value_of(item.get('pm25'))}")  # fmt: skip
+    show_near_query(broker, console)
+    platform.check()
+
+    console.rule("6. KPIs appearing as data arrives")
+    def station_and_device_kpis() -> list[dict[str, Any]] | None:
+        found = kpis_of(broker, (STATION, DEVICE_ENTITY))
+        return found if len(found) >= 2 else None
+
+    kpis = wait_for(station_and_device_kpis, "KeyPerformanceIndicator entities of the station and the device")
+    show_kpis(kpis, console)
+
+    console.rule("7. The digital twin")
+    train_twin(platform, console, start, end, options.epochs)
+    forecast_once(platform, console)
+    ask_what_if(platform.urls.api, console)
+    platform.check()

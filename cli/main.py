@@ -84,33 +84,40 @@ def broker(
 
 @app.command()
 def up(
-    host: HostOption = "127.0.0.1",
     port: PortOption = BROKER_PORT,
-    embedded_postgres: EmbeddedOption = None,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = "warning",
 ) -> None:
-    """Run the whole platform on embedded defaults (for now: the broker and its PostgreSQL)."""
+    """Run the whole platform on embedded defaults until Ctrl-C: PostgreSQL, MQTT, broker, IoT agent, KPI engine,
+    twin forecasts, platform API (each on its FIWARE default port, or a free one when that is busy)."""
+    from cli.services import run_platform
+
     configure_logging(log_level)
-    serve_broker(load_settings(data_dir), embedded=embedded_postgres, host=host, port=port)
+    run_platform(load_settings(data_dir), console=console, broker_port=port)
 
 
 @app.command()
 def demo(
-    port: Annotated[int, typer.Option(help="Broker port; a free one is used if it is busy or 0.")] = BROKER_PORT,
-    hours: Annotated[int, typer.Option(min=1, help="How many hours of Beijing data to load.")] = 24 * 31,
+    port: Annotated[int, typer.Option(help="Broker port; a free one is used if it is busy.")] = BROKER_PORT,
+    hours: Annotated[int, typer.Option(min=24 * 14, help="How many hours of Aotizhongxin to ingest (a year).")] = 8760,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the demo's small twin.")] = 3,
+    free_ports: Annotated[
+        bool, typer.Option("--free-ports", help="Every service on a free port instead of the FIWARE defaults.")
+    ] = False,
     keep_running: Annotated[
-        bool, typer.Option("--keep-running", help="Keep the broker running after the demo (Ctrl-C stops).")
+        bool, typer.Option("--keep-running", help="Keep everything running after the demo (Ctrl-C stops).")
     ] = False,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = "warning",
 ) -> None:
-    """End-to-end demo: PostgreSQL, broker, Smart Data Models examples, real Beijing data, queries."""
-    from cli.demo import run_demo
+    """The whole mission end to end: services, Smart Data Models, a year of real data, queries, a subscription,
+    a simulated IoT device, KPIs, a quickly trained twin and a what-if answer."""
+    from cli.demo import DemoOptions, run_demo
 
     configure_logging(log_level)
-    settings = load_settings(data_dir)
-    run_demo(settings, console=console, port=port, hours=hours, keep_running=keep_running)
+    options = DemoOptions(hours=hours, epochs=epochs, keep_running=keep_running, default_ports=not free_ports,
+                          broker_port=port)  # fmt: skip
+    run_demo(load_settings(data_dir), console=console, options=options)
 
 
 @app.command()
