@@ -63,7 +63,7 @@ def test_config_group_lifecycle(north: httpx.Client, member: str, group: dict[st
 
     duplicate = north.post(f"/iot/{member}", json={member: [group]})
     assert duplicate.status_code == 409
-    assert duplicate.json()["name"] == "DUPLICATE_group"
+    assert duplicate.json()["name"] == "DUPLICATE_GROUP"
     assert apikey in duplicate.json()["message"]
 
     update = north.put(f"/iot/{member}", params={"resource": "/iot/d", "apikey": apikey}, json={"entity_type": "X"})
@@ -74,7 +74,7 @@ def test_config_group_lifecycle(north: httpx.Client, member: str, group: dict[st
     assert north.get(f"/iot/{member}").json() == {"count": 0, member: []}
     gone = north.delete(f"/iot/{member}", params={"resource": "/iot/d", "apikey": apikey})
     assert gone.status_code == 404
-    assert gone.json()["name"] == "DEVICE_group_NOT_FOUND"
+    assert gone.json()["name"] == "DEVICE_GROUP_NOT_FOUND"
 
 
 def test_groups_are_scoped_by_service_and_servicepath(
