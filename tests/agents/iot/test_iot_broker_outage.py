@@ -10,7 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from iot_services import (
+
+from ngsi.client import AsyncBrokerClient
+from tests.agents.iot.iot_services import (
     AgentFactory,
     MqttServer,
     Publisher,
@@ -20,8 +22,6 @@ from iot_services import (
     history_of,
     provision,
 )
-
-from ngsi.client import AsyncBrokerClient
 
 SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
 DEVICES = 5

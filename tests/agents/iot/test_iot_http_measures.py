@@ -7,10 +7,17 @@ from typing import Any
 
 import httpx
 import pytest
-from iot_services import AgentFactory, AgentProcess, entity_when_present, eventually, history_of, provision
 
 from agents.quarantine import Quarantine
 from ngsi.client import AsyncBrokerClient
+from tests.agents.iot.iot_services import (
+    AgentFactory,
+    AgentProcess,
+    entity_when_present,
+    eventually,
+    history_of,
+    provision,
+)
 
 SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
 

@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from iot_services import (
+
+from ngsi.client import AsyncBrokerClient
+from tests.agents.iot.iot_services import (
     AgentFactory,
     Publisher,
     ServiceProcess,
@@ -22,8 +24,6 @@ from iot_services import (
     provision,
     running_mosquitto,
 )
-
-from ngsi.client import AsyncBrokerClient
 
 SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
 DEVICES = 10

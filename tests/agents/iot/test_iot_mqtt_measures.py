@@ -8,7 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from iot_services import (
+
+from ngsi.client import AsyncBrokerClient
+from tests.agents.iot.iot_services import (
     AgentFactory,
     AgentProcess,
     MqttServer,
@@ -18,8 +20,6 @@ from iot_services import (
     history_of,
     provision,
 )
-
-from ngsi.client import AsyncBrokerClient
 
 SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from iot_services import AgentFactory, AgentProcess, provision
+
+from tests.agents.iot.iot_services import AgentFactory, AgentProcess, provision
 
 SERVICE = {"fiware-service": "madrid", "fiware-servicepath": "/air"}
 GROUP = {

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from iot_services import REPO, AgentFactory, entity_when_present, provision
 
 from ngsi.client import AsyncBrokerClient
+from tests.agents.iot.iot_services import REPO, AgentFactory, entity_when_present, provision
 
 SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oup_server import OupServer, self_signed_certificate
 
 from agents.files import load_mapping
 from agents.oup import OupConnector, OupSettings, OupUnavailable
 from agents.quarantine import Quarantine
 from ngsi.client import AsyncBrokerClient
+from tests.agents.oup.oup_server import OupServer, self_signed_certificate
 
 REPO = Path(__file__).resolve().parents[3]
 RECORDS: list[dict[str, Any]] = json.loads((REPO / "examples" / "oup" / "oup_records_synthetic.json").read_text())
