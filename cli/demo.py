@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import queue
 import threading
 import time
@@ -54,6 +55,7 @@ DEVICE_ENTITY = "urn:ngsi-ld:AirQualityObserved:beijing:demo-sensor-01"
 DEVICE_MEASURES = ("p|41.5|n|38.0", "p|57.0|n|44.5", "p|72.5|n|52.0")
 """UltraLight 2.0 measures of the simulated device: `p` is pm25 and `n` is no2 (µg/m³)."""
 
+SHOWN_KPIS = 8
 T = TypeVar("T")
 
 
@@ -338,16 +340,18 @@ def kpis_of(broker_url: str, stations: tuple[str, ...]) -> list[dict[str, Any]]:
 
 def show_kpis(kpis: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="KeyPerformanceIndicator entities written by the KPI engine", title_justify="left")
-    for column in ("id", "kpiValue", "currentStanding", "calculationPeriod"):
+    for column in ("id (urn:ngsi-ld:KeyPerformanceIndicator:…)", "kpiValue", "currentStanding", "calculationPeriod"):
         table.add_column(column, overflow="fold")
-    for kpi in sorted(kpis, key=lambda entity: entity["id"])[:12]:
+    hourly_first = sorted(kpis, key=lambda entity: (not entity["id"].endswith(":hourly"), entity["id"]))
+    for kpi in hourly_first[:SHOWN_KPIS]:
         period = value_of(kpi.get("calculationPeriod"))
         span = f"{period.get('from', '')} → {period.get('to', '')}" if isinstance(period, dict) else ""
         standing = value_of(kpi.get("currentStanding")) or ""
-        table.add_row(kpi["id"], str(value_of(kpi.get("kpiValue"))), str(standing), span)
+        name = kpi["id"].removeprefix("urn:ngsi-ld:KeyPerformanceIndicator:")
+        table.add_row(name, str(value_of(kpi.get("kpiValue"))), str(standing), span)
     console.print(table)
-    if len(kpis) > 12:
-        console.print(f"  … and {len(kpis) - 12} more")
+    if len(kpis) > SHOWN_KPIS:
+        console.print(f"  … and {len(kpis) - SHOWN_KPIS} more (monthly, yearly, exceedance counts)")
 
 
 # -- 7. the twin ---------------------------------------------------------------------------------------
@@ -428,7 +432,9 @@ def ask_what_if(api_url: str, console: Console) -> dict[str, Any]:
     ):
         table.add_row(hour, f"{baseline:.1f}", f"{scenario:.1f}", f"{scenario - baseline:+.1f}")
     console.print(table)
-    console.print(f"  summary: baseline {answer['baselineSummary']} → scenario {answer['scenarioSummary']}")
+    before, after = answer["baselineSummary"], answer["scenarioSummary"]
+    console.print(f"  next 24 h: mean pm25 {before['mean']} → {after['mean']} µg/m³, max {before['max']} → "
+                  f"{after['max']}, hours above the EU limit {before['hoursAboveEU']} → {after['hoursAboveEU']}")
     return answer
 
 
@@ -468,6 +474,9 @@ def summary_panel(platform: Platform, note: str | None) -> Panel:
 def run_demo(settings: CliSettings, *, console: Console, options: DemoOptions) -> None:
     """Start everything, run the mission, say where to look, stop (or keep running until Ctrl-C)."""
     began = time.monotonic()
+    if not console.is_terminal:
+        console.width = max(console.width, 150)  # logs and `make demo | tee`: keep ids and curl lines whole
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
     data_dir, note = usable_data_dir(Path(settings.data_dir))
     if note:
         console.print(f"[yellow]{note}[/yellow]")

@@ -85,6 +85,9 @@ def broker(
 @app.command()
 def up(
     port: PortOption = BROKER_PORT,
+    free_ports: Annotated[
+        bool, typer.Option("--free-ports", help="Every service on a free port instead of the FIWARE defaults.")
+    ] = False,
     data_dir: DataDirOption = None,
     log_level: LogLevelOption = "warning",
 ) -> None:
@@ -93,7 +96,7 @@ def up(
     from cli.services import run_platform
 
     configure_logging(log_level)
-    run_platform(load_settings(data_dir), console=console, broker_port=port)
+    run_platform(load_settings(data_dir), console=console, broker_port=port, default_ports=not free_ports)
 
 
 @app.command()

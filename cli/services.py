@@ -468,7 +468,8 @@ def platform_table(platform: Platform) -> Table:
     return table
 
 
-def run_platform(settings: CliSettings, *, console: Console, broker_port: int = BROKER_PORT) -> None:
+def run_platform(settings: CliSettings, *, console: Console, broker_port: int = BROKER_PORT,
+                 default_ports: bool = True) -> None:  # fmt: skip
     """`climaborough up`: every service, until Ctrl-C; all of them stopped on the way out."""
     data_dir, note = usable_data_dir(Path(settings.data_dir))
     if note:
@@ -477,9 +478,10 @@ def run_platform(settings: CliSettings, *, console: Console, broker_port: int = 
     announce_auth(settings, console)
     stop_on_sigterm()
     try:
-        with Platform(settings, console, broker_port=broker_port) as platform:
+        with Platform(settings, console, broker_port=broker_port, default_ports=default_ports) as platform:
             platform.start()
             console.print(platform_table(platform))
+            console.print(f"pids: {platform.pids()}")
             serve_until_interrupted(platform, console)
     except KeyboardInterrupt:
         console.print("Stopping.")

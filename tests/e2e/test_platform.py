@@ -1,13 +1,10 @@
-"""From the command line to NGSI-LD answers: the CLI, the shared broker fixture and the demo."""
+"""From the command line to NGSI-LD answers: the CLI and the shared broker fixture (the demo: test_demo.py)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -54,26 +51,3 @@ async def test_a_tenant_sees_only_its_own_entities(http: httpx.AsyncClient, tena
     other = await http.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Thing:e2e-1", headers={"NGSILD-Tenant": tenant + "x"})
     assert mine.status_code == 200
     assert other.status_code == 404
-
-
-@pytest.fixture
-def demo_data_dir() -> Iterator[Path]:
-    # Reachable by `nobody`, which runs PostgreSQL when the tests run as root.
-    folder = Path(tempfile.mkdtemp(prefix="climaborough-demo-test-"))
-    os.chmod(folder, 0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def test_demo_loads_beijing_hours_and_stops_cleanly(demo_data_dir: Path) -> None:
-    result = climaborough(
-        "demo", "--hours", "6", "--port", "0", "--data-dir", str(demo_data_dir / "data"),
-        timeout=240,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "AUTHENTICATION IS OFF" in result.stdout
-    assert "6 hours of Aotizhongxin" in result.stdout
-    assert "urn:ngsi-ld:AirQualityObserved:beijing:Aotizhongxin" in result.stdout
-    assert "Broker and PostgreSQL stopped." in result.stdout
-    log = (demo_data_dir / "data" / "postgresql" / "postgres.log").read_text()
-    assert "database system is shut down" in log
