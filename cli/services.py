@@ -77,7 +77,10 @@ def database(settings: CliSettings, *, embedded: bool, console: Console) -> Iter
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (as uvicorn does, with SO_REUSEADDR, so
+    that connections of a just-stopped server in TIME_WAIT do not count as busy)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
