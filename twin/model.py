@@ -83,6 +83,8 @@ class Forecaster:
     ridge_coef: np.ndarray
     target_scale: float
     keras_model: Any
+    residual_weights: np.ndarray | None = None
+    """Per-horizon weight of the LSTM correction (0–1), fitted on validation; None = 1."""
     history: dict[str, list[float]] = field(default_factory=dict)
     train_seconds: float = 0.0
 
@@ -112,8 +114,9 @@ class Forecaster:
         scaled, scaled_future = self.scaler.transform(inputs), self.scale_future(future)
         base = self.linear_design(scaled, scaled_future) @ self.ridge_coef
         # predict_on_batch runs a compiled function: an eager call is 100× slower on a busy CPU.
-        residual = self.keras_model.predict_on_batch(self.network_inputs(scaled, scaled_future))
-        return np.asarray(base + np.asarray(residual) * self.target_scale, dtype="float64")
+        residual = np.asarray(self.keras_model.predict_on_batch(self.network_inputs(scaled, scaled_future)))
+        weights = self.residual_weights if self.residual_weights is not None else 1.0
+        return np.asarray(base + residual * self.target_scale * weights, dtype="float64")
 
 
 def _ridge(design: np.ndarray, targets: np.ndarray, alpha: float) -> np.ndarray:
@@ -197,6 +200,14 @@ def train_forecaster(
         callbacks=[tf.keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True)],
     )
     forecaster.keras_model = model
+    # Per horizon, only as much of the LSTM correction as helps on validation: at 1 h the ridge
+    # model is often already as good as it gets, and a noisy correction would make it worse.
+    correction = np.asarray(model.predict_on_batch(forecaster.network_inputs(vx, vf)), dtype="float64")
+    wanted = np.asarray(val_res, dtype="float64")
+    denominator = (correction**2).sum(axis=0)
+    weights = np.divide((wanted * correction).sum(axis=0), denominator, out=np.zeros_like(denominator),
+                        where=denominator > 0)
+    forecaster.residual_weights = np.clip(weights, 0.0, 1.0)
     forecaster.history = {k: [float(x) for x in v] for k, v in fit.history.items()}
     forecaster.train_seconds = time.perf_counter() - started
     return forecaster

@@ -76,6 +76,7 @@ class ModelStore:
             "scaler": forecaster.scaler.to_json(),
             "ridgeCoef": forecaster.ridge_coef.tolist(),
             "targetScale": forecaster.target_scale,
+            "residualWeights": None if forecaster.residual_weights is None else forecaster.residual_weights.tolist(),
             "trainSeconds": round(forecaster.train_seconds, 2),
             "history": forecaster.history,
             "createdAt": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -160,6 +161,9 @@ class ModelStore:
             ridge_coef=np.asarray(artefact["ridgeCoef"], dtype="float32"),
             target_scale=float(artefact["targetScale"]),
             keras_model=keras_model,
+            residual_weights=(
+                None if artefact.get("residualWeights") is None else np.asarray(artefact["residualWeights"])
+            ),
             history=artefact.get("history", {}),
             train_seconds=float(artefact.get("trainSeconds", 0.0)),
         )
