@@ -297,7 +297,7 @@ def profiled(pid: int, output: Path | None) -> Iterator[None]:
         yield
         return
     process = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(output),
-                                "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--nonblocking", "--subprocesses"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
     finally:

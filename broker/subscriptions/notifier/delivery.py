@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from broker.storage.tenants import TenantDatabases
+from broker.storage.tenants import TenantDatabases, configure_connection
 from broker.subscriptions import store
 from broker.subscriptions.model import Subscription
 from broker.subscriptions.notifier.http_sender import DeliveryFailed, HttpSender
@@ -145,7 +145,7 @@ class DatabaseWorker:
         self._notifier = notifier
         self._settings = notifier.settings
         self._pool = AsyncConnectionPool(conninfo, min_size=1, max_size=self._settings.pool_size, open=False,
-                                         name=f"notifier-{database}")
+                                         name=f"notifier-{database}", configure=configure_connection)
         self._lanes: dict[str, _Lane] = {}
         self._acks = _Acks(self._pool)
         self._announcements: deque[str] = deque()
