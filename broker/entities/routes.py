@@ -24,6 +24,7 @@ from ngsi.errors import BadRequestData, TooManyResults
 from ngsi.forms import Form, to_geojson_feature, to_geojson_feature_collection
 
 FORMS = {"keyValues", "concise", "normalized"}
+MAX_OFFSET = 2**63 - 1
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -113,6 +114,8 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         page = settings.default_limit if limit is None else limit
         if page < 0 or offset < 0:
             raise BadRequestData("limit and offset must not be negative", parameter="limit")
+        if offset > MAX_OFFSET:  # PostgreSQL's OFFSET is a bigint: larger values were a 500
+            raise BadRequestData(f"offset must be at most {MAX_OFFSET}", parameter="offset")
         if page > settings.max_limit:
             # GS CIM 009 6.3.10: a limit above what the broker allows is TooManyResults (403).
             raise TooManyResults(f"limit {page} is above the maximum of {settings.max_limit}", parameter="limit")

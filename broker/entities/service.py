@@ -345,8 +345,8 @@ class EntityService:
         ordering = compile_point_distance(geo)
         is_point = sql.SQL("(width(geo_bbox) = 0 AND height(geo_bbox) = 0)")
         is_shape = sql.SQL("(width(geo_bbox) > 0 OR height(geo_bbox) > 0)")
-        points = await store.select_entities(conn, [*conditions, near, is_point], limit=query.offset + query.limit,
-                                             order_by=ordering)
+        last = min(query.offset + query.limit, 2**63 - 1)  # LIMIT is a bigint
+        points = await store.select_entities(conn, [*conditions, near, is_point], limit=last, order_by=ordering)
         shapes = [entity for entity in await store.select_entities(conn, [*conditions, near, is_shape], limit=None)
                   if geo_matches(geo, geometry_of(entity))]
         matched = points

@@ -250,3 +250,21 @@ def test_fuzzing_the_openapi_finds_no_server_errors(broker_url: str, seeded_tena
     assert sent >= len(operations), f"only {sent} requests were sent in {FUZZ_BUDGET_S}s"
     assert any(200 <= status < 300 for status in run.statuses), "no generated request succeeded: the fuzz is blind"
     assert not run.failures, f"{len(run.failures)} bad answers, first ones:\n" + "\n".join(run.failures[:15])
+
+
+@pytest.mark.parametrize("query", [
+    "type=Room&offset=6526263862256395607867392",
+    "type=Room&offset=9223372036854775808",
+    "type=Room&georel=near%3BmaxDistance%3D%3D1000&geometry=Point&coordinates=%5B8.6,41.1%5D&offset=9223372036854775807",
+])  # fmt: skip
+def test_offsets_beyond_postgresql_bigint_are_answered_without_a_server_error(
+    broker_url: str, seeded_tenant: str, query: str
+) -> None:
+    # Found by the fuzz: an offset over 2**63-1 reached PostgreSQL's OFFSET and came back as a 500.
+    answer = httpx.get(f"{broker_url}/ngsi-ld/v1/entities?{query}", headers={"NGSILD-Tenant": seeded_tenant},
+                       timeout=REQUEST_TIMEOUT_S)
+    assert answer.status_code in (200, 400), answer.text
+    if answer.status_code == 400:
+        assert answer.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"
+    else:
+        assert answer.json() == []
