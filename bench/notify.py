@@ -297,7 +297,8 @@ def profiled(pid: int, output: Path | None) -> Iterator[None]:
         yield
         return
     process = subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(output),
-                                "--nonblocking", "--subprocesses"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--nonblocking", "--subprocesses"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
     finally:
@@ -356,8 +357,10 @@ def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, back
                         time.sleep(0.1)
             cpu = (cpu_seconds(broker.pid) - cpu_before[0], process_tree_cpu_seconds(broker.pid) - cpu_before[1],
                    process_tree_cpu_seconds(broker.postgres_pid) - cpu_before[2])
-            http_ms = latencies(acked, http_receiver.stop()["arrivals"])
-            mqtt_ms = latencies(acked, mqtt_receiver.stop()["arrivals"])
+            http_arrivals, mqtt_arrivals = http_receiver.stop()["arrivals"], mqtt_receiver.stop()["arrivals"]
+            http_ms, mqtt_ms = latencies(acked, http_arrivals), latencies(acked, mqtt_arrivals)
+            if dump := os.environ.get("BENCH_NOTIFY_DUMP"):  # every (seq, acknowledged, arrived) for a closer look
+                Path(dump).write_text(json.dumps({"acked": acked, "http": http_arrivals, "mqtt": mqtt_arrivals}))
 
             if not backlog:
                 return _result(acked, sent, http_ms, mqtt_ms, cpu, rate)
