@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import shapely.geometry
 from shapely.errors import GEOSException
@@ -75,9 +75,17 @@ def is_uri(text: object) -> bool:
 
 def is_geojson_geometry(value: object) -> bool:
     """Whether a value looks like a GeoJSON geometry (so a concise attribute holding it is a GeoProperty)."""
-    if not isinstance(value, Mapping) or value.get("type") not in GEOJSON_GEOMETRY_TYPES:
+    if not _is_object(value) or value.get("type") not in GEOJSON_GEOMETRY_TYPES:
         return False
     return "coordinates" in value or "geometries" in value
+
+
+def _is_object(value: object) -> TypeGuard[Mapping[str, Any]]:
+    # Parsed JSON objects are dicts: test that first, the Mapping ABC check costs several times more.
+    return isinstance(value, dict) or (not isinstance(value, _JSON_NON_OBJECTS) and isinstance(value, Mapping))
+
+
+_JSON_NON_OBJECTS = (str, int, float, list, type(None))
 
 
 def _bad(attribute: str | None, problem: str) -> BadRequestData:
@@ -113,6 +121,8 @@ def check_geometry(value: object, attribute: str) -> dict[str, Any]:
     if not is_geojson_geometry(value):
         raise _bad(attribute, "a GeoProperty value must be a GeoJSON geometry with 'type' and 'coordinates'")
     assert isinstance(value, Mapping)
+    if value["type"] == "Point" and _is_valid_position(value.get("coordinates")):
+        return dict(value)  # the common case, decided without building a shapely geometry
     try:
         geometry = shapely.geometry.shape(value)
     except (GEOSException, ValueError, TypeError, IndexError, KeyError, AttributeError) as error:
@@ -146,6 +156,18 @@ def _check_positions(geometry: Mapping[str, Any], attribute: str) -> None:
                     raise _bad(attribute, "polygon rings must be closed and have at least 4 positions")
 
 
+def _is_valid_position(position: object) -> bool:
+    """A [lon, lat] or [lon, lat, alt] of finite numbers within range: what every valid Point holds."""
+    if not isinstance(position, list) or not 2 <= len(position) <= 3:
+        return False
+    for coordinate in position:
+        if type(coordinate) is not float and type(coordinate) is not int:
+            return False
+    lon, lat = position[0], position[1]
+    return math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90 and (
+        len(position) == 2 or math.isfinite(position[2]))
+
+
 def _flatten_positions(coordinates: Any, depth: int, attribute: str) -> list[Sequence[Any]]:
     if depth == 0:
         if not isinstance(coordinates, list):
@@ -161,7 +183,7 @@ def _flatten_positions(coordinates: Any, depth: int, attribute: str) -> list[Seq
 
 def _check_timestamp(value: object, attribute: str, member: str) -> str:
     try:
-        return normalize_timestamp(value)  # type: ignore[arg-type]
+        return normalize_timestamp(value)
     except (ValueError, TypeError) as error:
         raise _bad(attribute, f"{member} {value!r} is not an ISO 8601 date-time") from error
 
@@ -214,31 +236,36 @@ def _check_instance(name: str, instance: dict[str, Any]) -> None:
 
 
 def _looks_like_instance(value: object) -> bool:
-    if not isinstance(value, Mapping):
+    if not _is_object(value):
         return False
-    return value.get("type") in ATTRIBUTE_TYPES or any(member in value for member in TYPE_BY_VALUE_MEMBER)
+    return value.get("type") in ATTRIBUTE_TYPES or not _VALUE_MEMBERS.isdisjoint(value)
 
 
-def normalize_attribute(name: str, raw: Any) -> list[dict[str, Any]]:
+_VALUE_MEMBERS = frozenset(TYPE_BY_VALUE_MEMBER)
+
+
+def normalize_attribute(name: str, raw: Any, terms: TermMap | None = None) -> list[dict[str, Any]]:
     """One attribute in any form → its normalized instances (GS CIM 009 4.5.x concise rules).
 
     An array of attribute instances is a multi-attribute; any other array is a Property value.
+    With `terms`, the instances come out in the stored shape at once (expanded sub-attribute names,
+    sub-attributes as arrays of instances, vocab terms expanded), without a second pass.
     """
     if isinstance(raw, list) and raw and all(_looks_like_instance(item) for item in raw):
-        instances = [_normalize_instance(name, item) for item in raw]
+        instances = [_normalize_instance(name, item, terms) for item in raw]
         dataset_ids = [instance.get("datasetId") for instance in instances]
         if dataset_ids.count(None) > 1 or len({d for d in dataset_ids if d}) != len([d for d in dataset_ids if d]):
             raise _bad(name, "instances of a multi-attribute need distinct datasetIds (at most one without)")
         return instances
-    return [_normalize_instance(name, raw)]
+    return [_normalize_instance(name, raw, terms)]
 
 
-def _normalize_instance(name: str, raw: Any) -> dict[str, Any]:
+def _normalize_instance(name: str, raw: Any, terms: TermMap | None) -> dict[str, Any]:
     if raw is None:
         raise _bad(name, "a Property value cannot be null")
     if is_geojson_geometry(raw):
         instance: dict[str, Any] = {"type": "GeoProperty", "value": raw}
-    elif not isinstance(raw, Mapping) or not _looks_like_instance(raw):
+    elif not _looks_like_instance(raw):
         instance = {"type": "Property", "value": raw}
     else:
         instance = {}
@@ -257,9 +284,16 @@ def _normalize_instance(name: str, raw: Any) -> dict[str, Any]:
                 instance[key] = member
             else:
                 check_attribute_name(key)
-                sub_instances = normalize_attribute(f"{name}.{key}", member)
-                instance[key] = sub_instances[0] if len(sub_instances) == 1 else sub_instances
+                sub_instances = normalize_attribute(f"{name}.{key}", member, terms)
+                if terms is not None:
+                    instance[terms.expand(key)] = sub_instances
+                else:
+                    instance[key] = sub_instances[0] if len(sub_instances) == 1 else sub_instances
     _check_instance(name, instance)
+    if terms is not None and "vocab" in instance:
+        # GS CIM 009 4.5.x: vocab values are terms, expanded like types.
+        vocab = instance["vocab"]
+        instance["vocab"] = [terms.expand(v) for v in vocab] if isinstance(vocab, list) else terms.expand(vocab)
     return instance
 
 
@@ -279,27 +313,13 @@ def normalize_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 def normalize_entity(entity: Mapping[str, Any], *, require_id: bool = True) -> dict[str, Any]:
     """An entity in concise, keyValues or normalized form → normalized form, validated (short names kept)."""
-    if not isinstance(entity, Mapping):
-        raise BadRequestData("an entity must be a JSON object")
+    entity_id, types, scope = _check_entity_members(entity, require_id=require_id)
     normalized: dict[str, Any] = {}
-    if "id" in entity or require_id:
-        entity_id = entity.get("id")
-        if entity_id is None:
-            raise BadRequestData("the entity has no 'id'")
-        if not is_uri(entity_id):
-            raise BadRequestData(f"entity id {entity_id!r} is not a URI")
+    if entity_id is not None:
         normalized["id"] = entity_id
-    types = entity.get("type")
-    if types is None:
-        raise BadRequestData("the entity has no 'type'")
-    if isinstance(types, list):
-        if not types:
-            raise BadRequestData("entity 'type' cannot be an empty array")
-        normalized["type"] = [check_type_name(t) for t in types]
-    else:
-        normalized["type"] = check_type_name(types)
-    if "scope" in entity:
-        normalized["scope"] = _check_scope(entity["scope"])
+    normalized["type"] = types
+    if scope is not None:
+        normalized["scope"] = scope
     for name, raw in entity.items():
         # System timestamps are the broker's to set (GS CIM 009 4.8); like Orion-LD, a payload's
         # own createdAt/modifiedAt (the Smart Data Models KPI examples carry one) is ignored.
@@ -311,6 +331,32 @@ def normalize_entity(entity: Mapping[str, Any], *, require_id: bool = True) -> d
     if "@context" in entity:
         normalized["@context"] = entity["@context"]
     return normalized
+
+
+def _check_entity_members(
+    entity: Mapping[str, Any], *, require_id: bool
+) -> tuple[str | None, str | list[str], str | list[str] | None]:
+    """The validated (id, type, scope) of an entity payload; id None when absent and not required."""
+    if not isinstance(entity, Mapping):
+        raise BadRequestData("an entity must be a JSON object")
+    entity_id = None
+    if "id" in entity or require_id:
+        entity_id = entity.get("id")
+        if entity_id is None:
+            raise BadRequestData("the entity has no 'id'")
+        if not is_uri(entity_id):
+            raise BadRequestData(f"entity id {entity_id!r} is not a URI")
+    types = entity.get("type")
+    if types is None:
+        raise BadRequestData("the entity has no 'type'")
+    if isinstance(types, list):
+        if not types:
+            raise BadRequestData("entity 'type' cannot be an empty array")
+        types = [check_type_name(t) for t in types]
+    else:
+        types = check_type_name(types)
+    scope = _check_scope(entity["scope"]) if "scope" in entity else None
+    return entity_id, types, scope
 
 
 def validate_entity_payload(entity: Mapping[str, Any]) -> None:
@@ -442,14 +488,16 @@ def _now_text(now: str | datetime) -> str:
 
 def expand_entity(entity: Mapping[str, Any], terms: TermMap, *, now: str | datetime) -> ExpandedEntity:
     """Validate and expand an entity of any form with `terms`; every instance gets createdAt/modifiedAt = now."""
-    normalized = normalize_entity(entity)
-    types = normalized["type"] if isinstance(normalized["type"], list) else [normalized["type"]]
-    expanded_types = list(dict.fromkeys(terms.expand_type(t) for t in types))
-    scope = normalized.get("scope")
-    attributes = {k: v for k, v in normalized.items() if k not in ENTITY_MEMBERS}
-    doc = _expand_normalized_attributes(attributes, terms, _now_text(now))
+    entity_id, types, scope = _check_entity_members(entity, require_id=True)
+    assert entity_id is not None
+    type_list = types if isinstance(types, list) else [types]
+    expanded_types = list(dict.fromkeys(terms.expand_type(t) for t in type_list))
+    attributes = (
+        (name, raw) for name, raw in entity.items() if name not in ENTITY_MEMBERS and name not in SYSTEM_TIMESTAMPS
+    )
+    doc = _expand_attribute_items(attributes, terms, _now_text(now))
     return ExpandedEntity(
-        id=normalized["id"],
+        id=entity_id,
         types=expanded_types,
         scope=None if scope is None else (scope if isinstance(scope, list) else [scope]),
         doc=doc,
@@ -461,38 +509,32 @@ def expand_attributes(
     attributes: Mapping[str, Any], terms: TermMap, now: str | datetime
 ) -> dict[str, list[dict[str, Any]]]:
     """Validate and expand the attributes of a PATCH/POST .../attrs body into `doc` entries."""
-    return _expand_normalized_attributes(normalize_attributes(attributes), terms, _now_text(now))
+    if not isinstance(attributes, Mapping):
+        raise BadRequestData("the attributes payload must be a JSON object")
+    items = ((name, raw) for name, raw in attributes.items() if name != "@context")
+    return _expand_attribute_items(items, terms, _now_text(now))
 
 
-def _expand_normalized_attributes(
-    attributes: Mapping[str, Any], terms: TermMap, now: str
+def _expand_attribute_items(
+    attributes: Iterable[tuple[str, Any]], terms: TermMap, now: str
 ) -> dict[str, list[dict[str, Any]]]:
+    """Validate, normalize and expand attributes in one pass; every top-level instance is stamped `now`."""
     doc: dict[str, list[dict[str, Any]]] = {}
-    for name, raw in attributes.items():
+    duplicate: tuple[str, str] | None = None
+    for name, raw in attributes:
+        check_attribute_name(name)
+        instances = normalize_attribute(name, raw, terms)
+        for instance in instances:
+            instance["createdAt"] = now
+            instance["modifiedAt"] = now
         iri = terms.expand(name)
-        instances = raw if isinstance(raw, list) else [raw]
-        expanded = [_expand_instance(instance, terms, now) for instance in instances]
         if iri in doc:
-            raise _bad(name, f"names the same attribute ({iri}) as another member of the payload")
-        doc[iri] = expanded
+            duplicate = duplicate or (name, iri)  # reported after every attribute is validated
+            continue
+        doc[iri] = instances
+    if duplicate is not None:
+        raise _bad(duplicate[0], f"names the same attribute ({duplicate[1]}) as another member of the payload")
     return doc
-
-
-def _expand_instance(instance: Mapping[str, Any], terms: TermMap, now: str | None) -> dict[str, Any]:
-    expanded: dict[str, Any] = {}
-    for key, member in instance.items():
-        if key == "vocab":
-            # GS CIM 009 4.5.x: vocab values are terms, expanded like types.
-            expanded[key] = [terms.expand(v) for v in member] if isinstance(member, list) else terms.expand(member)
-        elif key in ATTRIBUTE_KEYWORDS:
-            expanded[key] = member
-        else:
-            sub_instances = member if isinstance(member, list) else [member]
-            expanded[terms.expand(key)] = [_expand_instance(sub, terms, None) for sub in sub_instances]
-    if now is not None:
-        expanded["createdAt"] = now
-        expanded["modifiedAt"] = now
-    return expanded
 
 
 def location_of(doc: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any] | None:
@@ -554,11 +596,14 @@ def compact_entity(
             continue
         if (picked_iris is not None and iri not in picked_iris) or iri in omitted_iris:
             continue
-        chosen = [i for i in instances if dataset_id is None or i.get("datasetId") == dataset_id]
-        if not chosen:
+        if dataset_id is not None:
+            instances = [i for i in instances if i.get("datasetId") == dataset_id]
+        if not instances:
             continue
-        compacted = [_compact_instance(i, terms, sys_attrs, lang) for i in chosen]
-        result[terms.compact(iri)] = compacted[0] if len(compacted) == 1 else compacted
+        if len(instances) == 1:
+            result[terms.compact(iri)] = _compact_instance(instances[0], terms, sys_attrs, lang)
+        else:
+            result[terms.compact(iri)] = [_compact_instance(i, terms, sys_attrs, lang) for i in instances]
     if sys_attrs:
         if created_at is not None:
             result["createdAt"] = _now_text(created_at)
@@ -575,9 +620,17 @@ def _expanded_names(names: Iterable[str] | None, terms: TermMap) -> set[str] | N
     return None if names is None else {terms.expand(name) for name in names}
 
 
+_PLAIN_KEYWORDS = ATTRIBUTE_KEYWORDS - {"vocab"}  # members compaction copies as they are
+
+
 def _compact_instance(
     instance: Mapping[str, Any], terms: TermMap, sys_attrs: bool, lang: str | None
 ) -> dict[str, Any]:
+    if _PLAIN_KEYWORDS.issuperset(instance) and (lang is None or instance.get("type") != "LanguageProperty"):
+        # The common case: keyword members only, nothing to compact but the system timestamps to drop.
+        if sys_attrs:
+            return dict(instance)
+        return {key: member for key, member in instance.items() if key not in SYSTEM_TIMESTAMPS}
     compacted: dict[str, Any] = {}
     for key, member in instance.items():
         if key in SYSTEM_TIMESTAMPS and not sys_attrs:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 
 def format_timestamp(moment: datetime) -> str:
     """`2016-03-15T11:00:00.000Z`; naive datetimes are taken as UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    # isoformat is several times cheaper than strftime and always writes a 4-digit year.
+    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def utc_now_iso() -> str:
@@ -29,6 +30,11 @@ def parse_timestamp(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+@lru_cache(maxsize=4096)
 def normalize_timestamp(text: str) -> str:
-    """Re-format any ISO 8601 date-time as UTC with milliseconds and `Z`."""
+    """Re-format any ISO 8601 date-time as UTC with milliseconds and `Z`.
+
+    Cached: the attributes of one entity (and of a batch) usually share one observedAt text.
+    Raises ValueError (or TypeError for unhashable values) when `text` is not a date-time.
+    """
     return format_timestamp(parse_timestamp(text))
