@@ -9,7 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 NORTH_PORT = 4041
 SOUTH_PORT = 7896
-SMART_DATA_MODELS_CONTEXT = "https://smartdatamodels.org/context.jsonld"
+# The Environment data model's context: the one the file mappings, the KPI engine and the twin
+# use, so that a device's `pm25` is the same attribute as a station file's.
+SMART_DATA_MODELS_CONTEXT = "https://raw.githubusercontent.com/smart-data-models/dataModel.Environment/master/context.jsonld"
 
 
 class IotAgentSettings(BaseSettings):

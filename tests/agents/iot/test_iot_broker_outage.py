@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agents.iot.settings import SMART_DATA_MODELS_CONTEXT
 from ngsi.client import AsyncBrokerClient
 from tests.agents.iot.iot_services import (
     AgentFactory,
@@ -23,7 +24,7 @@ from tests.agents.iot.iot_services import (
     provision,
 )
 
-SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
+SDM_CONTEXT = SMART_DATA_MODELS_CONTEXT  # the agent's default context
 DEVICES = 5
 GROUP = {
     "apikey": "outage",

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agents.iot.settings import SMART_DATA_MODELS_CONTEXT
 from agents.quarantine import Quarantine
 from ngsi.client import AsyncBrokerClient
 from tests.agents.iot.iot_services import (
@@ -19,7 +20,7 @@ from tests.agents.iot.iot_services import (
     provision,
 )
 
-SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
+SDM_CONTEXT = SMART_DATA_MODELS_CONTEXT  # the agent's default context
 
 AQ_GROUP: dict[str, Any] = {
     "apikey": "aq",

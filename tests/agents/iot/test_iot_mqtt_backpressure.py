@@ -13,6 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from agents.iot.settings import SMART_DATA_MODELS_CONTEXT
 from ngsi.client import AsyncBrokerClient
 from tests.agents.iot.iot_services import (
     AgentFactory,
@@ -25,7 +26,7 @@ from tests.agents.iot.iot_services import (
     running_mosquitto,
 )
 
-SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
+SDM_CONTEXT = SMART_DATA_MODELS_CONTEXT  # the agent's default context
 DEVICES = 10
 MESSAGES = 3000
 

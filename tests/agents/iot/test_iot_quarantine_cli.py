@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from agents.iot.settings import SMART_DATA_MODELS_CONTEXT
 from ngsi.client import AsyncBrokerClient
 from tests.agents.iot.iot_services import REPO, AgentFactory, entity_when_present, provision
 
-SDM_CONTEXT = "https://smartdatamodels.org/context.jsonld"
+SDM_CONTEXT = SMART_DATA_MODELS_CONTEXT  # the agent's default context
 
 
 def climaborough(*args: str, broker_url: str) -> subprocess.CompletedProcess[str]:
