@@ -74,6 +74,68 @@ def agent_iot(
     asyncio.run(serve())
 
 
+@agent_app.command("oup")
+def agent_oup(
+    tenant: Annotated[str | None, typer.Option(help="Broker tenant the records go to (default: none).")] = None,
+    mapping: Annotated[str, typer.Option(help="Mapping file or shipped mapping name for the OUP records.")] = "oup",
+    oup_url: Annotated[str | None, typer.Option(help="OUP history API, HTTPS (CLIMABOROUGH_OUP_URL).")] = None,
+    oup_ws_url: Annotated[str | None, typer.Option(help="OUP live stream, WSS (CLIMABOROUGH_OUP_WS_URL).")] = None,
+    oup_ca_file: Annotated[
+        Path | None, typer.Option(help="Trust only this CA for the OUP (CLIMABOROUGH_OUP_CA_FILE; default system CAs).")
+    ] = None,
+    broker_url: Annotated[str | None, typer.Option(help="NGSI-LD broker (CLIMABOROUGH_BROKER_URL).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder (CLIMABOROUGH_DATA_DIR): oup/ checkpoint, outbox, quarantine.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Python log level.")] = "info",
+) -> None:
+    """Open Urban Platform connector: history over HTTPS (resumable), then the live stream over WSS, into the broker.
+
+    It listens on no port, so `CLIMABOROUGH_AUTH` has nothing to guard here; it writes straight
+    to `--broker-url`, which must therefore be the broker on the private network, not the gateway.
+    Records it cannot map go to the quarantine (`climaborough quarantine list --agent oup`).
+    """
+    import signal
+
+    from agents.files.command import resolve_mapping
+    from agents.files.mapping import MappingError
+    from agents.oup import OupConnector, OupSettings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    overrides = {"broker_url": broker_url, "oup_url": oup_url, "oup_ws_url": oup_ws_url, "oup_ca_file": oup_ca_file,
+                 "data_dir": data_dir}  # fmt: skip
+    settings = OupSettings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    try:
+        chosen = resolve_mapping(mapping)
+    except MappingError as error:
+        raise typer.BadParameter(error.detail, param_hint="--mapping") from error
+    connector = OupConnector(settings, chosen, tenant=tenant)
+    console.print("[bold]OUP connector[/]: listens on no port (CLIMABOROUGH_AUTH does not apply); it writes straight "
+                  f"to the broker {settings.broker_url}, keep that one off the public network")  # fmt: skip
+    trust = settings.oup_ca_file or "the system CAs"
+    console.print(
+        f"OUP connector: history [bold cyan]{settings.oup_url}[/], live {settings.oup_ws_url} (trusting {trust}) "
+        f"→ broker {settings.broker_url}, tenant {tenant or '(default)'}, mapping {connector.mapping.name}  "
+        "(Ctrl-C stops)"
+    )
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await connector.run(stop)
+        finally:
+            await connector.aclose()
+        stats = connector.stats
+        console.print(f"OUP connector stopped: {stats.history_records} history records in {stats.history_pages} "
+                      f"pages, {stats.live_records} live, {stats.quarantined} quarantined")  # fmt: skip
+
+    asyncio.run(follow())
+
+
 def _quarantine(data_dir: Path | None) -> Quarantine:
     from agents.iot.settings import IotAgentSettings
 
