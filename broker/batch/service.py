@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from psycopg import AsyncConnection
 
 from broker.changes import ChangeSink
 from broker.entities import store
@@ -24,6 +27,7 @@ from ngsi.contexts import TermMap
 from ngsi.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFound
 
 BatchKind = Literal["create", "upsert", "update", "delete", "merge"]
+PIPELINED_MAX_ENTITIES = 10
 
 
 @dataclass
@@ -76,7 +80,7 @@ class BatchService:
         if not parsed:
             return result
         pool = await self.databases.pool(tenant, create=kind in ("create", "upsert"))
-        async with pool.connection() as conn, conn.transaction():
+        async with pool.connection() as conn, self.transaction(conn, len(parsed)):
             ids = sorted({entity_id for entity_id, _ in parsed})
             current: dict[str, StoredEntity | None] = dict(await store.fetch_entities(conn, ids, for_update=True))
             originals = {k: copy_entity(v) for k, v in current.items() if v is not None}
@@ -100,6 +104,11 @@ class BatchService:
                 await store.delete_entities(conn, deleted)
             await self.entities.record(conn, tenant, writes, now)
         return result
+
+    @staticmethod
+    def transaction(conn: AsyncConnection, entities: int) -> AbstractAsyncContextManager[Any]:
+        """Few entities: a pipelined transaction (about 2 round trips); many: a plain one, so history can COPY."""
+        return store.write_transaction(conn) if entities <= PIPELINED_MAX_ENTITIES else conn.transaction()
 
     @staticmethod
     def apply(kind: BatchKind, before: StoredEntity | None, expanded: Any, now: datetime, stamp: str,

@@ -93,7 +93,7 @@ class EntityService:
         stamp_doc(doc, iso_ms(now))
         entity = StoredEntity(entity_id, types, scope, doc, now, now, touched=set(doc))
         pool = await self.databases.pool(tenant, create=True)
-        async with pool.connection() as conn, conn.transaction():
+        async with pool.connection() as conn, store.write_transaction(conn):
             if not await store.insert_entity(conn, entity):
                 raise AlreadyExists(f"Entity {entity_id!r} already exists", entityId=entity_id)
             await self.record(conn, tenant, [(None, entity, "Create")], now)
@@ -140,7 +140,7 @@ class EntityService:
         """Run `change(entity, now_iso)` on a locked entity and save it; ResourceNotFound if absent."""
         pool = await self.databases.pool(tenant, create=False)
         now = datetime.now(UTC)
-        async with pool.connection() as conn, conn.transaction():
+        async with pool.connection() as conn, store.write_transaction(conn):
             current = await store.fetch_entity(conn, entity_id, for_update=True)
             if current is None:
                 raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
@@ -254,7 +254,7 @@ class EntityService:
         """GS CIM 009 5.6.6: delete an entity; ResourceNotFound if absent."""
         pool = await self.databases.pool(tenant, create=False)
         now = datetime.now(UTC)
-        async with pool.connection() as conn, conn.transaction():
+        async with pool.connection() as conn, store.write_transaction(conn):
             deleted = await store.delete_entities(conn, [entity_id])
             if not deleted:
                 raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)

@@ -1,13 +1,14 @@
-"""Writes TRoE-shaped history rows (entities, attributes, subAttributes) with COPY, Orion-LD's value routing."""
+"""Writes TRoE-shaped history rows (entities, attributes, subAttributes) with Orion-LD's value routing."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, pq
 
 OpMode = Literal["Create", "Append", "Update", "Replace", "Delete"]
 
@@ -81,6 +82,8 @@ def route_value(instance: dict[str, Any]) -> tuple[str | None, str | None, bool 
 
 
 def sub_attribute_names(instance: dict[str, Any]) -> list[str]:
+    if ATTRIBUTE_KEYWORDS.issuperset(instance):
+        return []  # the common case: keyword members only
     return [key for key in instance if key not in ATTRIBUTE_KEYWORDS and isinstance(instance[key], list)]
 
 
@@ -171,13 +174,34 @@ SUB_ATTRIBUTE_COLUMNS = (
 )
 
 
+# Up to this many rows, one multi-row INSERT per table costs one round trip where COPY costs two,
+# and it can travel in a pipeline with the rest of the transaction (COPY cannot).
+INSERT_MAX_ROWS = 200
+INSERT_CHUNK_ROWS = 1000  # rows per INSERT statement in pipeline mode (PostgreSQL allows 65535 parameters)
+
+
+@lru_cache(maxsize=256)
+def insert_statement(table: str, columns: str, width: int, count: int) -> str:
+    row = "(" + ", ".join(["%s"] * width) + ")"
+    return f"INSERT INTO {table} {columns} VALUES " + ", ".join([row] * count)
+
+
 async def write_history(conn: AsyncConnection, rows: HistoryRows) -> None:
-    """COPY the collected rows, inside the caller's transaction."""
-    for table, columns, data in (
+    """Write the collected rows inside the caller's transaction: INSERT when few or pipelined, else COPY."""
+    tables = (
         ("entities", ENTITY_COLUMNS, rows.entities),
         ("attributes", ATTRIBUTE_COLUMNS, rows.attributes),
         ("subAttributes", SUB_ATTRIBUTE_COLUMNS, rows.sub_attributes),
-    ):
+    )
+    pipelined = conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
+    if pipelined or sum(len(data) for _, _, data in tables) <= INSERT_MAX_ROWS:
+        for table, columns, data in tables:
+            for start in range(0, len(data), INSERT_CHUNK_ROWS):
+                chunk = data[start:start + INSERT_CHUNK_ROWS]
+                statement = insert_statement(table, columns, len(chunk[0]), len(chunk))
+                await conn.execute(statement, [value for row in chunk for value in row])
+        return
+    for table, columns, data in tables:
         if not data:
             continue
         async with conn.cursor() as cur, cur.copy(f"COPY {table} {columns} FROM STDIN") as copy:
