@@ -18,7 +18,6 @@ from broker.entities.stored import (
     append_attributes,
     iso_ms,
     merge_patch_attributes,
-    stamp_doc,
     update_attributes,
 )
 from broker.storage.history import OpMode
@@ -73,7 +72,7 @@ class BatchService:
                 if kind == "delete":
                     parsed.append((check_uri(item, "Entity id"), None))
                 else:
-                    expanded = expand_entity(item, item_terms)
+                    expanded = expand_entity(item, item_terms, stamp)  # instances stamped `stamp` already
                     parsed.append((expanded[0], expanded))
             except NgsiError as error:
                 result.fail(item.get("id") if isinstance(item, dict) else item, error)
@@ -83,7 +82,7 @@ class BatchService:
         async with pool.connection() as conn, self.transaction(conn, len(parsed)):
             ids = sorted({entity_id for entity_id, _ in parsed})
             current: dict[str, StoredEntity | None] = dict(await store.fetch_entities(conn, ids, for_update=True))
-            originals = {k: copy_entity(v) for k, v in current.items() if v is not None}
+            existing = {k for k, v in current.items() if v is not None}
             writes: list[tuple[StoredEntity | None, StoredEntity | None, OpMode]] = []
             for entity_id, expanded in parsed:
                 before = current.get(entity_id)
@@ -93,12 +92,12 @@ class BatchService:
                     result.fail(entity_id, error)
                     continue
                 current[entity_id] = after
-                writes.append((copy_entity(before) if before else None, after, op))
+                writes.append((before, after, op))  # `apply` never changes `before`: it works on a copy
                 result.success.append(entity_id)
                 if op == "Create":
                     result.created.append(entity_id)
-            to_save = [e for e in current.values() if e is not None and (e.touched or e.id not in originals)]
-            deleted = [k for k, v in current.items() if v is None and k in originals]
+            to_save = [e for e in current.values() if e is not None and (e.touched or e.id not in existing)]
+            deleted = [k for k, v in current.items() if v is None and k in existing]
             await store.save_entities(conn, to_save)
             if deleted:
                 await store.delete_entities(conn, deleted)
@@ -122,14 +121,12 @@ class BatchService:
         if kind == "create" or (kind == "upsert" and before is None):
             if before is not None:
                 raise AlreadyExists(f"Entity {entity_id!r} already exists", entityId=entity_id)
-            stamp_doc(doc, stamp)
             return StoredEntity(entity_id, types, scope, doc, now, now, touched=set(doc)), "Create"
         if before is None:
             raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
         after = copy_entity(before)
         after.modified_at = now
         if kind == "upsert" and "update" not in options:
-            stamp_doc(doc, stamp)
             after.types, after.scope, after.doc = types, scope, doc
             after.touched = set(before.doc) | set(doc)
             return after, "Replace"

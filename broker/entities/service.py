@@ -70,8 +70,11 @@ class EntityQuery:
 
 
 def render(entity: StoredEntity, terms: TermMap, options: RenderOptions) -> dict[str, Any]:
+    # compact_entity formats createdAt/modifiedAt itself, and only when sysAttrs asks for them.
+    stored = {"id": entity.id, "types": entity.types, "scope": entity.scope, "doc": entity.doc,
+              "createdAt": entity.created_at, "modifiedAt": entity.modified_at}
     return compact_entity(
-        entity.as_change_state(), terms, form=options.form, sys_attrs=options.sys_attrs,
+        stored, terms, form=options.form, sys_attrs=options.sys_attrs,
         attrs=options.attrs, pick=options.pick, omit=options.omit, lang=options.lang,
     )
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from shapely.geometry import shape
 
 from ngsi.errors import BadRequestData
+from ngsi.timestamps import format_timestamp
 
 LOCATION = "https://uri.etsi.org/ngsi-ld/location"
 NGSI_LD_NULL = "urn:ngsi-ld:null"
@@ -18,7 +19,7 @@ Doc = dict[str, list[dict[str, Any]]]
 
 def iso_ms(moment: datetime) -> str:
     """ISO 8601 UTC with milliseconds and `Z`, the timestamp form of docs/internals.md."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return format_timestamp(moment)
 
 
 @dataclass
