@@ -177,7 +177,7 @@ def quarantine_show(record_id: int, data_dir: DataDirOption = None) -> None:
 
 
 def replay_handler(agent: str, data_dir: Path | None) -> ReplayHandler:
-    """The handler that re-ingests records of one agent (files and OUP agents: add yours here)."""
+    """The handler that re-ingests records of one agent (iot, files; OUP records: not yet)."""
     if agent == "iot":
         from agents.iot.replay import iot_replay_handler
         from agents.iot.settings import IotAgentSettings
@@ -186,6 +186,14 @@ def replay_handler(agent: str, data_dir: Path | None) -> ReplayHandler:
         if data_dir is not None:
             settings = settings.model_copy(update={"data_dir": data_dir})
         return iot_replay_handler(settings)
+    if agent == "files":
+        from agents.files.replay import files_replay_handler
+        from agents.files.settings import FilesSettings
+
+        files_settings = FilesSettings()
+        if data_dir is not None:
+            files_settings = files_settings.model_copy(update={"data_dir": data_dir})
+        return files_replay_handler(files_settings)
     raise typer.BadParameter(f"records of agent {agent!r} cannot be replayed from the command line yet")
 
 

@@ -228,7 +228,8 @@ class BrokerWriter:
     def _reject(self, payload: Any, reason: str, metadata: dict[str, Any]) -> None:
         self.rejected += 1
         self.quarantine.add(agent=AGENT, source=self.source, payload=orjson.dumps(payload).decode(),
-                            reason=f"rejected by the broker: {reason}", metadata=metadata)  # fmt: skip
+                            reason=f"rejected by the broker: {reason}",
+                            metadata={**metadata, "tenant": self.client.tenant})  # fmt: skip
 
     async def write(self, planned: list[_Planned], *, uncertain: bool = False) -> tuple[int, int]:
         """Write a chunk; returns (current-state writes, history instances). `uncertain`: skip what the broker has."""
@@ -359,6 +360,24 @@ class BrokerWriter:
         return total
 
 
+def _replay_metadata(path: Path, mapping: FileMapping, tenant: str | None, header: list[str]) -> dict[str, Any]:
+    """What `climaborough quarantine replay` needs to map a quarantined row again (agents/files/replay.py).
+
+    Paths are absolute (a replay may run from another folder); `header` is the csv file's header.
+    """
+    location = Path(mapping.path)
+    metadata: dict[str, Any] = {
+        "file": str(path.absolute()),
+        "mapping": str(location.absolute()) if location.exists() else mapping.path,
+        "mappingName": mapping.name,
+        "format": mapping.source.format,
+        "tenant": tenant,
+    }
+    if header:
+        metadata["header"] = header
+    return metadata
+
+
 def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -432,11 +451,11 @@ async def ingest_file(
                 pending.cancel()
                 raise
             if chunk.unmappable:
+                replay = _replay_metadata(path, mapping, client.tenant, stream.header)
                 quarantine.add_many(
-                    (AGENT, f"{source}#{record.position}", record.raw, reason,
-                     {"file": str(path), "mapping": mapping.path, "position": record.position})
+                    (AGENT, f"{source}#{record.position}", record.raw, reason, {**replay, "position": record.position})
                     for record, reason in chunk.unmappable
-                )  # fmt: skip
+                )
             checkpoint.position = chunk.end
             checkpoint.prefix = prefix_digest(path, chunk.end)
             checkpoint.records += chunk.records

@@ -10,6 +10,7 @@ with every finished record removed from the tree.
 from __future__ import annotations
 
 import csv
+import io
 import tempfile
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Mapping, Sequence
@@ -66,6 +67,8 @@ class RecordStream:
         self.start = start
         self.size = path.stat().st_size
         self.by_offset = mapping.source.format in ("csv", "ndjson", "fixed-width")
+        self.header: list[str] = []
+        """The column names of a csv file (its header line, or `source.column_names`), once reading began."""
         self._file: BinaryIO = open(path, "rb")
         self._offset = 0
 
@@ -128,12 +131,8 @@ class RecordStream:
                                                               quotechar=source.quote), [])]  # fmt: skip
         else:
             header = list(source.column_names)
-        missing = [column for column in self.columns if column not in header]
-        if missing:
-            raise MappingError(self.mapping.path, "source",
-                               f"column {missing[0]!r} is not in the header of {self.path.name} "
-                               f"(it has: {', '.join(header)})")  # fmt: skip
-        positions = [header.index(column) for column in self.columns]
+        self.header = header
+        positions = _csv_positions(self.mapping, header, self.path.name)
         self._seek_data(self._file.tell())
         held: list[str] = []
         reader = csv.reader(self._lines(held), delimiter=source.delimiter, quotechar=source.quote)
@@ -227,6 +226,48 @@ class RecordStream:
             raise MappingError(self.mapping.path, "source.format", reason) from error
 
 
+def _csv_positions(mapping: FileMapping, header: Sequence[str], file_name: str) -> list[int]:
+    """Where each column the mapping reads is in a csv row with this header."""
+    columns = mapping.columns()
+    missing = [column for column in columns if column not in header]
+    if missing:
+        raise MappingError(mapping.path, "source",
+                           f"column {missing[0]!r} is not in the header of {file_name} "
+                           f"(it has: {', '.join(header)})")  # fmt: skip
+    return [list(header).index(column) for column in columns]
+
+
+def record_from_text(raw: str, mapping: FileMapping, *, header: Sequence[str] = (), file_name: str = "") -> Record:
+    """One record read again from its original text (a quarantined row), with `mapping` as it is now.
+
+    A csv row needs the `header` of its file (`RecordStream.header`); without one the mapping's
+    `source.column_names` are used. The position of the returned record is 0.
+    """
+    source = mapping.source
+    columns = mapping.columns()
+    if source.format == "csv":
+        names = list(header) or list(source.column_names)
+        positions = _csv_positions(mapping, names, file_name or "the file")
+        row = next(csv.reader(io.StringIO(raw, newline=""), delimiter=source.delimiter, quotechar=source.quote), [])
+        return Record([row[p] if p < len(row) else None for p in positions], raw, 0)
+    if source.format == "fixed-width":
+        widths = [source.widths[column] for column in columns]
+        return Record([raw[start:end].strip() for start, end in widths], raw, 0)
+    if source.format == "xml":
+        try:
+            element = ElementTree.fromstring(raw)
+        except ElementTree.ParseError as error:
+            return Record((), raw, 0, f"record is not well-formed XML: {error}")
+        return Record([_xml_value(element, source.fields.get(c, c)) for c in columns], raw, 0)
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        return Record((), raw, 0, f"record is not JSON: {error}")
+    if not isinstance(record, dict):
+        return Record((), raw, 0, "record is not a JSON object")
+    return Record(record_values(record, columns, source.fields), raw, 0)
+
+
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
@@ -271,4 +312,4 @@ def records_of_text(text: str, mapping: FileMapping) -> Iterator[Record]:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["Record", "RecordStream", "open_records", "record_values", "records_of_text"]
+__all__ = ["Record", "RecordStream", "open_records", "record_from_text", "record_values", "records_of_text"]
