@@ -11,6 +11,8 @@ from broker.subscriptions.service import SubscriptionService
 from ngsi.contexts import CORE_CONTEXT_URL
 from ngsi.errors import BadRequestData, TooManyResults
 
+MAX_OFFSET = 2**63 - 1
+
 
 def _check_id(subscription_id: str) -> None:
     if ":" not in subscription_id or " " in subscription_id:
@@ -41,6 +43,8 @@ def subscriptions_router(service: SubscriptionService, settings: BrokerSettings)
         page = settings.default_limit if limit is None else limit
         if page < 0 or offset < 0:
             raise BadRequestData("limit and offset must not be negative", parameter="limit")
+        if offset > MAX_OFFSET:  # PostgreSQL's OFFSET is a bigint: larger values were a 500
+            raise BadRequestData(f"offset must be at most {MAX_OFFSET}", parameter="offset")
         if page > settings.max_limit:
             raise TooManyResults(f"limit {page} is above the maximum of {settings.max_limit}", parameter="limit")
         if page == 0 and not count:
