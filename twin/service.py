@@ -14,6 +14,11 @@ thread, and upserts two KPI series per lead hour: the predicted concentration an
 index band. Ids name the lead hour (`…:twin-pm25-forecast:<station>:h01` … `h24`), so a new
 forecast overwrites the previous one and the entity's history keeps every forecast made.
 
+The service may start before any model exists (`climaborough up` does): every
+`twin_model_check_s` it re-reads the store's `active` pointer files, widens the subscription when a
+station gains a model and forecasts a station again when its active version changes (a new model or
+a rollback), without a restart.
+
 Stations are known by their AirQualityObserved entity id; the model store keys models by it.
 """
 
@@ -77,6 +82,9 @@ class ForecastSettings(BaseSettings):
     """Names the service's MQTT session, topic and subscription."""
     twin_target: str = "pm25"
     twin_request_timeout_s: float = 30.0
+    twin_model_check_s: float = 5.0
+    """How often the model store's `active` pointers are re-read: a model trained or rolled back
+    while the service runs is picked up (subscription widened, station forecast again) within this."""
 
     @property
     def model_dir(self) -> Path:
@@ -138,6 +146,7 @@ class ActiveModels:
         self._loaded: dict[str, ActiveModel] = {}
         self._lock = threading.Lock()
         self._listed: tuple[float, list[ModelInfo]] | None = None
+        self._pointers: dict[str, dict[str, str]] = {}
 
     def active(self, target: str | None = None) -> list[ModelInfo]:
         """Active versions (re-read at most every `LIST_TTL_S`: listing reads every artefact)."""
@@ -145,6 +154,25 @@ class ActiveModels:
         if self._listed is None or now - self._listed[0] > self.LIST_TTL_S:
             self._listed = (now, self.store.list())
         return [info for info in self._listed[1] if info.active and (target is None or info.target == target)]
+
+    def active_versions(self, target: str) -> dict[str, str]:
+        """Station → active version of `target`, from the store's `active` pointer files only (cheap:
+        no artefact is read). A change here also drops the cached listing of `active`."""
+        versions: dict[str, str] = {}
+        for pointer in self.store.root.glob("*/*/active"):
+            try:
+                version = pointer.read_text().strip()
+            except OSError:  # replaced while we read it: seen at the next check
+                continue
+            station, _, rest = version.partition("/")
+            series, _, number = rest.partition("/")
+            if series == target and number:
+                versions[station] = version
+        with self._lock:
+            if versions != self._pointers.get(target):
+                self._pointers[target] = versions
+                self._listed = None
+        return versions
 
     def resolve(self, station: str, target: str) -> str:
         """The store's station key for `station`: an entity id, or its last segment (`Aotizhongxin`)."""
@@ -506,6 +534,10 @@ class ForecastService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._done: dict[str, tuple[str, pd.Timestamp, str]] = {}
         self._idle = asyncio.Event()
+        self._versions: dict[str, str] = {}
+        """Active model version of each station as last seen (`check_models` compares against it)."""
+        self._subscribed: set[str] = set()
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -519,10 +551,17 @@ class ForecastService:
             self._intake = HttpIntake(s.twin_http_host, s.twin_http_port, self.on_notification,
                                       advertised_host=s.twin_http_advertised_host)  # fmt: skip
         await self._intake.start()
+        self._versions = await asyncio.to_thread(self.models.active_versions, s.twin_target)
         stations = await self.register_subscription(self._intake.endpoint_uri)
+        self._subscribed = set(stations)
+        self._watcher = asyncio.create_task(self._watch_models())
         log.info("twin forecast service started stations=%d endpoint=%s", len(stations), self._intake.endpoint_uri)
 
     async def stop(self, *, drain_timeout: float = 60.0) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
         if self._intake is not None:
             await self._intake.stop()
         try:
@@ -550,7 +589,8 @@ class ForecastService:
     # -- subscription ------------------------------------------------------------------------------
 
     def stations(self) -> list[str]:
-        return sorted(info.station for info in self.models.active(self.settings.twin_target))
+        """Stations with an active model of the target (read from the store's pointer files)."""
+        return sorted(self.models.active_versions(self.settings.twin_target))
 
     async def register_subscription(self, endpoint_uri: str) -> list[str]:
         """One subscription to the target of every station with an active model (updated if it exists)."""
@@ -578,6 +618,41 @@ class ForecastService:
             await client.update_subscription(sid, {k: v for k, v in body.items() if k not in ("id", "type")})
         return stations
 
+    # -- models trained or rolled back while running -----------------------------------------------
+
+    async def _watch_models(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.twin_model_check_s)
+            try:
+                await self.check_models()
+            except Exception as error:  # the broker may be away for a while: try again at the next check
+                log.warning("twin model check failed (retried in %.0f s): %s", self.settings.twin_model_check_s,
+                            error)  # fmt: skip
+
+    async def check_models(self) -> list[str]:
+        """Pick up models activated since the last check: widen (or narrow) the subscription to the
+        stations that have one now and forecast each changed station from its newest observation,
+        so its forecast KPIs come from the active model without waiting for the next observation.
+        Returns the stations whose active version changed."""
+        target = self.settings.twin_target
+        versions = await asyncio.to_thread(self.models.active_versions, target)
+        if versions == self._versions:
+            return []
+        if versions and set(versions) != self._subscribed and self._intake is not None:
+            self._subscribed = set(await self.register_subscription(self._intake.endpoint_uri))
+            log.info("twin subscription now covers stations=%s", sorted(self._subscribed))
+        changed = sorted(station for station, version in versions.items() if self._versions.get(station) != version)
+        self._versions = versions
+        for station in changed:
+            try:
+                moment = await self.reader.latest_observation(station, target)
+            except NgsiError as error:
+                log.warning("twin model %s is active but its station cannot be read: %s", versions[station], error)
+                continue
+            log.info("twin model %s is active: forecasting %s again", versions[station], station)
+            self._queue(station, moment)
+        return changed
+
     # -- notifications -----------------------------------------------------------------------------
 
     async def on_notification(self, notification: dict[str, Any]) -> None:
@@ -590,15 +665,17 @@ class ForecastService:
                 continue
             attribute = next((v for k, v in entity.items() if short_name(k) == target), None)
             moment = _instance_time(attribute)
-            if moment is None:
-                continue
-            station = str(entity["id"])
-            self._pending[station] = max(moment, self._pending.get(station, moment))
-            if station not in self._running:
-                self._running.add(station)
-                task = asyncio.create_task(self._work(station))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if moment is not None:
+                self._queue(str(entity["id"]), moment)
+
+    def _queue(self, station: str, moment: datetime) -> None:
+        """Forecast `station` from `moment` (or the newest moment queued meanwhile), one run at a time."""
+        self._pending[station] = max(moment, self._pending.get(station, moment))
+        if station not in self._running:
+            self._running.add(station)
+            task = asyncio.create_task(self._work(station))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _work(self, station: str) -> None:
         try:

@@ -9,19 +9,29 @@ broker's HTTP notifications to the service.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
 from ngsi.client import AsyncBrokerClient
+from ngsi.errors import ResourceNotFound
 from smart_data_models import format_timestamp
 from smart_data_models.models import KPI_CONTEXT, WEATHER_CONTEXT
 from tests.api.twin_world import STATION, TwinWorld, send_hour, twin_world
-from twin.service import COVARIATES_FORECAST, COVARIATES_YESTERDAY, ForecastService, ForecastSettings
+from twin.service import (
+    COVARIATES_FORECAST,
+    COVARIATES_YESTERDAY,
+    ForecastService,
+    ForecastSettings,
+    subscription_id,
+)
+from twin.store import ModelStore
 
 FORECAST_IDS = "^urn:ngsi-ld:KeyPerformanceIndicator:beijing:twin-pm25-(eea-band-)?forecast:Aotizhongxin:h[0-9]+$"
 
@@ -157,3 +167,44 @@ async def test_weather_forecast_entities_of_the_station_become_the_covariates(
     entity = by_lead(await forecast_entities(kpis), "forecast")[1]
     assert entity["provenance"]["value"]["covariates"] == COVARIATES_FORECAST
     assert entity["kpiValue"]["observedAt"] == format_timestamp((origin + timedelta(hours=1)).to_pydatetime())
+
+
+def copy_version(world: TwinWorld, store: ModelStore, number: int) -> str:
+    """The session's trained model stored again as version `number` of another store (as training would)."""
+    station, series, name = world.version.split("/")
+    [source] = world.store.root.glob(f"*/{series}/{name}")
+    shutil.copytree(source, store.root / source.parent.relative_to(world.store.root) / f"v{number}")
+    return f"{station}/{series}/v{number}"
+
+
+async def test_models_trained_or_rolled_back_while_running_are_picked_up_without_a_restart(
+    broker_url: str, world: TwinWorld, kpis: AsyncBrokerClient, tmp_path: Path
+) -> None:
+    store = ModelStore(tmp_path / "models")  # started before any model exists, as `climaborough up` does
+    watching = settings(broker_url, world).model_copy(
+        update={"data_dir": tmp_path, "twin_client_id": f"twin-{world.tenant}-watch", "twin_model_check_s": 0.2}
+    )
+
+    async def forecast_by(version: str) -> bool:
+        lead1 = by_lead(await forecast_entities(kpis), "forecast").get(1, {})
+        return lead1.get("provenance", {}).get("value", {}).get("modelVersion") == version
+
+    async with ForecastService(watching) as service:
+        assert service.stations() == []
+        async with AsyncBrokerClient(broker_url, tenant=world.tenant) as client:
+            with pytest.raises(ResourceNotFound):
+                await client.get_subscription(subscription_id(watching.twin_client_id))
+
+            first = copy_version(world, store, 2)
+            store.activate(first)
+            await eventually(lambda: forecast_by(first), 90, f"a forecast by the new model {first}")
+            subscription = await client.get_subscription(subscription_id(watching.twin_client_id))
+        assert [e["id"] for e in subscription["entities"]] == [STATION]  # the subscription now covers the station
+
+        second = copy_version(world, store, 3)
+        store.activate(second)
+        await eventually(lambda: forecast_by(second), 90, f"a forecast by the newer model {second}")
+        assert store.rollback(STATION, "pm25") == first
+        await eventually(lambda: forecast_by(first), 90, f"a forecast by the rolled-back model {first}")
+        await service.drained()
+    assert service.stats.errors == 0, service.stats.last_error
