@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -174,34 +173,44 @@ SUB_ATTRIBUTE_COLUMNS = (
 )
 
 
-# Up to this many rows, one multi-row INSERT per table costs one round trip where COPY costs two,
-# and it can travel in a pipeline with the rest of the transaction (COPY cannot).
+# Up to this many rows, one INSERT per table costs one round trip where COPY costs two, and it can
+# travel in a pipeline with the rest of the transaction (COPY cannot).
 INSERT_MAX_ROWS = 200
-INSERT_CHUNK_ROWS = 1000  # rows per INSERT statement in pipeline mode (PostgreSQL allows 65535 parameters)
+# Column types of each table, in the order of its columns above. The INSERT sends all rows as one
+# JSON array of arrays (orjson writes it in C; psycopg's array and multi-row parameter paths are
+# Python) and its text is constant, so it is parsed and prepared once.
+ENTITY_COLUMN_TYPES = ("text", "timestamp", "operationmode", "text", "text")
+ATTRIBUTE_COLUMN_TYPES = ("text", "text", "operationmode", "text", "timestamp", "bool", "text", "text", "valuetype",
+                          "text", "bool", "float8", "timestamp", "jsonb", "timestamp")
+SUB_ATTRIBUTE_COLUMN_TYPES = ("text", "text", "text", "text", "timestamp", "text", "valuetype", "text", "bool",
+                              "float8", "timestamp", "jsonb", "timestamp")
 
 
-@lru_cache(maxsize=256)
-def insert_statement(table: str, columns: str, width: int, count: int) -> str:
-    row = "(" + ", ".join(["%s"] * width) + ")"
-    return f"INSERT INTO {table} {columns} VALUES " + ", ".join([row] * count)
+def insert_statement(table: str, columns: str, types: tuple[str, ...]) -> str:
+    fields = ", ".join(f"(row->>{i})::{column_type}" for i, column_type in enumerate(types))
+    return f"INSERT INTO {table} {columns} SELECT {fields} FROM jsonb_array_elements(%s::jsonb) AS row"
+
+
+ENTITY_INSERT = insert_statement("entities", ENTITY_COLUMNS, ENTITY_COLUMN_TYPES)
+ATTRIBUTE_INSERT = insert_statement("attributes", ATTRIBUTE_COLUMNS, ATTRIBUTE_COLUMN_TYPES)
+SUB_ATTRIBUTE_INSERT = insert_statement("subAttributes", SUB_ATTRIBUTE_COLUMNS, SUB_ATTRIBUTE_COLUMN_TYPES)
 
 
 async def write_history(conn: AsyncConnection, rows: HistoryRows) -> None:
     """Write the collected rows inside the caller's transaction: INSERT when few or pipelined, else COPY."""
     tables = (
-        ("entities", ENTITY_COLUMNS, rows.entities),
-        ("attributes", ATTRIBUTE_COLUMNS, rows.attributes),
-        ("subAttributes", SUB_ATTRIBUTE_COLUMNS, rows.sub_attributes),
+        ("entities", ENTITY_COLUMNS, rows.entities, ENTITY_INSERT),
+        ("attributes", ATTRIBUTE_COLUMNS, rows.attributes, ATTRIBUTE_INSERT),
+        ("subAttributes", SUB_ATTRIBUTE_COLUMNS, rows.sub_attributes, SUB_ATTRIBUTE_INSERT),
     )
     pipelined = conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
-    if pipelined or sum(len(data) for _, _, data in tables) <= INSERT_MAX_ROWS:
-        for table, columns, data in tables:
-            for start in range(0, len(data), INSERT_CHUNK_ROWS):
-                chunk = data[start:start + INSERT_CHUNK_ROWS]
-                statement = insert_statement(table, columns, len(chunk[0]), len(chunk))
-                await conn.execute(statement, [value for row in chunk for value in row])
+    if pipelined or sum(len(data) for _, _, data, _ in tables) <= INSERT_MAX_ROWS:
+        for _, _, data, statement in tables:
+            if data:
+                # Compound values are JSON text already: `->>` hands them to the jsonb cast as they are.
+                await conn.execute(statement, (orjson.dumps(data).decode(),))
         return
-    for table, columns, data in tables:
+    for table, columns, data, _ in tables:
         if not data:
             continue
         async with conn.cursor() as cur, cur.copy(f"COPY {table} {columns} FROM STDIN") as copy:
