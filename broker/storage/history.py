@@ -87,7 +87,7 @@ def sub_attribute_names(instance: dict[str, Any]) -> list[str]:
 
 
 class HistoryRows:
-    """The history rows of one transaction, collected first and written with one COPY per table.
+    """The history rows of one transaction, collected first and written with one statement per table.
 
     Instance ids are `urn:ngsi-ld:attribute:instance:<uuid of this batch>-<n>`: unique like a
     UUID per row, without paying for one per row on the bulk path.
