@@ -84,8 +84,11 @@ class KpiWriter:
             by_id.setdefault(kpi.id, []).append(kpi)
         upserts: list[KpiEntity] = []
         appends: dict[str, list[KpiEntity]] = {}
+        stored: set[str] = set()
         for entity_id, versions in by_id.items():
             newest = await self._newest_stored(entity_id)
+            if newest:
+                stored.add(entity_id)
             latest_per_time: dict[str, KpiEntity] = {value_time(k): k for k in versions}
             for stamp, kpi in sorted(latest_per_time.items()):
                 fingerprint = _fingerprint(kpi.entity)
@@ -105,6 +108,11 @@ class KpiWriter:
                 else:
                     appends.setdefault(entity_id, []).append(kpi)
         sent = 0
+        # Older windows reach the history before the current value moves on, so that whoever
+        # sees the newer value also finds every older one (entities that do not exist yet get
+        # their history after the upsert creates them).
+        for entity_id in [e for e in appends if e in stored]:
+            sent += await self._append(entity_id, appends.pop(entity_id))
         if upserts:
             payload = [kpi.dynamic() if kpi.id in self._full_written else kpi.entity for kpi in upserts]
             result = await self.client.batch_upsert(payload, mode="update")
@@ -117,12 +125,15 @@ class KpiWriter:
                     self._full_written.add(kpi.id)
             sent += len(upserts) - len(failed)
         for entity_id, older in appends.items():
-            await self.append_history(entity_id, older)
-            for kpi in older:
-                self._remember(kpi, newest=False)
-            sent += len(older)
+            sent += await self._append(entity_id, older)
         self.writes += sent
         return sent
+
+    async def _append(self, entity_id: str, older: Sequence[KpiEntity]) -> int:
+        await self.append_history(entity_id, older)
+        for kpi in older:
+            self._remember(kpi, newest=False)
+        return len(older)
 
     def _remember(self, kpi: KpiEntity, *, newest: bool = True) -> None:
         stamp = value_time(kpi)

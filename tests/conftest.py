@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -102,8 +103,9 @@ def _die_with_parent() -> Callable[[], None]:
     return setup
 
 
-@pytest.fixture(scope="session")
-def broker_url(create_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def running_broker(create_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`climaborough broker` as a subprocess on its own fresh database; yields its base URL."""
     port = free_port()
     env = {
         **os.environ,
@@ -144,6 +146,12 @@ def broker_url(create_database: Callable[[str], str], tmp_path_factory: pytest.T
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def broker_url(create_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_broker(create_database, tmp_path_factory) as base_url:
+        yield base_url
 
 
 def _wait_for_health(base_url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from broker.embedded_postgres import free_port
+from tests.conftest import running_broker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +51,14 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> No
                 return
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="module")
+def broker_url(create_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The KPI engine's tests get a broker of their own per module: their timing assertions
+    (KPIs within a deadline) must not depend on what earlier tests left the shared broker doing."""
+    with running_broker(create_database, tmp_path_factory) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="session")
