@@ -47,7 +47,7 @@ from ngsi.client import AsyncBrokerClient
 from smart_data_models import format_timestamp
 from smart_data_models.models import ENVIRONMENT_CONTEXT, KPI_CONTEXT
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beijing_multisite"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "examples" / "beijing"  # the shipped station; --data for all 12
 BEIJING_TIME = timezone(timedelta(hours=8))
 POLLUTANTS = {"PM2.5": "pm25", "PM10": "pm10", "SO2": "so2", "NO2": "no2", "O3": "o3", "CO": "co"}
 AQO = "AirQualityObserved"
