@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from importlib import resources
 from pathlib import Path
@@ -56,13 +57,18 @@ async def migrate(conn: AsyncConnection) -> None:
                 await conn.execute(sql.SQL(path.read_text(encoding="utf-8")))
                 await conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (path.name,))
             log.info("migration applied name=%s", path.name)
-        async with conn.transaction():
-            await conn.execute(sql.SQL(troe_sql()))
-        async with conn.transaction():
-            await conn.execute(sql.SQL(troe_indexes_sql()))
-        indexes = query_indexes_sql()
-        if indexes:
+        # The setup SQL is idempotent but takes table locks (CREATE INDEX IF NOT EXISTS locks the
+        # table before it sees the index exists): run each version of it once per database, not
+        # on every pool opened by every process, where it would deadlock with running writes.
+        setup = [("troe.sql", troe_sql()), ("troe_indexes.sql", troe_indexes_sql()),
+                 ("query/indexes.sql", query_indexes_sql() or "")]  # fmt: skip
+        for name, text in setup:
+            key = f"setup:{name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+            if not text or key in applied:
+                continue
             async with conn.transaction():
-                await conn.execute(sql.SQL(indexes))
+                await conn.execute(sql.SQL(text))
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (key,))
+            log.info("setup applied name=%s", name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
