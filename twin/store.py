@@ -75,6 +75,7 @@ class ModelStore:
             "config": forecaster.config.to_json(),
             "scaler": forecaster.scaler.to_json(),
             "ridgeCoef": forecaster.ridge_coef.tolist(),
+            "linearBase": forecaster.linear_base,
             "targetScale": forecaster.target_scale,
             "residualWeights": None if forecaster.residual_weights is None else forecaster.residual_weights.tolist(),
             "trainSeconds": round(forecaster.train_seconds, 2),
@@ -166,4 +167,5 @@ class ModelStore:
             ),
             history=artefact.get("history", {}),
             train_seconds=float(artefact.get("trainSeconds", 0.0)),
+            linear_base=artefact.get("linearBase", "level"),  # artefacts from before the change-based base
         )
