@@ -79,7 +79,8 @@ END
 $$;
 
 CREATE INDEX IF NOT EXISTS entities_id_ts_index ON entities (id, ts);
-CREATE INDEX IF NOT EXISTS attributes_entityid_id_ts_index ON attributes (entityId, id, ts);
+-- attributes by (entityId, id, time): one covering index in troe_indexes.sql (each btree over
+-- long text keys costs every history row a few microseconds of insert time).
 CREATE INDEX IF NOT EXISTS subattributes_attrinstanceid_index ON subAttributes (attrInstanceId);
 
 -- Hypertables where TimescaleDB is installed (the FIWARE deployment); plain tables otherwise.
