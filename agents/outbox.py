@@ -28,8 +28,10 @@ previous attempt failed. When that failure was certain not to have reached the b
 refused, connect timeout), resending is safe. When it may have been applied (timeout or reset
 after the request went out, 5xx), the entry is marked *uncertain*, and before resending it the
 relay reads the entity's current state: if every measured attribute already holds the entry's
-value with the entry's own `observedAt`, the broker applied it and it is not sent again. This
-is sound because of the per-key order above (nothing newer of that entity was sent in between)
+value with the entry's own `observedAt`, or a newer observation, the broker applied it and it is
+not sent again. This is sound because of the per-key order above (nothing of that entity was sent
+in between but what came after it, e.g. later entries of the same failed batch upsert of
+agents/handoff.py)
 and works against any NGSI-LD broker, since TRoE history writes (ours and Orion-LD's) get a
 fresh instanceId per write and cannot themselves tell a retry from a new observation.
 """
@@ -43,6 +45,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,8 +154,11 @@ class Outbox:
         """Close the file (entries stay on disk for the next start)."""
         self._db.close()
 
-    async def put(self, entries: Sequence[OutboxEntry]) -> None:
-        """Commit entries durably, waiting first for room when `max_pending` is reached."""
+    async def put(self, entries: Sequence[OutboxEntry], *, uncertain: bool = False) -> None:
+        """Commit entries durably, waiting first for room when `max_pending` is reached.
+
+        `uncertain`: a delivery of these entries failed in a way that may have applied them.
+        """
         if not entries:
             return
         if self.max_pending is not None:
@@ -161,20 +167,22 @@ class Outbox:
                 await self._room.wait()
         self._pending += len(entries)
         try:
-            await asyncio.to_thread(self._insert, entries)
+            await asyncio.to_thread(self._insert, entries, uncertain)
         except BaseException:
             self._pending -= len(entries)
             raise
         self._changed.set()
 
-    def _insert(self, entries: Sequence[OutboxEntry]) -> None:
+    def _insert(self, entries: Sequence[OutboxEntry], uncertain: bool) -> None:
         now = time.time()
-        rows = [(e.lane, e.key, orjson.dumps(e.payload), orjson.dumps(e.source), now) for e in entries]
+        flag = int(uncertain)
+        rows = [(e.lane, e.key, orjson.dumps(e.payload), orjson.dumps(e.source), now, flag) for e in entries]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    "INSERT INTO outbox (lane, key, payload, source, enqueued_at) VALUES (?, ?, ?, ?, ?)", rows
+                    "INSERT INTO outbox (lane, key, payload, source, enqueued_at, uncertain) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
                 )
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -306,10 +314,28 @@ class OutboxRelay:
 
     def _failed(self, seqs: list[int], *, uncertain: bool, reason: str) -> None:
         self.outbox.mark_attempt(seqs, uncertain=uncertain)
+        self.note_unavailable(reason, entries=len(seqs))
+
+    def note_unavailable(self, reason: str, *, entries: int = 0) -> None:
+        """A delivery failed: back off (exponentially) before the next attempt; `available` turns False."""
         self._backoff = min(self.max_backoff_s, max(self.min_backoff_s, self._backoff * 2))
         self._resume_at = time.monotonic() + self._backoff
-        log.warning("outbox delivery failed agent=%s entries=%d retry_in_s=%.1f reason=%s",
-                    self.agent, len(seqs), self._backoff, reason)  # fmt: skip
+        log.warning("delivery failed agent=%s entries=%d retry_in_s=%.1f reason=%s",
+                    self.agent, entries, self._backoff, reason)  # fmt: skip
+
+    def quarantine_rejected(self, items: Sequence[OutboxItem], rejected: Mapping[int, str]) -> None:
+        """Keep entries the destination refused for good in the quarantine, with its reason."""
+        by_seq = {item.seq: item for item in items}
+        self.quarantine.add_many(
+            (
+                str(by_seq[seq].source.get("agent") or self.agent),
+                str(by_seq[seq].source.get("source") or f"outbox:{by_seq[seq].lane}"),
+                by_seq[seq].source.get("payload") or orjson.dumps(by_seq[seq].payload).decode(),
+                f"rejected by the broker: {reason}",
+                {**by_seq[seq].source.get("metadata", {}), "lane": by_seq[seq].lane, "entity": by_seq[seq].payload},
+            )
+            for seq, reason in rejected.items()
+        )
 
     async def _send(self, batch: list[OutboxItem]) -> None:
         seqs = [item.seq for item in batch]
@@ -336,17 +362,7 @@ class OutboxRelay:
     def _settle(self, batch: list[OutboxItem], report: DeliveryReport) -> None:
         by_seq = {item.seq: item for item in batch}
         if report.rejected:
-            self.quarantine.add_many(
-                (
-                    str(by_seq[seq].source.get("agent") or self.agent),
-                    str(by_seq[seq].source.get("source") or f"outbox:{by_seq[seq].lane}"),
-                    by_seq[seq].source.get("payload") or orjson.dumps(by_seq[seq].payload).decode(),
-                    f"rejected by the broker: {reason}",
-                    {**by_seq[seq].source.get("metadata", {}), "lane": by_seq[seq].lane,
-                     "entity": by_seq[seq].payload},
-                )
-                for seq, reason in report.rejected.items()
-            )  # fmt: skip
+            self.quarantine_rejected(batch, report.rejected)
         settled = [*report.delivered, *report.rejected]
         self.outbox.settle(settled)
         self.delivered += len(report.delivered)
@@ -356,7 +372,7 @@ class OutboxRelay:
         left = [seq for seq in by_seq if seq not in set(settled)]
         if left:
             self._failed(left, uncertain=True, reason="some entities failed with a server error")
-        elif report.delivered:
+        elif settled:  # the broker answered for every entry
             self._backoff = 0.0
             self._resume_at = 0.0
 
@@ -438,6 +454,11 @@ class BrokerUpsert:
 
 
 def _holds(entity: Mapping[str, Any] | None, fragment: Mapping[str, Any]) -> bool:
+    """Whether the current state shows the fragment applied: each measured attribute holds it, or a newer one.
+
+    A newer observation counts: entries of one entity are sent in order, so a newer one in the
+    current state was applied after this one (in the same batch upsert, or a later one).
+    """
     if entity is None:
         return False
     measured = 0
@@ -448,8 +469,22 @@ def _holds(entity: Mapping[str, Any] | None, fragment: Mapping[str, Any]) -> boo
         held = entity.get(name)
         if isinstance(held, list):
             held = next((i for i in held if isinstance(i, dict) and "datasetId" not in i), None)
-        if not isinstance(held, dict) or held.get("observedAt") != attribute["observedAt"]:
+        if not isinstance(held, dict):
             return False
-        if held.get("value", held.get("object")) != attribute.get("value", attribute.get("object")):
+        held_at, sent_at = _moment(held.get("observedAt")), _moment(attribute["observedAt"])
+        if held_at is None or sent_at is None or held_at < sent_at:
+            return False
+        sent_value = attribute.get("value", attribute.get("object"))
+        if held_at == sent_at and held.get("value", held.get("object")) != sent_value:
             return False
     return measured > 0
+
+
+def _moment(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

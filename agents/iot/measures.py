@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +22,7 @@ from agents.iot.provisioning import Device
 from agents.iot.registry import AlreadyProvisioned, Registry
 from agents.iot.topics import Protocol
 from agents.iot.translation import DeviceProfile, MappingError, device_profile, translate_measure
-from agents.outbox import Outbox, OutboxEntry
+from agents.outbox import OutboxEntry
 from agents.quarantine import Quarantine
 from ngsi.errors import BadRequestData, NgsiError, ResourceNotFound
 
@@ -104,12 +105,18 @@ def _parse(raw: RawMeasure) -> list[Measure]:
     return parse_json_measures(raw.payload) if is_json else parse_ultralight(raw.payload)
 
 
+class EntrySink(typing.Protocol):
+    """Where mapped entries go: `put` returns once they are durable (agents.handoff.HandOff, agents.outbox.Outbox)."""
+
+    async def put(self, entries: Sequence[OutboxEntry]) -> None: ...
+
+
 class MeasureIngestor:
     """Turns raw messages into outbox entries, quarantining what cannot be mapped (with the reason)."""
 
-    def __init__(self, registry: Registry, outbox: Outbox, quarantine: Quarantine, *, city: str) -> None:
+    def __init__(self, registry: Registry, sink: EntrySink, quarantine: Quarantine, *, city: str) -> None:
         self.registry = registry
-        self.outbox = outbox
+        self.sink = sink
         self.quarantine = quarantine
         self.city = city
         self._profiles: dict[tuple[str, str, str | None], tuple[DeviceProfile, str]] = {}
@@ -177,7 +184,7 @@ class MeasureIngestor:
             pass
 
     async def ingest(self, raws: Sequence[RawMeasure]) -> list[IngestResult]:
-        """Queue what maps in one durable write, quarantine the rest; returns once both are on disk."""
+        """Hand over what maps, quarantine the rest; returns once both are durable (broker, outbox, quarantine)."""
         results = [self.translate(raw) for raw in raws]
         refused = [(raw, result) for raw, result in zip(raws, results, strict=True) if result.error is not None]
         if refused:
@@ -190,7 +197,7 @@ class MeasureIngestor:
                     for raw, result in refused
                 ],
             )
-        await self.outbox.put([entry for result in results for entry in result.entries])
+        await self.sink.put([entry for result in results for entry in result.entries])
         return results
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -64,7 +65,11 @@ class MqttIntake:
         self.group = group if self.v5 else None
         self.receive_maximum = receive_maximum
         self.received = 0
-        self._queue: asyncio.Queue[_Delivery | None] = asyncio.Queue()
+        # paho's thread appends here and wakes the loop once per burst, not once per message.
+        self._arrived: deque[_Delivery] = deque()
+        self._arrival = asyncio.Event()
+        self._wake_scheduled = False
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribed = asyncio.Event()
         if self.v5:
@@ -98,8 +103,16 @@ class MqttIntake:
 
     def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
         assert self._loop is not None
-        delivery = _Delivery(message.topic, bytes(message.payload), message.mid, message.qos, datetime.now(UTC))
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, delivery)
+        self._arrived.append(
+            _Delivery(message.topic, bytes(message.payload), message.mid, message.qos, datetime.now(UTC))
+        )
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._loop.call_soon_threadsafe(self._woken)
+
+    def _woken(self) -> None:
+        self._wake_scheduled = False
+        self._arrival.set()
 
     # -- event loop ---------------------------------------------------------------------------
 
@@ -119,21 +132,35 @@ class MqttIntake:
         log.info("mqtt subscribed host=%s port=%d group=%s", self.host, self.port, self.group)
 
     async def run(self) -> None:
-        """Take messages in batches until `stop`: ingest, then acknowledge each one."""
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    self._queue.put_nowait(None)
-                    break
-                batch.append(item)
-            await self._ingest(batch)
+        """Take messages in batches until `stop`: ingest, then acknowledge each one, in arrival order.
 
-    async def _ingest(self, batch: list[_Delivery]) -> None:
+        The next batch is translated while the previous one is being handed over (two in flight),
+        and acknowledgements follow the order the messages arrived in (MQTT 4.6).
+        """
+        previous: asyncio.Task[None] | None = None
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                break
+            previous = asyncio.create_task(self._ingest(batch, after=previous))
+            await asyncio.sleep(0)  # it translates now; more messages gather meanwhile
+        if previous is not None:
+            await previous
+
+    async def _next_batch(self) -> list[_Delivery] | None:
+        while not self._arrived:
+            if self._stopping:
+                return None
+            self._arrival.clear()
+            if self._arrived:
+                break
+            await self._arrival.wait()
+        batch: list[_Delivery] = []
+        while self._arrived and len(batch) < MAX_BATCH:
+            batch.append(self._arrived.popleft())
+        return batch
+
+    async def _ingest(self, batch: list[_Delivery], *, after: asyncio.Task[None] | None) -> None:
         raws: list[RawMeasure] = []
         for delivery in batch:
             try:
@@ -157,13 +184,17 @@ class MqttIntake:
                 )
             )
         await self.ingestor.ingest(raws)
+        if after is not None:
+            await after
         for delivery in batch:
             self._client.ack(delivery.mid, delivery.qos)
         self.received += len(batch)
 
     async def stop(self) -> None:
         """Finish what was taken, then disconnect (the session keeps the rest on the server)."""
-        self._queue.put_nowait(None)
+        self._stopping = True
+        self._arrived.clear()  # not acknowledged: the server delivers them again to the session
+        self._arrival.set()
 
     def disconnect(self) -> None:
         """Close the connection and stop paho's thread."""

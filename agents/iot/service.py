@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from agents.handoff import HandOff
 from agents.iot.measures import MeasureIngestor
 from agents.iot.mqtt import MqttIntake
 from agents.iot.north import create_north_app
@@ -55,7 +56,10 @@ class IotAgent:
             self.outbox, self.destination, self.quarantine, agent="iot",
             batch_size=settings.iot_batch_size, concurrency=settings.iot_delivery_concurrency,
         )  # fmt: skip
-        self.ingestor = MeasureIngestor(self.registry, self.outbox, self.quarantine, city=settings.iot_city)
+        self.hand_off = HandOff(
+            self.relay, max_entries=settings.iot_direct_batch_size, max_delay_s=settings.iot_coalesce_delay_s
+        )
+        self.ingestor = MeasureIngestor(self.registry, self.hand_off, self.quarantine, city=settings.iot_city)
         north_app = create_north_app(settings, self.registry, self.status, north_access)
         self.north = _server(north_app, settings.iot_host, settings.iot_north_port)
         self.south = _server(create_south_app(self.ingestor), settings.iot_host, settings.iot_south_port)
@@ -73,7 +77,7 @@ class IotAgent:
         return {
             "instance": self.settings.iot_instance,
             "mqttReceived": self.mqtt.received if self.mqtt else 0,
-            "delivered": self.relay.delivered,
+            "delivered": self.relay.delivered + self.hand_off.direct,
             "outboxPending": self.outbox.pending,
             "brokerAvailable": self.relay.available,
         }
@@ -89,6 +93,7 @@ class IotAgent:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stop)
         relay = asyncio.create_task(self.relay.run(), name="outbox-relay")
+        hand_off = asyncio.create_task(self.hand_off.run(), name="hand-off")
         servers = [asyncio.create_task(self.north.serve()), asyncio.create_task(self.south.serve())]
         intake = None
         try:
@@ -110,6 +115,8 @@ class IotAgent:
             for server in (self.north, self.south):
                 server.should_exit = True
             await asyncio.gather(*servers, return_exceptions=True)
+            self.hand_off.stop()
+            await hand_off
             self.relay.stop()
             await relay
             await self.destination.aclose()

@@ -39,6 +39,8 @@ class IotAgentSettings(BaseSettings):
     iot_outbox_max_pending: int = 1_000_000
     iot_outbox_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     iot_batch_size: int = 200
+    iot_direct_batch_size: int = 1000
+    iot_coalesce_delay_s: float = 0.005
     iot_delivery_concurrency: int = 2
     iot_broker_timeout_s: float = 10.0
 
