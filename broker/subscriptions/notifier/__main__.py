@@ -17,7 +17,7 @@ from broker.contexts.service import UserContextService
 from broker.settings import BrokerSettings
 from broker.storage.tenants import TenantDatabases
 from broker.subscriptions.notifier.delivery import Notifier
-from broker.subscriptions.notifier.process import SETTINGS_VARIABLE
+from broker.subscriptions.notifier.process import READY, READY_FD_VARIABLE, SETTINGS_VARIABLE
 from broker.subscriptions.registry import SubscriptionRegistry
 from ngsi.contexts import ContextStore
 
@@ -35,6 +35,7 @@ async def serve(settings: BrokerSettings) -> None:
     await UserContextService(databases, contexts).load()
     notifier = Notifier(databases, contexts, SubscriptionRegistry(contexts))
     await notifier.start()
+    tell_ready()
     loop = asyncio.get_running_loop()
     hints = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(hints), sys.stdin)
@@ -49,6 +50,18 @@ async def serve(settings: BrokerSettings) -> None:
     finally:
         await notifier.stop()
         await databases.close()
+
+
+def tell_ready() -> None:
+    """Tell the broker (`NotifierProcess.start`) that every watched database is listened to."""
+    fd = os.environ.get(READY_FD_VARIABLE)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), READY)
+        os.close(int(fd))
+    except (OSError, ValueError):
+        pass  # the broker stopped waiting (or started us by hand): nothing to tell
 
 
 def main() -> None:

@@ -60,6 +60,8 @@ LIVE_QUEUE_LIMIT = 5_000
 """Rows a lane holds in memory; beyond that it reads its backlog from the outbox instead."""
 ANNOUNCEMENTS_PER_READ = 500
 """Committed transactions whose rows are read with one query."""
+LISTEN_WAIT_S = 10.0
+"""How long a new database worker waits for its LISTEN before it reports itself started anyway."""
 ACK_DELAY_S = 0.01
 """Delivered rows are removed from the outbox in one transaction per this interval, not one per row."""
 
@@ -152,14 +154,18 @@ class DatabaseWorker:
         self._announced = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._periodic_sent: dict[str, datetime] = {}
+        self._listening = asyncio.Event()
 
     async def start(self) -> None:
+        """Open the pool and return once LISTEN is in effect (or after `LISTEN_WAIT_S`: the loop keeps trying)."""
         await self._pool.open(wait=True, timeout=30)
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"notifier-listen-{self.database}"),
             asyncio.create_task(self._sweep(), name=f"notifier-sweep-{self.database}"),
             asyncio.create_task(self._take_announced(), name=f"notifier-announced-{self.database}"),
         ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), LISTEN_WAIT_S)
 
     async def stop(self) -> None:
         tasks = self._tasks + [lane.task for lane in self._lanes.values() if lane.task is not None]
@@ -239,6 +245,7 @@ class DatabaseWorker:
                 conn = await AsyncConnection.connect(self.conninfo, autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {store.OUTBOX_CHANNEL}")
+                    self._listening.set()
                     # Rows committed before LISTEN took effect are found by this first sweep.
                     await self._sweep_once()
                     async for note in conn.notifies():
@@ -439,6 +446,9 @@ def _iso(value: object) -> object:
     return value
 
 
+TENANTS_OPENED_AT_ONCE = 8
+
+
 class Notifier:
     """Starts a `DatabaseWorker` for every tenant database that has (or gets) subscriptions."""
 
@@ -466,11 +476,16 @@ class Notifier:
                 "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
             )
             names = [row[0][len(prefix):] for row in await cur.fetchall()]
-        for tenant in names:
-            try:
-                await self._watch(tenant)
-            except (psycopg.Error, Exception) as error:  # a tenant database we cannot open is logged, not fatal
-                log.warning("notifier cannot watch tenant=%s error=%s", tenant, error)
+        opening = asyncio.Semaphore(TENANTS_OPENED_AT_ONCE)
+
+        async def watch(tenant: str) -> None:
+            async with opening:
+                try:
+                    await self._watch(tenant)
+                except (psycopg.Error, Exception) as error:  # a tenant database we cannot open is logged, not fatal
+                    log.warning("notifier cannot watch tenant=%s error=%s", tenant, error)
+
+        await asyncio.gather(*(watch(tenant) for tenant in names))
 
     def watch_soon(self, tenant: str | None) -> None:
         """Called by the sink after enqueuing: start watching that tenant's database if not yet."""

@@ -6,6 +6,10 @@ and notifications queued behind requests. In a child process it has its own inte
 core, and needs nothing from the API process but hints: the outbox and its LISTEN/NOTIFY
 announcements in PostgreSQL carry every notification. The child ends with its parent (a
 closed stdin, and PR_SET_PDEATHSIG on Linux), so a killed broker leaves no deliverer behind.
+
+`start()` returns once the child listens on the outbox (it says so on a pipe): a broker that
+answers `/health` delivers its first notification as soon as it commits, not after the child's
+imports and connections (seconds on a busy machine, during which the sweep was the only way in).
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ log = logging.getLogger(__name__)
 
 SETTINGS_VARIABLE = "CLIMABOROUGH_NOTIFIER_BROKER_SETTINGS"
 """The child reads the broker's settings (JSON) from this environment variable."""
+READY_FD_VARIABLE = "CLIMABOROUGH_NOTIFIER_READY_FD"
+"""The child writes `READY` to this file descriptor once it listens on every database it watches."""
+READY = b"ready\n"
+READY_TIMEOUT_S = 30.0
+"""After this long the broker starts anyway (the outbox keeps every notification for a late child)."""
 RESTART_DELAY_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -47,6 +56,26 @@ def _die_with_parent() -> Any:
     return setup
 
 
+async def _ready(fd: int) -> bool:
+    """Wait for the child's `READY` on the pipe `fd` (closed afterwards); False if the child died first."""
+    loop = asyncio.get_running_loop()
+    said: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        if not said.done():
+            try:
+                said.set_result(os.read(fd, len(READY)))
+            except OSError:
+                said.set_result(b"")
+
+    loop.add_reader(fd, readable)
+    try:
+        return await said == READY
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
 class NotifierProcess:
     """The API process's handle on the notifier child: `start`, `stop`, `watch_soon`, `wake`."""
 
@@ -59,17 +88,37 @@ class NotifierProcess:
         self._stopping = False
 
     async def start(self) -> None:
-        self._spawn()
+        """Start the child and wait (at most `READY_TIMEOUT_S`) until it listens on the outbox."""
+        await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="notifier-supervisor")
 
-    def _spawn(self) -> None:
-        env = {**os.environ, SETTINGS_VARIABLE: self.broker_settings.model_dump_json()}
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "broker.subscriptions.notifier"], stdin=subprocess.PIPE, env=env,
-            preexec_fn=_die_with_parent(),  # only prctl, before exec
-        )
+    async def _spawn(self) -> None:
+        ready_in = self._launch()
+        ready = False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                ready = await _ready(ready_in)
+        if not ready:
+            log.warning("notifier process not ready after %.0f s; the broker starts without waiting", READY_TIMEOUT_S)
+
+    def _launch(self) -> int:
+        """Start the child; returns the reading end of its readiness pipe."""
+        ready_in, ready_out = os.pipe()
+        env = {**os.environ, SETTINGS_VARIABLE: self.broker_settings.model_dump_json(),
+               READY_FD_VARIABLE: str(ready_out)}
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "broker.subscriptions.notifier"], stdin=subprocess.PIPE, env=env,
+                pass_fds=(ready_out,), preexec_fn=_die_with_parent(),  # only prctl, before exec
+            )
+        except BaseException:
+            os.close(ready_in)
+            raise
+        finally:
+            os.close(ready_out)  # the child holds the only writing end: a child that dies closes it
         for tenant in sorted(self._watched):
             self._tell(f"watch {tenant or '-'}")
+        return ready_in
 
     async def _supervise(self) -> None:
         """A notifier that died (a crash, the OOM killer) is started again; the outbox lost nothing."""
@@ -82,7 +131,7 @@ class NotifierProcess:
                 log.warning("notifier process exited code=%s; starting it again", code)
             await asyncio.sleep(RESTART_DELAY_S)
             if not self._stopping:
-                self._spawn()
+                await self._spawn()
 
     def watch_soon(self, tenant: str | None) -> None:
         """Called by the sink after enqueuing: the child watches that tenant's database from now on."""
