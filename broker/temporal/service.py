@@ -13,7 +13,7 @@ from broker.query import GeoQuery, compile_geo_prefilter, compile_q, geo_matches
 from broker.storage.history import HistoryRows
 from broker.storage.tenants import TenantDatabases
 from broker.temporal.parameters import TemporalQuery
-from broker.temporal.provision import attribute_rows, entity_header
+from broker.temporal.provision import CopyLines, attribute_rows, entity_header
 from broker.temporal.representation import aggregated_entity, temporal_entity
 from broker.temporal.store import EntityFilter, TemporalStore
 from ngsi import forms
@@ -188,13 +188,13 @@ class TemporalService:
         """GS CIM 5.6.11: add the instances of a temporal entity; True when the entity is new."""
         entity_id, entity_type = entity_header(body, terms)
         now = datetime.now(UTC)
-        rows = HistoryRows()
-        attribute_rows(rows, entity_id, body, terms, now)
+        rows, copy = HistoryRows(), CopyLines()
+        attribute_rows(rows, entity_id, body, terms, now, copy=copy)
         pool = await self.databases.pool(tenant, create=True)
         async with pool.connection() as conn, conn.transaction():
             created = await self.store.latest_entity_type(conn, entity_id) is None
             rows.add_entity("Create" if created else "Append", entity_id, [entity_type], now)
-            await self.store.write_instances(conn, rows)
+            await self.store.write_instances(conn, rows, copy)
         return entity_id, created
 
     async def append_attributes(self, tenant: str | None, entity_id: str, body: Any, terms: TermMap) -> int:
@@ -202,15 +202,15 @@ class TemporalService:
         check_uri(entity_id, "Entity id")
         if not isinstance(body, dict):
             raise BadRequestData("The body must be a JSON object of attributes and their instances")
-        rows = HistoryRows()
-        count = attribute_rows(rows, entity_id, body, terms, datetime.now(UTC))
+        rows, copy = HistoryRows(), CopyLines()
+        count = attribute_rows(rows, entity_id, body, terms, datetime.now(UTC), copy=copy)
         if not count:
             raise BadRequestData("The body has no attributes")
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn, conn.transaction():
             if await self.store.latest_entity_type(conn, entity_id) is None:
                 raise ResourceNotFound(f"Entity {entity_id!r} has no temporal evolution", entityId=entity_id)
-            await self.store.write_instances(conn, rows)
+            await self.store.write_instances(conn, rows, copy)
         return count
 
     async def update_instance(

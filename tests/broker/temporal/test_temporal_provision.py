@@ -176,3 +176,45 @@ async def test_timeproperty_modified_at_filters_by_write_time(client: httpx.Asyn
     assert [i["value"] for i in by_write["no2"]] == [1, 2]
     assert all(i["modifiedAt"] >= "2025" for i in by_write["no2"])
     assert "no2" not in await history(client, **recent)  # observedAt (the default) is 2024-03-15
+
+
+async def test_plain_instances_with_awkward_text_offsets_and_datasets_read_back_exactly(
+    client: httpx.AsyncClient,
+) -> None:
+    # The backfill path writes plain Property instances as COPY text: escapes, offsets and NULLs must hold.
+    first = {"id": ENTITY, "type": "AirQualityObserved", "no2": reading(1, 0)}
+    assert (await client.post(f"{API}/temporal/entities", json=first)).status_code == 201
+    awkward = "tab\there, newline\nthere, back\\slash \\N and a quote \" — ünïcode"
+    appended = {
+        "note": [reading(awkward, 1, unitCode="a\tb\\c")],
+        "raining": [reading(True, 2)],
+        "no2": [
+            reading(1e16, 3),
+            reading(-0.5, 4, datasetId="urn:ngsi-ld:Dataset:tube"),
+            {"type": "Property", "value": 7, "observedAt": "2024-03-15T07:30:00+02:00"},
+            {"type": "Property", "value": 8, "observedAt": "2024-03-15T06:00:00.123456Z"},
+            {"type": "Property", "value": 9},
+        ],
+    }
+    response = await client.post(f"{API}/temporal/entities/{ENTITY}/attrs", json=appended)
+    assert response.status_code == 204, response.text
+    got = await history(client)
+    assert got["note"][0]["value"] == awkward
+    assert got["note"][0]["unitCode"] == "a\tb\\c"
+    assert got["raining"][0]["value"] is True
+    by_value = {instance["value"]: instance for instance in got["no2"]}
+    assert set(by_value) == {1, 1e16, -0.5, 7, 8, 9}
+    assert by_value[-0.5]["datasetId"] == "urn:ngsi-ld:Dataset:tube"
+    assert by_value[7]["observedAt"] == "2024-03-15T05:30:00.000Z"
+    assert by_value[8]["observedAt"] == "2024-03-15T06:00:00.123Z"
+    assert "observedAt" not in by_value[9]
+
+
+async def test_an_impossible_observed_at_on_the_backfill_path_is_400(client: httpx.AsyncClient) -> None:
+    first = {"id": ENTITY, "type": "AirQualityObserved", "no2": reading(1, 0)}
+    assert (await client.post(f"{API}/temporal/entities", json=first)).status_code == 201
+    for stamp in ("2024-02-30T00:00:00.000Z", "yesterday", "2024-03-15T25:00:00Z"):
+        body = {"no2": [{"type": "Property", "value": 2, "observedAt": stamp}]}
+        response = await client.post(f"{API}/temporal/entities/{ENTITY}/attrs", json=body)
+        assert response.status_code == 400, (stamp, response.text)
+    assert [i["value"] for i in (await history(client))["no2"]] == [1]
