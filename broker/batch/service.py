@@ -106,7 +106,7 @@ class BatchService:
 
     @staticmethod
     def transaction(conn: AsyncConnection, entities: int) -> AbstractAsyncContextManager[Any]:
-        """Few entities: a pipelined transaction (about 2 round trips); many: a plain one, so history can COPY."""
+        """Few entities: a pipelined transaction (about 2 round trips); many: a plain one (a few large statements)."""
         return store.write_transaction(conn) if entities <= PIPELINED_MAX_ENTITIES else conn.transaction()
 
     @staticmethod

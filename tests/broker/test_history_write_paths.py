@@ -1,4 +1,4 @@
-"""History reads the same whether a write's rows went in by INSERT (few rows, pipelined writes) or by COPY (bulk)."""
+"""History reads the same whether a write's rows went in at once, in chunks, a few at a time or pipelined."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from broker.storage.history import INSERT_MAX_ROWS, HistoryRows, write_history
+from broker.storage.history import HistoryRows, write_history
 from broker.storage.migrations import migrate
 
 NO2 = "https://smartdatamodels.org/dataModel.Environment/no2"
@@ -26,7 +26,7 @@ INSTANCES: list[dict[str, Any]] = [
     {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [2.35, 48.85]}},
     {"type": "LanguageProperty", "languageMap": {"en": "Park", "fr": "Parc"}},
 ]
-ENTITIES = 30  # 30 x 11 rows: over INSERT_MAX_ROWS in one write, under it two entities at a time
+ENTITIES = 30  # 30 x 11 rows in one write, or two entities at a time
 PER_WRITE = 2
 
 
@@ -39,10 +39,6 @@ def history_of(first: int, count: int) -> HistoryRows:
             rows.add_attribute("Create", entity_id, NO2, instance, AT)
         rows.add_attribute_deletion(entity_id, ACCURACY, None, AT)
     return rows
-
-
-def row_count(rows: HistoryRows) -> int:
-    return len(rows.entities) + len(rows.attributes) + len(rows.sub_attributes)
 
 
 async def stored_history(url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -65,28 +61,28 @@ async def migrated(url: str) -> psycopg.AsyncConnection[Any]:
 
 
 @pytest.mark.parametrize("pipelined", [False, True])
-async def test_small_writes_by_insert_read_as_one_bulk_write_by_copy(
+async def test_small_writes_read_as_one_bulk_write_and_as_a_chunked_one(
     create_database: Callable[[str], str], pipelined: bool
 ) -> None:
-    bulk = history_of(0, ENTITIES)
-    assert row_count(bulk) > INSERT_MAX_ROWS
-    copy_url, insert_url = create_database("copy"), create_database("insert")
-    async with await migrated(copy_url) as conn, conn.transaction():
-        await write_history(conn, bulk)
-    async with await migrated(insert_url) as conn:
+    bulk_url, chunked_url, small_url = create_database("bulk"), create_database("chunked"), create_database("small")
+    async with await migrated(bulk_url) as conn, conn.transaction():
+        await write_history(conn, history_of(0, ENTITIES))
+    async with await migrated(chunked_url) as conn, conn.transaction():
+        await write_history(conn, history_of(0, ENTITIES), chunk_rows=7)
+    async with await migrated(small_url) as conn:
         for first in range(0, ENTITIES, PER_WRITE):
             few = history_of(first, PER_WRITE)
-            assert row_count(few) <= INSERT_MAX_ROWS
             if pipelined:
                 async with conn.pipeline(), conn.transaction():
                     await write_history(conn, few)
             else:
                 async with conn.transaction():
                     await write_history(conn, few)
-    inserted, copied = await stored_history(insert_url), await stored_history(copy_url)
-    assert len(copied["attributes"]) == ENTITIES * (len(INSTANCES) + 1)
-    assert len(copied["subAttributes"]) == ENTITIES
-    assert inserted == copied
+    bulk = await stored_history(bulk_url)
+    assert len(bulk["attributes"]) == ENTITIES * (len(INSTANCES) + 1)
+    assert len(bulk["subAttributes"]) == ENTITIES
+    assert await stored_history(chunked_url) == bulk
+    assert await stored_history(small_url) == bulk
 
 
 async def test_a_pipelined_write_of_many_rows_goes_in_whole(create_database: Callable[[str], str]) -> None:
