@@ -123,6 +123,12 @@ class ActiveModel:
         return str(tz) if tz else None
 
     @property
+    def seasonal(self) -> bool:
+        """Whether the model uses the day-of-year cycle (trained on a year or more of history): the
+        features of a short recent window must then include it too."""
+        return "doy_sin" in self.forecaster.features
+
+    @property
     def bounds(self) -> TrainingRange:
         ranges = self.artefact["trainingRange"]
         return TrainingRange(ranges["min"], ranges["max"])
@@ -341,7 +347,7 @@ class StationReader:
         frame = pd.DataFrame(rows).set_index("time")
         frame.index = pd.DatetimeIndex(frame.index).tz_convert("UTC")
         numeric = frame[[c for c in weather if c in frame.columns]]
-        return add_features(hourly_frame(numeric), local_tz=model.local_tz)
+        return add_features(hourly_frame(numeric), local_tz=model.local_tz, seasonal=model.seasonal)
 
     async def inputs(self, model: ActiveModel, until: datetime | None = None) -> ForecastInputs:
         """The newest complete input window at or before `until` (default: the station's newest
@@ -351,7 +357,7 @@ class StationReader:
             until = await self.latest_observation(model.station, model.target)
         until = until + timedelta(seconds=1)  # the temporal API's `between` excludes its end
         observations = await self.recent_observations(sources, model, until)
-        frame = add_features(hourly_frame(observations), local_tz=model.local_tz)
+        frame = add_features(hourly_frame(observations), local_tz=model.local_tz, seasonal=model.seasonal)
         forecaster = model.forecaster
         try:
             window, future, origin = latest_window(frame, forecaster)

@@ -23,7 +23,7 @@ from ngsi.client import AsyncBrokerClient
 from ngsi.errors import ResourceNotFound
 from smart_data_models import format_timestamp
 from smart_data_models.models import KPI_CONTEXT, WEATHER_CONTEXT
-from tests.api.twin_world import STATION, TwinWorld, send_hour, twin_world
+from tests.api.twin_world import SMALL, STATION, TwinWorld, observations, send_hour, twin_world
 from twin.service import (
     COVARIATES_FORECAST,
     COVARIATES_YESTERDAY,
@@ -31,7 +31,9 @@ from twin.service import (
     ForecastSettings,
     subscription_id,
 )
+from twin.sources import BEIJING_TZ
 from twin.store import ModelStore
+from twin.training import train_station
 
 FORECAST_IDS = "^urn:ngsi-ld:KeyPerformanceIndicator:beijing:twin-pm25-(eea-band-)?forecast:Aotizhongxin:h[0-9]+$"
 
@@ -208,3 +210,23 @@ async def test_models_trained_or_rolled_back_while_running_are_picked_up_without
         await eventually(lambda: forecast_by(first), 90, f"a forecast by the rolled-back model {first}")
         await service.drained()
     assert service.stats.errors == 0, service.stats.last_error
+
+
+async def test_a_model_trained_on_more_than_a_year_forecasts_from_the_brokers_recent_window(
+    broker_url: str, world: TwinWorld, tmp_path: Path
+) -> None:
+    # Over a year of history makes the day-of-year cycle a feature; the forecast reads only the last
+    # days from the broker, and must still build that feature rather than fail on a missing column.
+    data_dir = tmp_path / "seasonal"
+    trained = train_station(observations(24 * 400), STATION, config=SMALL, store=ModelStore(data_dir / "models"),
+                            local_tz=BEIJING_TZ, source=[STATION])  # fmt: skip
+    assert "doy_sin" in trained.forecaster.features
+    seasonal = ForecastSettings(broker_url=broker_url, tenant=world.tenant, data_dir=data_dir, twin_notify="http",
+                                twin_client_id=f"twin-seasonal-{world.tenant}")  # fmt: skip
+    service = ForecastService(seasonal)
+    try:
+        forecast = await service.forecast_station(STATION, until=world.frame.index[-1].to_pydatetime())
+    finally:
+        await service.reader.aclose()
+    assert forecast is not None and forecast.version == trained.version
+    assert len(forecast.values) == 24 and all(0 <= v < 1000 for v in forecast.values)
