@@ -1,14 +1,20 @@
 """The subscription-driven KPI engine: a change notification → the windows it affects → recomputed KPI entities.
 
 Flow: the engine registers one subscription per source type (deterministic id, so a restart
-reuses it) with MQTT (default) or HTTP notifications. A notification names entities and the
-`observedAt` of the attributes that changed; each affected (definition, entity, window) becomes
-a job. Jobs of one source entity run together and never concurrently: their history is read
-once per distinct span from the temporal API, evaluated, and the KPI entities are written in one
-batch. A job already waiting absorbs new changes (coalescing); `trigger.min_interval_s` spaces
-out recalculations of long windows. Scheduled definitions are recomputed every `every_s` for the
-window that contains now. `stop()` drains the queue, so a graceful restart loses nothing; changes
-made while the engine is down wait in its persistent MQTT session.
+reuses it) with MQTT (default) or HTTP notifications. A notification carries the new values and
+their `observedAt`; they go into the source's in-memory observations (`kpi.observations`), and
+each affected (definition, entity, window) becomes a job. The first job of a source seeds its
+observations once from the temporal API, bounded to the spans the loaded definitions need
+around its latest observation; after that, windows are evaluated from memory, and only a window
+older than what memory holds (late data) is read from the temporal API. Jobs of one source entity
+run together and never concurrently; long windows (a year of data) are evaluated in a thread so
+that hourly KPIs never wait behind them. Results of all sources are written together: one batch
+upsert every few milliseconds (`kpi_write_coalesce_s`), not one request per KPI. A job already
+waiting absorbs new changes (coalescing); `trigger.min_interval_s` spaces out recalculations of
+long windows. Scheduled definitions are recomputed every `every_s` for the window that contains
+now (read from the temporal API: nothing notifies them). `stop()` drains the queue and the
+writes, so a graceful restart loses nothing; changes made while the engine is down wait in its
+persistent MQTT session, and a restart seeds again from the history.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kpi.catalogue import Observations
 from kpi.definitions import DefinitionSet, KpiDefinition
 from kpi.entities import KpiEntity, calculate_kpi
 from kpi.history import History, parse_time, read_history
 from kpi.intake import HttpIntake, MqttIntake
+from kpi.observations import SourceObservations, from_micros
 from kpi.settings import KpiSettings
 from kpi.windows import Window, window_at
 from kpi.writer import KpiWriter
@@ -74,6 +82,28 @@ def observed_moments(entity: dict[str, Any], attributes: Iterable[str]) -> set[d
     return moments
 
 
+def observed_values(entity: dict[str, Any], attributes: Iterable[str]) -> list[tuple[str, datetime, float]]:
+    """(attribute, observedAt, value) of the numeric instances of `attributes` in a notified entity."""
+    values = []
+    for name in attributes:
+        attribute = entity.get(name)
+        for instance in attribute if isinstance(attribute, list) else [attribute]:
+            if not isinstance(instance, dict) or not isinstance(instance.get("observedAt"), str):
+                continue
+            value = instance.get("value")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values.append((name, parse_time(instance["observedAt"]), float(value)))
+    return values
+
+
+LONG_SPAN = timedelta(days=2)
+"""Windows whose data span is longer than this are evaluated in a thread (a year is ~10^4 values)."""
+
+
+def _calculate_all(work: list[tuple[Job, Observations]], source_id: str) -> list[KpiEntity]:
+    return [calculate_kpi(job.definition, source_id, observations, job.window) for job, observations in work]
+
+
 def _merged_spans(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
     merged: list[tuple[datetime, datetime]] = []
     for start, end in sorted(spans):
@@ -103,6 +133,13 @@ class KpiEngine:
         self._latest_seen: dict[str, datetime] = {}
         self._workers: list[asyncio.Task[None]] = []
         self._schedules: list[asyncio.Task[None]] = []
+        self._observations: dict[str, SourceObservations] = {}
+        self._notified_attributes = sorted({a for d in definitions if d.trigger.on_change for a in d.source.attributes})
+        self._trimmed_hour: dict[str, int] = {}
+        self._outgoing: list[KpiEntity] = []
+        self._write_wanted = asyncio.Event()
+        self._writing = False
+        self._write_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -129,6 +166,7 @@ class KpiEngine:
             )  # fmt: skip
         await self._intake.start()
         self._workers = [asyncio.create_task(self._work()) for _ in range(max(1, self.settings.kpi_workers))]
+        self._write_task = asyncio.create_task(self._write_loop())
         await self.register_subscriptions(self._intake.endpoint_uri)
         for definition in self.definitions:
             if definition.trigger.on_schedule:
@@ -147,7 +185,11 @@ class KpiEngine:
             log.warning("kpi engine stopped with %d entities still queued", len(self._pending))
         for task in self._workers:
             task.cancel()
+        if self._write_task is not None:
+            self._write_task.cancel()
         await asyncio.gather(*self._workers, *self._schedules, return_exceptions=True)
+        if self._write_task is not None:
+            await asyncio.gather(self._write_task, return_exceptions=True)
         for client in self._clients.values():
             await client.aclose()
 
@@ -158,16 +200,19 @@ class KpiEngine:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def _busy(self) -> bool:
+        return bool(self._pending or self._running or self._deferred or self._outgoing or self._writing)
+
     async def drained(self) -> None:
-        """Wait until no job is queued, deferred or running."""
+        """Wait until no job is queued, deferred or running and every result is written."""
         while True:
             await self._idle.wait()
-            if not self._pending and not self._running and not self._deferred:
+            if not self._busy():
                 return
             self._idle.clear()
 
     def _update_idle(self) -> None:
-        if not self._pending and not self._running and not self._deferred:
+        if not self._busy():
             self._idle.set()
         else:
             self._idle.clear()
@@ -218,9 +263,12 @@ class KpiEngine:
     def changed(self, source_id: str, entity_type: str, entity: dict[str, Any]) -> None:
         """Queue the windows of every on-change definition that a change of `source_id` affects."""
         short_type = entity_type.rsplit("/", 1)[-1].rsplit("#", 1)[-1]
+        recorded: SourceObservations | None = None
         for definition in self.definitions.for_source(short_type):
             if not definition.trigger.on_change or not definition.source.stations.matches(source_id):
                 continue
+            if recorded is None:
+                recorded = self._record(source_id, entity)
             moments = observed_moments(entity, definition.source.attributes)
             if not moments:
                 continue
@@ -228,6 +276,61 @@ class KpiEngine:
             self._latest_seen[source_id] = max(latest, self._latest_seen.get(source_id, latest))
             for window in self.affected_windows(definition, moments, self._latest_seen[source_id]):
                 self.enqueue(Job(definition, source_id, window))
+
+    def _record(self, source_id: str, entity: dict[str, Any]) -> SourceObservations:
+        """Put the notified values into the source's observations (kept even before they are seeded)."""
+        state = self._observations.get(source_id)
+        if state is None:
+            state = self._observations[source_id] = SourceObservations()
+        for name, moment, value in observed_values(entity, self._notified_attributes):
+            state.record(name, moment, value)
+        return state
+
+    def needed_from(self, entity_type: str, source_id: str, latest: datetime) -> datetime:
+        """The earliest observation any on-change window containing `latest` depends on (bounds the memory)."""
+        earliest = latest
+        for definition in self.definitions.for_source(entity_type):
+            if not definition.trigger.on_change or not definition.source.stations.matches(source_id):
+                continue
+            window = window_at(definition.window.kind, latest, definition.tz, custom=definition.custom_bounds)
+            if definition.window.kind == "custom" and not window.contains(latest):
+                continue
+            start, _ = definition.calculator_impl.span(definition.params, window, definition.tz)
+            earliest = min(earliest, start)
+        return earliest
+
+    async def _seeded(
+        self, source_id: str, entity_type: str, context: str | None, jobs: list[Job]
+    ) -> SourceObservations:
+        """The source's observations, read once from the temporal API the first time they are needed."""
+        state = self._observations.get(source_id)
+        if state is None:
+            state = self._observations[source_id] = SourceObservations()
+        if state.seeded:
+            return state
+        latest = from_micros(state.latest) if state.latest is not None else max(job.window.start for job in jobs)
+        start = self.needed_from(entity_type, source_id, latest)
+        end = max(latest, datetime.now(UTC)) + timedelta(days=1)
+        attributes = sorted({
+            a for d in self.definitions.for_source(entity_type) if d.trigger.on_change for a in d.source.attributes
+        })  # fmt: skip
+        self.stats.reads += 1
+        history = await read_history(
+            self.client_for(context), entity_type=entity_type, attributes=attributes,
+            start=start, end=end, entity_ids=[source_id],
+        )  # fmt: skip
+        state.seed(history.get(source_id, {}), start)
+        return state
+
+    def _trim(self, source_id: str, entity_type: str, state: SourceObservations) -> None:
+        """Forget observations no window of the latest hour needs any more (once per hour of data)."""
+        if state.latest is None:
+            return
+        hour = state.latest // 3_600_000_000
+        if self._trimmed_hour.get(source_id) == hour:
+            return
+        self._trimmed_hour[source_id] = hour
+        state.forget_before(self.needed_from(entity_type, source_id, from_micros(state.latest)))
 
     def affected_windows(self, definition: KpiDefinition, moments: set[datetime], latest: datetime) -> list[Window]:
         windows: dict[str, Window] = {}
@@ -291,7 +394,7 @@ class KpiEngine:
                 self._update_idle()
 
     async def run_jobs(self, source_id: str, jobs: list[Job]) -> list[KpiEntity]:
-        """Read the history the jobs need (once per distinct span), evaluate, write."""
+        """Evaluate the jobs (from memory, else from the temporal API) and queue their writes."""
         now = time.monotonic()
         for job in jobs:
             self._last_run[job.key] = now
@@ -300,23 +403,75 @@ class KpiEngine:
             by_read.setdefault((job.definition.source.type, job.definition.source.ld_context), []).append(job)
         results: list[KpiEntity] = []
         for (entity_type, context), group in by_read.items():
-            attributes = sorted({a for job in group for a in job.definition.source.attributes})
-            spans = [job.definition.calculator_impl.span(job.definition.params, job.window, job.definition.tz)
-                     for job in group]  # fmt: skip
-            history: History = {}
-            for start, end in _merged_spans(spans):
-                self.stats.reads += 1
-                part = await read_history(
-                    self.client_for(context), entity_type=entity_type, attributes=attributes,
-                    start=start, end=end, entity_ids=[source_id],
-                )  # fmt: skip
-                for attr, series in part.get(source_id, {}).items():
-                    history.setdefault(source_id, {}).setdefault(attr, []).extend(series)
-            observations = {attr: sorted(series) for attr, series in history.get(source_id, {}).items()}
+            live = [job for job in group if job.definition.trigger.on_change]
+            state = await self._seeded(source_id, entity_type, context, live) if live else None
+            long_work: list[tuple[Job, Observations]] = []
+            from_api: list[Job] = []
             for job in group:
-                results.append(calculate_kpi(job.definition, source_id, observations, job.window))
-        await self.writer.write(results)
+                start, end = job.definition.calculator_impl.span(job.definition.params, job.window, job.definition.tz)
+                if state is None or not job.definition.trigger.on_change or not state.covers(start):
+                    from_api.append(job)
+                    continue
+                observations = state.observations(job.definition.source.attributes, start, end)
+                if end - start > LONG_SPAN:
+                    long_work.append((job, observations))
+                else:
+                    results.append(calculate_kpi(job.definition, source_id, observations, job.window))
+            if from_api:
+                results.extend(await self._run_from_history(source_id, entity_type, context, from_api))
+            if long_work:
+                results.extend(await asyncio.to_thread(_calculate_all, long_work, source_id))
+            if state is not None:
+                self._trim(source_id, entity_type, state)
+        self._queue_writes(results)
         return results
+
+    async def _run_from_history(
+        self, source_id: str, entity_type: str, context: str | None, jobs: list[Job]
+    ) -> list[KpiEntity]:
+        """Jobs whose data memory does not hold: read once per distinct span from the temporal API."""
+        attributes = sorted({a for job in jobs for a in job.definition.source.attributes})
+        spans = [job.definition.calculator_impl.span(job.definition.params, job.window, job.definition.tz)
+                 for job in jobs]  # fmt: skip
+        history: History = {}
+        for start, end in _merged_spans(spans):
+            self.stats.reads += 1
+            part = await read_history(
+                self.client_for(context), entity_type=entity_type, attributes=attributes,
+                start=start, end=end, entity_ids=[source_id],
+            )  # fmt: skip
+            for attr, series in part.get(source_id, {}).items():
+                history.setdefault(source_id, {}).setdefault(attr, []).extend(series)
+        observations = {attr: sorted(series) for attr, series in history.get(source_id, {}).items()}
+        return [calculate_kpi(job.definition, source_id, observations, job.window) for job in jobs]
+
+    # -- coalesced writes ------------------------------------------------------------------------
+
+    def _queue_writes(self, results: list[KpiEntity]) -> None:
+        if results:
+            self._outgoing.extend(results)
+            self._idle.clear()
+            self._write_wanted.set()
+
+    async def _write_loop(self) -> None:
+        """One writer for every source: what the workers produced in the last few ms goes in one batch."""
+        while True:
+            await self._write_wanted.wait()
+            await asyncio.sleep(self.settings.kpi_write_coalesce_s)
+            self._write_wanted.clear()
+            batch, self._outgoing = self._outgoing, []
+            self._writing = True
+            try:
+                size = self.settings.kpi_write_batch
+                for first in range(0, len(batch), size):
+                    await self.writer.write(batch[first : first + size])
+            except Exception as error:  # a failed write must not stop the engine
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(error).__name__}: {error}"
+                log.exception("kpi write failed entities=%d", len(batch))
+            finally:
+                self._writing = False
+                self._update_idle()
 
     # -- schedules -------------------------------------------------------------------------------
 

@@ -29,4 +29,8 @@ class KpiSettings(BaseSettings):
     kpi_client_id: str = "climaborough-kpi"
     """Names the engine's MQTT session, topic and subscriptions; copies that share it share the work."""
     kpi_workers: int = 4
+    kpi_write_coalesce_s: float = 0.005
+    """How long the writer gathers results before one batch upsert (latency vs. requests)."""
+    kpi_write_batch: int = 500
+    """Most KPI entities per batch upsert."""
     kpi_request_timeout_s: float = 30.0

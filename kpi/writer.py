@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from kpi.entities import DYNAMIC_ATTRIBUTES, KpiEntity
+from kpi.entities import DYNAMIC_ATTRIBUTES, KPI_TYPE, KpiEntity
 from kpi.history import parse_time
 from ngsi.client import AsyncBrokerClient
 from ngsi.errors import ResourceNotFound
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 HISTORY_ATTRIBUTES = ("kpiValue", "coverage", "currentStanding", "kpiDetails")
 """Attributes of an older window that go to the history (all carry the window's observedAt)."""
 _NOT_READ = ""
+NEWEST_QUERY_IDS = 50
+"""Entity ids per query for the stored newest values (keeps the URL well under server limits)."""
 
 
 def _fingerprint(entity: dict[str, Any]) -> bytes:
@@ -61,6 +63,21 @@ class KpiWriter:
                 self._newest[entity_id] = _NOT_READ
         return self._newest[entity_id]
 
+    async def _load_newest(self, entity_ids: Sequence[str]) -> None:
+        """Learn the stored `kpiValue.observedAt` of the entities not seen yet: one query per 50 ids."""
+        unknown = [entity_id for entity_id in entity_ids if entity_id not in self._newest]
+        for first in range(0, len(unknown), NEWEST_QUERY_IDS):
+            chunk = unknown[first : first + NEWEST_QUERY_IDS]
+            found = await self.client.query_entities(
+                type=KPI_TYPE, id=chunk, attrs="kpiValue", limit=len(chunk)
+            )  # fmt: skip
+            for entity_id in chunk:
+                self._newest[entity_id] = _NOT_READ
+            for stored in found.items:
+                value = stored.get("kpiValue")
+                if isinstance(value, dict) and isinstance(stored.get("id"), str):
+                    self._newest[stored["id"]] = str(value.get("observedAt", ""))
+
     async def _in_history(self, kpi: KpiEntity) -> bool:
         moment = parse_time(value_time(kpi))
         try:
@@ -85,6 +102,7 @@ class KpiWriter:
         upserts: list[KpiEntity] = []
         appends: dict[str, list[KpiEntity]] = {}
         stored: set[str] = set()
+        await self._load_newest(list(by_id))
         for entity_id, versions in by_id.items():
             newest = await self._newest_stored(entity_id)
             if newest:

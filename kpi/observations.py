@@ -1,0 +1,114 @@
+"""Each source entity's observations, kept in memory by the live engine: seeded once from history, fed by notifications.
+
+Times are integer microseconds since the Unix epoch (exact, cheap to compare and bisect);
+`between` turns a slice back into the `(aware UTC datetime, value)` series the calculators take.
+A source's observations are complete from `covered_from` on: older windows are read from the
+temporal API instead. When the same instant is recorded twice, the later record wins (a
+corrected value), except that history read while seeding never replaces a notified value.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+
+from kpi.catalogue import Series
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(moment: datetime) -> int:
+    """An aware datetime as exact microseconds since the epoch."""
+    return (moment - EPOCH) // _MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+class AttributeSeries:
+    """One attribute's values in time order."""
+
+    __slots__ = ("times", "values")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.values: list[float] = []
+
+    def put(self, micros: int, value: float, *, replace: bool = True) -> None:
+        times = self.times
+        if not times or micros > times[-1]:
+            times.append(micros)
+            self.values.append(value)
+            return
+        index = bisect_left(times, micros)
+        if index < len(times) and times[index] == micros:
+            if replace:
+                self.values[index] = value
+            return
+        times.insert(index, micros)
+        self.values.insert(index, value)
+
+    def between(self, start: int, end: int) -> Series:
+        lo, hi = bisect_left(self.times, start), bisect_left(self.times, end)
+        return [(from_micros(t), v) for t, v in zip(self.times[lo:hi], self.values[lo:hi], strict=True)]
+
+    def drop_before(self, micros: int) -> None:
+        index = bisect_left(self.times, micros)
+        if index:
+            del self.times[:index]
+            del self.values[:index]
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+class SourceObservations:
+    """Every attribute of one source entity; complete from `covered_from` on once seeded (None before)."""
+
+    __slots__ = ("attributes", "covered_from", "latest")
+
+    def __init__(self) -> None:
+        self.attributes: dict[str, AttributeSeries] = {}
+        self.covered_from: int | None = None
+        self.latest: int | None = None
+
+    @property
+    def seeded(self) -> bool:
+        return self.covered_from is not None
+
+    def record(self, attribute: str, moment: datetime, value: float, *, replace: bool = True) -> None:
+        micros = to_micros(moment)
+        series = self.attributes.get(attribute)
+        if series is None:
+            series = self.attributes[attribute] = AttributeSeries()
+        series.put(micros, value, replace=replace)
+        if self.latest is None or micros > self.latest:
+            self.latest = micros
+
+    def seed(self, history: Mapping[str, Iterable[tuple[datetime, float]]], covered_from: datetime) -> None:
+        """Add the history read from the broker (notified values recorded meanwhile stay) and mark it complete."""
+        for attribute, series in history.items():
+            for moment, value in series:
+                self.record(attribute, moment, value, replace=False)
+        start = to_micros(covered_from)
+        self.covered_from = start if self.covered_from is None else min(self.covered_from, start)
+
+    def covers(self, start: datetime) -> bool:
+        return self.covered_from is not None and to_micros(start) >= self.covered_from
+
+    def observations(self, attributes: Iterable[str], start: datetime, end: datetime) -> dict[str, Series]:
+        """The values of `attributes` observed in `[start, end)`."""
+        lo, hi = to_micros(start), to_micros(end)
+        return {name: self.attributes[name].between(lo, hi) for name in attributes if name in self.attributes}
+
+    def forget_before(self, moment: datetime) -> None:
+        """Drop what no window still needs (the state stays complete from `moment` on)."""
+        micros = to_micros(moment)
+        if self.covered_from is None or micros <= self.covered_from:
+            return
+        for series in self.attributes.values():
+            series.drop_before(micros)
+        self.covered_from = micros
