@@ -280,23 +280,26 @@ class TemporalStore:
             for i in range(len(methods))
         )
         # The periods are hashed in a materialized step (one pass over the instances, no sort of
-        # them); only the few period rows are then ordered and turned into JSON.
+        # them), keyed by the entity's position in `entity_ids` rather than its id (hashing and
+        # sorting long id texts cost more than the aggregates); only the period rows are then
+        # sorted, once (the json_aggs share that order), and turned into JSON.
         query = sql.SQL(
             "WITH g AS MATERIALIZED ("
-            ' SELECT a.entityId COLLATE "C" AS entity_id, a.id COLLATE "C" AS attr, {bucket} AS bucket,'
+            ' SELECT e.n AS entity_n, a.id COLLATE "C" AS attr, {bucket} AS bucket,'
             "  min({col}) AS first_time, max({col}) AS last_time, {named}"
-            " FROM attributes a WHERE a.entityId = ANY(%s) AND {cond}"
+            " FROM unnest(%s::text[]) WITH ORDINALITY AS e(id, n)"
+            " JOIN attributes a ON a.entityId = e.id WHERE {cond}"
             " GROUP BY 1, 2, 3)"
-            " SELECT x.entity_id, x.attr, {series} FROM ("
-            " SELECT g.entity_id, g.attr, g.bucket, to_char({start}, {iso}) AS start_text,"
+            " SELECT x.entity_n, x.attr, {series} FROM ("
+            " SELECT g.entity_n, g.attr, g.bucket, to_char({start}, {iso}) AS start_text,"
             "  to_char({end}, {iso}) AS end_text, {carried} FROM g) x"
-            " GROUP BY x.entity_id, x.attr ORDER BY x.entity_id, x.attr"
+            " GROUP BY x.entity_n, x.attr ORDER BY x.entity_n, x.attr"
         ).format(
             series=series, start=start, end=end, iso=sql.SQL(ISO_MS), carried=carried, bucket=bucket, col=column,
             named=named, cond=sql.SQL(" AND ").join(conditions),
         )  # fmt: skip
         cur = await conn.execute(query, [*bucket_params, list(entity_ids), *params, *outer_params])
-        return await cur.fetchall()
+        return [(entity_ids[row[0] - 1], *row[1:]) for row in await cur.fetchall()]
 
     # -- provision -------------------------------------------------------------------------------
 
