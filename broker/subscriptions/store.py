@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -137,14 +138,28 @@ def parse_announcement(payload: str) -> list[int] | None:
         return None
 
 
+OUTBOX_ROW_COLUMNS = "seq, subscription_id, notification_id, entities::text, attempts, next_attempt_at"
+"""`entities` as text: rows of one change for several subscriptions carry the same text, parsed once."""
+
+
+def _outbox_rows(rows: list[tuple[Any, ...]]) -> list[OutboxRow]:
+    """Rows whose entities are equal share one parsed list (`render_data` renders it once per format)."""
+    parsed: dict[str, list[dict[str, Any]]] = {}
+    result = []
+    for seq, subscription_id, notification_id, text, attempts, next_attempt_at in rows:
+        entities = parsed.get(text)
+        if entities is None:
+            entities = parsed[text] = orjson.loads(text)
+        result.append(OutboxRow(seq, subscription_id, notification_id, entities, attempts, next_attempt_at))
+    return result
+
+
 async def fetch_rows(conn: AsyncConnection, seqs: list[int]) -> list[OutboxRow]:
     """The rows with these sequence numbers that are still pending, in `seq` order."""
     cur = await conn.execute(
-        "SELECT seq, subscription_id, notification_id, entities, attempts, next_attempt_at "
-        "FROM subscription_outbox WHERE seq = ANY(%s) ORDER BY seq",
-        (seqs,),
+        f"SELECT {OUTBOX_ROW_COLUMNS} FROM subscription_outbox WHERE seq = ANY(%s) ORDER BY seq", (seqs,)
     )
-    return [OutboxRow(*row) for row in await cur.fetchall()]
+    return _outbox_rows(await cur.fetchall())
 
 
 async def lanes_with_pending(conn: AsyncConnection) -> list[str]:
@@ -167,11 +182,11 @@ async def claim_lane(conn: AsyncConnection, subscription_id: str, limit: int) ->
     row at the same moment; the caller holds the transaction while it delivers the batch.
     """
     cur = await conn.execute(
-        "SELECT seq, subscription_id, notification_id, entities, attempts, next_attempt_at "
-        "FROM subscription_outbox WHERE subscription_id = %s ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
+        f"SELECT {OUTBOX_ROW_COLUMNS} FROM subscription_outbox WHERE subscription_id = %s "
+        "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
         (subscription_id, limit),
     )
-    return [OutboxRow(*row) for row in await cur.fetchall()]
+    return _outbox_rows(await cur.fetchall())
 
 
 async def record_delivered(

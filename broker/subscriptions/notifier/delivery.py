@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
@@ -26,10 +27,10 @@ from broker.subscriptions import store
 from broker.subscriptions.model import Subscription
 from broker.subscriptions.notifier.http_sender import DeliveryFailed, HttpSender
 from broker.subscriptions.notifier.mqtt_sender import MqttSender
-from broker.subscriptions.notifier.render import render
+from broker.subscriptions.notifier.render import NotifiedAt, render, render_data
 from broker.subscriptions.registry import SubscriptionRegistry
 from broker.subscriptions.sink import new_notification_id
-from ngsi.contexts import ContextStore
+from ngsi.contexts import ContextStore, TermMap
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ LIVE_QUEUE_LIMIT = 5_000
 """Rows a lane holds in memory; beyond that it reads its backlog from the outbox instead."""
 ANNOUNCEMENTS_PER_READ = 500
 """Committed transactions whose rows are read with one query."""
+RENDERED_KEPT = 4_096
+"""Rendered `data` members kept for the other subscriptions of the same change."""
 LISTEN_WAIT_S = 10.0
 """How long a new database worker waits for its LISTEN before it reports itself started anyway."""
 ACK_DELAY_S = 0.01
@@ -155,6 +158,8 @@ class DatabaseWorker:
         self._tasks: list[asyncio.Task[None]] = []
         self._periodic_sent: dict[str, datetime] = {}
         self._listening = asyncio.Event()
+        self._notified_at = NotifiedAt()
+        self._rendered: dict[tuple[int, int, str, bool], tuple[list[dict[str, Any]], bytes]] = {}
 
     async def start(self) -> None:
         """Open the pool and return once LISTEN is in effect (or after `LISTEN_WAIT_S`: the loop keeps trying)."""
@@ -390,7 +395,8 @@ class DatabaseWorker:
                     await asyncio.wait([previous])
                 if failures:
                     return
-                await sender.send(sub.endpoint, render(sub, row.notification_id, row.entities, terms))
+                data = self._render_data(sub, row.entities, terms)
+                await sender.send(sub.endpoint, render(sub, row.notification_id, data, self._notified_at()))
                 self._acks.add(sub.id, row.seq)
             except DeliveryFailed as error:
                 failures.append((row, str(error)))
@@ -430,6 +436,18 @@ class DatabaseWorker:
         row, error = min(failures, key=lambda failure: failure[0].seq)
         await self._failed(sub, row.seq, row.attempts + 1, error)
         return False
+
+    def _render_data(self, sub: Subscription, entities: list[dict[str, Any]], terms: TermMap) -> bytes:
+        """Rendered once per change and form: rows of one change share their parsed `entities` list."""
+        key = (id(entities), id(terms), sub.format, sub.sys_attrs)
+        cached = self._rendered.get(key)
+        if cached is not None and cached[0] is entities:
+            return cached[1]
+        if len(self._rendered) >= RENDERED_KEPT:
+            self._rendered.clear()
+        data = render_data(sub, entities, terms)
+        self._rendered[key] = (entities, data)  # holds `entities`, so its id is not reused meanwhile
+        return data
 
     async def _failed(self, sub: Subscription, seq: int, attempts: int, error: str) -> None:
         now = datetime.now(UTC)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,21 @@ class RenderedNotification:
 
 def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class NotifiedAt:
+    """`notifiedAt` stamps (`iso_now()`), formatted once per millisecond however many notifications leave in it."""
+
+    def __init__(self) -> None:
+        self._millisecond = -1
+        self._text = ""
+
+    def __call__(self) -> str:
+        millisecond = time.time_ns() // 1_000_000
+        if millisecond != self._millisecond:
+            moment = datetime.fromtimestamp(millisecond / 1000, UTC).isoformat(timespec="milliseconds")
+            self._millisecond, self._text = millisecond, moment.replace("+00:00", "Z")
+        return self._text
 
 
 def context_url(context: Any) -> str:
@@ -82,16 +98,23 @@ def _attribute(instance: dict[str, Any], terms: TermMap, sub: Subscription) -> A
     return rendered
 
 
-def render(
-    sub: Subscription, notification_id: str, entities: list[dict[str, Any]], terms: TermMap
-) -> RenderedNotification:
-    """GS CIM 009 5.3.1 Notification plus the headers Orion-LD sends with it."""
+def render_data(sub: Subscription, entities: list[dict[str, Any]], terms: TermMap) -> bytes:
+    """The notification's `data` member as JSON: the entities in the subscription's format.
+
+    It depends only on the entities, the @context and the format, not on the subscription's id,
+    so subscriptions that get the same change in the same form share one rendering.
+    """
+    return orjson.dumps([compact(entity, terms, sub) for entity in entities])
+
+
+def render(sub: Subscription, notification_id: str, data: bytes, notified_at: str | None = None
+           ) -> RenderedNotification:
+    """GS CIM 009 5.3.1 Notification around rendered `data`, plus the headers Orion-LD sends with it."""
     notification: dict[str, Any] = {
         "id": notification_id,
         "type": "Notification",
         "subscriptionId": sub.id,
-        "notifiedAt": iso_now(),
-        "data": [compact(entity, terms, sub) for entity in entities],
+        "notifiedAt": notified_at or iso_now(),
     }
     headers = {"Content-Type": sub.endpoint.accept if sub.endpoint.accept != "application/geo+json"
                else "application/json"}
@@ -102,7 +125,7 @@ def render(
     if sub.tenant:
         headers["NGSILD-Tenant"] = sub.tenant
     headers.update(sub.endpoint.receiver_info)
-    return RenderedNotification(body=orjson.dumps(notification), headers=headers)
+    return RenderedNotification(body=orjson.dumps(notification)[:-1] + b',"data":' + data + b"}", headers=headers)
 
 
 def mqtt_payload(rendered: RenderedNotification) -> bytes:
