@@ -34,12 +34,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
     """Build the API; broker clients open in the lifespan.
 
     One authenticator (`CLIMABOROUGH_AUTH`) guards the twin and KPI routes, bound to
-    `settings.tenant` (reads for every role of the city, POST for writers), and the gateway
+    `settings.tenant` (reads for every role of the city, and so is a what-if question: it changes
+    nothing; POST elsewhere for writers), and the gateway
     (`/ngsi-ld/...` proxied to `settings.broker_url`); `/health` and `/version` stay open.
     """
     started_at = datetime.now(UTC)
     authenticator = authenticator_from_settings(settings, service="api")
     access = require_tenant_access(authenticator, fixed_tenant=settings.tenant, write_access=Access.WRITE)
+    # POST /twin/what-if computes an answer and stores nothing: every role of the city may ask.
+    ask = require_tenant_access(authenticator, fixed_tenant=settings.tenant, write_access=Access.READ)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,7 +70,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     app.state.settings = settings
     guarded = [Depends(access)]
-    app.include_router(twin_router, dependencies=guarded)
+    app.include_router(twin_router, dependencies=[Depends(ask)])
     app.include_router(kpi_router, dependencies=guarded)
     gateway = install_gateway(app, settings, authenticator)
 

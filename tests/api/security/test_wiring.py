@@ -154,7 +154,7 @@ async def test_city_admin_reads_the_platform_api_and_writes_through_the_gateway(
     assert stored.status_code == 200
 
 
-async def test_viewer_reads_but_may_not_write_and_other_cities_are_refused(
+async def test_viewer_reads_and_asks_what_if_but_may_not_write_and_other_cities_are_refused(
     platform_api: str, issuer: LocalIssuer, api_tenant: str, http: httpx.AsyncClient
 ) -> None:
     viewer = bearer(issuer.token(roles=["viewer"], tenants=[api_tenant]))
@@ -163,8 +163,9 @@ async def test_viewer_reads_but_may_not_write_and_other_cities_are_refused(
     async with httpx.AsyncClient(base_url=platform_api, timeout=30) as client:
         assert (await client.get("/kpis", headers=viewer)).status_code == 200
         assert (await client.get("/twin/models", headers=viewer)).status_code == 200
-        refused = await client.post("/twin/what-if", json=WHAT_IF, headers=viewer)
-        assert refused.status_code == 403 and refused.json()["status"] == 403, refused.text
+        # A what-if question changes nothing: planners with read access may ask it.
+        asked = await client.post("/twin/what-if", json=WHAT_IF, headers=viewer)
+        assert asked.status_code not in (401, 403, 500), asked.text
         written = await client.post("/ngsi-ld/v1/entities", json=new, headers={**viewer, "NGSILD-Tenant": api_tenant})
         assert written.status_code == 403, written.text
         # A city admin of another tenant may not read this API's tenant, neither directly nor through the gateway.
