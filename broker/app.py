@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import platform
 from collections.abc import AsyncIterator
@@ -49,6 +50,20 @@ log = logging.getLogger(__name__)
 
 BROKER_VERSION = "0.1.0"
 API_PREFIX = "/ngsi-ld/v1"
+
+
+# Requests allocate tens of thousands of short-lived containers (a 500-entity batch: its parsed JSON,
+# expanded docs, history rows), nearly all freed by reference counting when the request ends. With
+# CPython's default first-generation threshold (700) the cycle collector traversed them several
+# times while they were alive, 10-15% of a batch's CPU; with this one a request rarely meets a collection.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_garbage_collector() -> None:
+    """Move what start-up built (modules, routes, contexts) out of the collector's sight; collect rarely."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def problem_response(error: NgsiError) -> Response:
@@ -100,6 +115,7 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
         await databases.open()
         await user_contexts.load()
         await notifier.start()
+        tune_garbage_collector()
         try:
             yield
         finally:
