@@ -18,6 +18,7 @@ each of its entities and what is already there is not sent again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -382,11 +383,26 @@ def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def instance_id_prefix(entity_id: str, attribute: str) -> str:
+    """The start of the instanceIds of one entity attribute's history instances (see `_append_bodies`)."""
+    digest = hashlib.blake2b(f"{entity_id}\0{attribute}".encode(), digest_size=12).hexdigest()
+    return f"urn:ngsi-ld:attribute:instance:{digest}:"
+
+
 def _append_bodies(part: _Planned) -> Iterator[dict[str, Any]]:
-    """The history of one entity in requests of at most MAX_INSTANCES_PER_APPEND instances."""
+    """The history of one entity in requests of at most MAX_INSTANCES_PER_APPEND instances.
+
+    Each instance carries an `instanceId` derived from its entity, attribute and observedAt, the
+    same in every run: a broker that keeps given instanceIds and skips the ones its history
+    already holds makes a resent chunk harmless (the append of a killed run may still be in
+    flight when the resumed run resends it).
+    """
     body: dict[str, Any] = {}
     size = 0
     for name, instances in part.history.items():
+        prefix = instance_id_prefix(part.entity_id, name)
+        for instance in instances:
+            instance["instanceId"] = prefix + str(instance["observedAt"])
         for start in range(0, len(instances), MAX_INSTANCES_PER_APPEND):
             piece = instances[start : start + MAX_INSTANCES_PER_APPEND]
             if size + len(piece) > MAX_INSTANCES_PER_APPEND and body:

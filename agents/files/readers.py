@@ -14,6 +14,7 @@ import io
 import tempfile
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -137,12 +138,14 @@ class RecordStream:
         held: list[str] = []
         reader = csv.reader(self._lines(held), delimiter=source.delimiter, quotechar=source.quote)
         width = len(header)
+        # itemgetter picks the mapped cells in C; a single column still comes back as a tuple.
+        pick = itemgetter(*positions) if len(positions) > 1 else (lambda row: tuple(row[p] for p in positions))
         for row in reader:
             raw = (held[0] if len(held) == 1 else "".join(held)).rstrip("\r\n")
             held.clear()
-            values: list[str | None]
+            values: Sequence[str | None]
             if len(row) >= width:
-                values = [row[p] for p in positions]
+                values = pick(row)
             else:
                 values = [row[p] if p < len(row) else None for p in positions]
             yield Record(values, raw, self._offset)

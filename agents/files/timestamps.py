@@ -80,8 +80,25 @@ def columns_parser(format_: str, time_zone: str, count: int) -> Callable[[list[A
     fixed = zone.utcoffset(None) if not isinstance(zone, ZoneInfo) else None
 
     in_order = directives == list(order[: len(directives)]) and len(directives) >= 3
+    # Hourly files repeat each day 24 times: the day's UTC start is computed once, then shifted.
+    days: dict[tuple[Any, Any, Any], datetime] = {}
+    hours = [timedelta(hours=hour) for hour in range(24)]
 
     def parse(cells: list[Any]) -> str:
+        if in_order and fixed is not None and len(cells) == 4:
+            day = (cells[0], cells[1], cells[2])
+            start = days.get(day)
+            try:
+                if start is None:
+                    if len(days) > 10_000:
+                        days.clear()
+                    start = days[day] = datetime(int(cells[0]), int(cells[1]), int(cells[2])) - fixed
+                hour = int(cells[3])
+                if not 0 <= hour < 24:
+                    raise ValueError(f"hour {hour} is out of range")
+                return (start + hours[hour]).isoformat(timespec="milliseconds") + "Z"
+            except (ValueError, TypeError) as error:
+                raise BadTimestamp(f"{' '.join(map(str, cells))!r} does not match the format {format_!r}") from error
         if in_order and fixed is not None:
             try:
                 local = datetime(*map(int, cells))  # type: ignore[arg-type]
