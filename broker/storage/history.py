@@ -132,7 +132,8 @@ class HistoryRows:
     def add_attribute(self, op: OpMode, entity_id: str, name: str, instance: dict[str, Any],
                       at: datetime) -> None:
         ts = self._ts(at)
-        instance_id = self._instance_id()
+        own = instance.get("instanceId")  # a client's own instanceId is kept (idempotent resends)
+        instance_id = own if isinstance(own, str) else self._instance_id()
         subs = sub_attribute_names(instance)
         value_type, text, boolean, number, moment, compound = route_value(instance)
         self.attributes.append((
@@ -207,3 +208,14 @@ async def write_history(conn: AsyncConnection, rows: HistoryRows, *, chunk_rows:
         for first in range(0, len(data), chunk_rows):
             # Compound values are JSON text already: `->>` hands them to the jsonb cast as they are.
             await conn.execute(statement, (orjson.dumps(data[first:first + chunk_rows]).decode(),))
+
+
+async def held_instance_ids(conn: AsyncConnection, entity_id: str, instance_ids: list[str]) -> set[str]:
+    """Which of `instance_ids` the history already holds, for writes that bring their own instanceIds.
+
+    Locks the entity's history for the rest of the transaction first (an advisory lock), so two
+    transactions resending the same instances one after the other cannot both write them.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"troe:{entity_id}",))
+    cur = await conn.execute("SELECT instanceId FROM attributes WHERE instanceId = ANY(%s)", (instance_ids,))
+    return {row[0] for row in await cur.fetchall()}

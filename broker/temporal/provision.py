@@ -122,12 +122,15 @@ def attribute_rows(
     *,
     op: str = "Append",
     copy: CopyLines | None = None,
+    given: list[str] | None = None,
 ) -> int:
     """Add one `attributes` row per instance (and `subAttributes` rows) to `rows`; returns the instance count.
 
     Each attribute maps to one instance or an array of instances (the temporal representation,
     GS CIM 009 4.5.7): unlike a multi-attribute, many instances may share the default datasetId.
-    With `copy`, plain Property instances go there as COPY lines instead of into `rows`.
+    With `copy`, plain Property instances go there as COPY lines instead of into `rows`. An
+    instance that brings its own `instanceId` (a URI) keeps it and, with `given`, it is listed
+    there, so that the caller can skip instances the history already holds (an idempotent resend).
     """
     ts = at.astimezone(UTC).replace(tzinfo=None)
     ids = InstanceIds()
@@ -168,8 +171,9 @@ def attribute_rows(
                         routed_field = "String\t" + copy_field(value) + "\t\\N\t\\N"
                     else:
                         routed_field = "Number\t\\N\t\\N\t" + repr(float(value))
+                    instance_id = _instance_id(instance, ids, given)
                     lines(
-                        f"{ids.next()}\t{name_field}\t{head}{_observed_copy_field(instance.get('observedAt'), name)}"
+                        f"{instance_id}\t{name_field}\t{head}{_observed_copy_field(instance.get('observedAt'), name)}"
                         f"\tf\t{copy.field(unit)}\t{copy.field(dataset)}\t{routed_field}\t\\N\t\\N\t{ts_field}\n"
                     )
                     continue
@@ -180,17 +184,54 @@ def attribute_rows(
                     routed = ("String", value, None, None)
                 else:
                     routed = ("Number", None, None, float(value))
-                append((ids.next(), iri, op, entity_id, observed, False, unit, dataset, *routed, None, None, ts))
+                append((_instance_id(instance, ids, given), iri, op, entity_id, observed, False, unit, dataset,
+                        *routed, None, None, ts))  # fmt: skip
                 continue
             [expanded] = forms.expand_attributes({name: instance}, terms, now_text).values()
-            _add_expanded(rows, ids, op, entity_id, iri, expanded[0], ts)
+            _add_expanded(rows, ids, op, entity_id, iri, expanded[0], ts, given)
     return added
 
 
+def _instance_id(instance: Mapping[str, Any], ids: InstanceIds, given: list[str] | None) -> str:
+    """The instance's own instanceId when it brings a URI (listed in `given`), else a new one."""
+    own = instance.get("instanceId")
+    if own is None or not forms.is_uri(own):
+        return ids.next()
+    if given is not None:
+        given.append(own)
+    return str(own)
+
+
+def drop_instances(rows: HistoryRows, copy: CopyLines | None, known: set[str]) -> None:
+    """Remove instances (with their sub-attributes) whose instanceId is in `known` or repeats one before it."""
+    seen = set(known)
+
+    def keep(instance_id: str) -> bool:
+        if instance_id in seen:
+            return False
+        seen.add(instance_id)
+        return True
+
+    if copy is not None:
+        copy.lines = [line for line in copy.lines if keep(line[: line.index("\t")])]
+    kept = [row for row in rows.attributes if keep(row[0])]
+    dropped = {row[0] for row in rows.attributes} - {row[0] for row in kept}
+    rows.attributes = kept
+    if dropped:
+        rows.sub_attributes = [row for row in rows.sub_attributes if row[3] not in dropped]
+
+
 def _add_expanded(
-    rows: HistoryRows, ids: InstanceIds, op: str, entity_id: str, iri: str, instance: dict[str, Any], ts: datetime
+    rows: HistoryRows,
+    ids: InstanceIds,
+    op: str,
+    entity_id: str,
+    iri: str,
+    instance: dict[str, Any],
+    ts: datetime,
+    given: list[str] | None = None,
 ) -> None:
-    instance_id = ids.next()
+    instance_id = _instance_id(instance, ids, given)
     subs = sub_attribute_names(instance)
     value_type, text, boolean, number, moment, compound = route_value(instance)
     rows.attributes.append((

@@ -10,10 +10,10 @@ from typing import Any
 from psycopg import sql
 
 from broker.query import GeoQuery, compile_geo_prefilter, compile_q, geo_matches, parse_geo_query, parse_q
-from broker.storage.history import HistoryRows
+from broker.storage.history import HistoryRows, held_instance_ids
 from broker.storage.tenants import TenantDatabases
 from broker.temporal.parameters import TemporalQuery
-from broker.temporal.provision import CopyLines, attribute_rows, entity_header
+from broker.temporal.provision import CopyLines, attribute_rows, drop_instances, entity_header
 from broker.temporal.representation import aggregated_entity, temporal_entity
 from broker.temporal.store import EntityFilter, TemporalStore
 from ngsi import forms
@@ -188,10 +188,12 @@ class TemporalService:
         """GS CIM 5.6.11: add the instances of a temporal entity; True when the entity is new."""
         entity_id, entity_type = entity_header(body, terms)
         now = datetime.now(UTC)
-        rows, copy = HistoryRows(), CopyLines()
-        attribute_rows(rows, entity_id, body, terms, now, copy=copy)
+        rows, copy, given = HistoryRows(), CopyLines(), list[str]()
+        attribute_rows(rows, entity_id, body, terms, now, copy=copy, given=given)
         pool = await self.databases.pool(tenant, create=True)
         async with pool.connection() as conn, conn.transaction():
+            if given:  # instances with their own instanceId: a resend adds nothing the history holds
+                drop_instances(rows, copy, await held_instance_ids(conn, entity_id, given))
             created = await self.store.latest_entity_type(conn, entity_id) is None
             rows.add_entity("Create" if created else "Append", entity_id, [entity_type], now)
             await self.store.write_instances(conn, rows, copy)
@@ -202,14 +204,16 @@ class TemporalService:
         check_uri(entity_id, "Entity id")
         if not isinstance(body, dict):
             raise BadRequestData("The body must be a JSON object of attributes and their instances")
-        rows, copy = HistoryRows(), CopyLines()
-        count = attribute_rows(rows, entity_id, body, terms, datetime.now(UTC), copy=copy)
+        rows, copy, given = HistoryRows(), CopyLines(), list[str]()
+        count = attribute_rows(rows, entity_id, body, terms, datetime.now(UTC), copy=copy, given=given)
         if not count:
             raise BadRequestData("The body has no attributes")
         pool = await self.databases.pool(tenant, create=False)
         async with pool.connection() as conn, conn.transaction():
             if await self.store.latest_entity_type(conn, entity_id) is None:
                 raise ResourceNotFound(f"Entity {entity_id!r} has no temporal evolution", entityId=entity_id)
+            if given:  # instances with their own instanceId: a resend adds nothing the history holds
+                drop_instances(rows, copy, await held_instance_ids(conn, entity_id, given))
             await self.store.write_instances(conn, rows, copy)
         return count
 
