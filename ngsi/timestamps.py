@@ -6,8 +6,12 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 
+@lru_cache(maxsize=1024)
 def format_timestamp(moment: datetime) -> str:
-    """`2016-03-15T11:00:00.000Z`; naive datetimes are taken as UTC."""
+    """`2016-03-15T11:00:00.000Z`; naive datetimes are taken as UTC.
+
+    Cached: a write formats the same `now` for every entity and change event it makes.
+    """
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     # isoformat is several times cheaper than strftime and always writes a 4-digit year.
