@@ -162,6 +162,20 @@ CASES: list[tuple[str, set[str]]] = [
     # metadata, sub-attributes, compound values
     ("no2.observedAt>2024-03-15T11:30:00Z", {"urn:ngsi-ld:AirQualityObserved:Madrid:2"}),
     ("no2.observedAt==2024-03-15T10:00:00Z..2024-03-15T11:00:00Z", {"urn:ngsi-ld:AirQualityObserved:Madrid:1"}),
+    # stored timestamps compare as text when the query instant has at most milliseconds, else as instants
+    ("no2.observedAt==2024-03-15T13:00:00+01:00", {"urn:ngsi-ld:AirQualityObserved:Madrid:2"}),
+    ("no2.observedAt<=2024-03-15T11:00:00.000Z", {"urn:ngsi-ld:AirQualityObserved:Madrid:1"}),
+    ("no2.observedAt>=2024-03-15T11:00:00.001Z", {"urn:ngsi-ld:AirQualityObserved:Madrid:2"}),
+    ("no2.observedAt<2024-03-15T11:00:00.0005Z", {"urn:ngsi-ld:AirQualityObserved:Madrid:1"}),
+    (
+        "no2.observedAt>2024-03-15T10:59:59.9995Z",
+        {"urn:ngsi-ld:AirQualityObserved:Madrid:1", "urn:ngsi-ld:AirQualityObserved:Madrid:2"},
+    ),
+    (
+        "no2.observedAt==2024-03-15T11:00:00Z,2024-03-15T14:00:00+02:00",
+        {"urn:ngsi-ld:AirQualityObserved:Madrid:1", "urn:ngsi-ld:AirQualityObserved:Madrid:2"},
+    ),
+    ("no2.observedAt!=2024-03-15T11:00:00Z", {"urn:ngsi-ld:AirQualityObserved:Madrid:2"}),
     ('no2.unitCode=="GQ"', {"urn:ngsi-ld:AirQualityObserved:Madrid:1", "urn:ngsi-ld:AirQualityObserved:Madrid:2"}),
     ("no2.datasetId==urn:ngsi-ld:Dataset:calibrated", {"urn:ngsi-ld:AirQualityObserved:Bilbao:1"}),
     ("no2.reliability<0.8", {"urn:ngsi-ld:AirQualityObserved:Madrid:2"}),
