@@ -76,6 +76,7 @@ ENTITIES: dict[str, dict[str, Any]] = {
     "urn:ngsi-ld:WeatherObserved:Madrid:1": {
         DEFAULT + "temperature": prop(-3.5, unitCode="CEL"),
         DEFAULT + "tags": [{"type": "ListProperty", "valueList": ["windy", "cold"]}],
+        DEFAULT + "readings": [{"type": "ListProperty", "valueList": [3, 7.5]}],
         DEFAULT + "label": [{"type": "LanguageProperty", "languageMap": {"es": "frío", "en": "cold"}}],
     },
 }
@@ -127,6 +128,12 @@ CASES: list[tuple[str, set[str]]] = [
     ("pm10!=true", {"urn:ngsi-ld:AirQualityObserved:Madrid:1"}),
     # list and language properties
     ('tags=="cold"', {"urn:ngsi-ld:WeatherObserved:Madrid:1"}),
+    # numbers and booleans are looked for in value and valueList only
+    ("readings>7", {"urn:ngsi-ld:WeatherObserved:Madrid:1"}),
+    ("readings==3,4", {"urn:ngsi-ld:WeatherObserved:Madrid:1"}),
+    ("readings<1", set()),
+    ("readings!=9", {"urn:ngsi-ld:WeatherObserved:Madrid:1"}),
+    ("pm10==true", {"urn:ngsi-ld:AirQualityObserved:Bilbao:2"}),
     ('label=="frío"', {"urn:ngsi-ld:WeatherObserved:Madrid:1"}),
     # regular expressions
     (
