@@ -12,7 +12,10 @@ For each chunk of records:
 Exactly one history instance per observation: the upsert writes the newest, the append the rest.
 A re-run of a finished file sends nothing. After a crash only the chunk marked `in_flight` is
 uncertain: before resending it, the broker's history is counted (`aggrMethods=totalCount`) for
-each of its entities and what is already there is not sent again.
+each of its entities and what is already there is not sent again. That count cannot see a
+request of the killed run that the broker is still working on, so every instance also carries an
+`instanceId` derived from entity, attribute and observedAt: our broker keeps given instanceIds
+and writes no instance twice, which makes such a late duplicate harmless.
 """
 
 from __future__ import annotations
@@ -239,6 +242,8 @@ class BrokerWriter:
             planned = await self._not_yet_written(planned)
         if not temporal:
             return await self._write_as_upserts(planned)
+        for part in planned:
+            _identify_upserted(part)
         upserts = [p for p in planned if len(p.upsert) > 2]
         refused = await self._upsert([{**p.upsert, "@context": p.context} for p in upserts])
         for part in planned:
@@ -387,6 +392,16 @@ def instance_id_prefix(entity_id: str, attribute: str) -> str:
     """The start of the instanceIds of one entity attribute's history instances (see `_append_bodies`)."""
     digest = hashlib.blake2b(f"{entity_id}\0{attribute}".encode(), digest_size=12).hexdigest()
     return f"urn:ngsi-ld:attribute:instance:{digest}:"
+
+
+def _identify_upserted(part: _Planned) -> None:
+    """Give the newest instances (the upsert's measured attributes) their instanceIds, as `_append_bodies` does.
+
+    A broker that keeps them writes no second history row when the same instance is upserted again.
+    """
+    for name, attribute in part.upsert.items():
+        if isinstance(attribute, dict) and "observedAt" in attribute:
+            attribute["instanceId"] = instance_id_prefix(part.entity_id, name) + str(attribute["observedAt"])
 
 
 def _append_bodies(part: _Planned) -> Iterator[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import signal
@@ -15,8 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.files import Checkpoint, checkpoint_key, ingest_file, load_mapping
+from agents.files import Checkpoint, checkpoint_key, compile_translator, ingest_file, load_mapping, open_records
 from agents.files.checkpoint import prefix_digest
+from agents.files.ingest import BrokerWriter, Chunk, plan_chunk, read_chunks
 from agents.quarantine import Quarantine
 from ngsi.client import AsyncBrokerClient
 
@@ -116,6 +118,29 @@ async def test_a_chunk_interrupted_after_delivery_is_not_sent_twice(client: Asyn
     assert await history_count(client, AIR, "pm25") == expected
 
 
+async def test_a_chunk_resent_while_its_first_delivery_is_in_flight_is_written_once(
+    client: AsyncBrokerClient, tmp_path: Path
+) -> None:
+    # As when a killed run's requests still run in the broker while the resumed run resends its chunk.
+    file = beijing_slice(tmp_path, 100)
+    mapping = load_mapping(MAPPING)
+    quarantine = Quarantine(tmp_path / "quarantine.sqlite")
+
+    def chunks() -> list[Chunk]:
+        with open_records(file, mapping) as records:
+            return list(read_chunks(iter(records), compile_translator(mapping), 0, 50))
+
+    first, second = chunks()
+    await BrokerWriter(client, quarantine, source="test").write(plan_chunk(first.entities, {}))
+    twice = [BrokerWriter(client, quarantine, source="test") for _ in range(2)]
+    await asyncio.gather(*(writer.write(plan_chunk(chunk.entities, {})) for writer, chunk in
+                           zip(twice, [second, chunks()[1]], strict=True)))  # fmt: skip
+    pm25 = csv_values(file, "PM2.5")
+    count, total = await history_count(client, AIR, "pm25")
+    assert (count, total) == (len(pm25), pytest.approx(sum(pm25)))
+    assert (await client.get_entity(AIR))["pm25"]["value"] == pm25[-1]
+
+
 async def test_without_temporal_append_history_is_written_as_ordered_upserts(client: AsyncBrokerClient,
                                                                               tmp_path: Path) -> None:  # fmt: skip
     file = beijing_slice(tmp_path, 60)
@@ -148,11 +173,6 @@ async def test_rows_that_cannot_be_mapped_go_to_the_quarantine_with_the_reason(c
     assert (await history_count(client, AIR, "pm25"))[0] == len(csv_values(beijing_slice(tmp_path, 20), "PM2.5"))
 
 
-@pytest.mark.xfail(
-    reason="known bug, open: after a SIGKILL mid-chunk the resumed run sometimes sends one chunk (or one upsert) "
-    "a second time (seen ~1 run in 2 on a busy machine); the exact counts below are the behaviour we want",
-    strict=False,
-)
 def test_the_command_can_be_killed_and_run_again_without_losing_or_duplicating(broker_url: str, tenant: str,
                                                                                 tmp_path: Path) -> None:  # fmt: skip
     file = beijing_slice(tmp_path, 3000)
@@ -183,8 +203,6 @@ def test_the_command_can_be_killed_and_run_again_without_losing_or_duplicating(b
     assert "resumed after records" in second.stdout
     third = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert "already ingested" in third.stdout
-
-    import asyncio
 
     async def counted() -> tuple[int, float]:
         async with AsyncBrokerClient(broker_url, tenant=tenant, context=ENVIRONMENT, timeout=60) as client:
