@@ -154,12 +154,17 @@ class ActiveModels:
         self._listed: tuple[float, list[ModelInfo]] | None = None
         self._pointers: dict[str, dict[str, str]] = {}
 
-    def active(self, target: str | None = None) -> list[ModelInfo]:
-        """Active versions (re-read at most every `LIST_TTL_S`: listing reads every artefact)."""
+    def listing(self) -> list[ModelInfo]:
+        """Every stored version (re-read at most every `LIST_TTL_S`: listing reads every artefact)."""
         now = time.monotonic()
-        if self._listed is None or now - self._listed[0] > self.LIST_TTL_S:
-            self._listed = (now, self.store.list())
-        return [info for info in self._listed[1] if info.active and (target is None or info.target == target)]
+        listed = self._listed
+        if listed is None or now - listed[0] > self.LIST_TTL_S:
+            listed = self._listed = (now, self.store.list())
+        return listed[1]
+
+    def active(self, target: str | None = None) -> list[ModelInfo]:
+        """Active versions (from the listing, at most `LIST_TTL_S` old)."""
+        return [info for info in self.listing() if info.active and (target is None or info.target == target)]
 
     def active_versions(self, target: str) -> dict[str, str]:
         """Station → active version of `target`, from the store's `active` pointer files only (cheap:
@@ -181,15 +186,18 @@ class ActiveModels:
         return versions
 
     def resolve(self, station: str, target: str) -> str:
-        """The store's station key for `station`: an entity id, or its last segment (`Aotizhongxin`)."""
-        stations = {info.station for info in self.store.list() if info.target == target}
-        if station in stations:
-            return station
-        matches = sorted(s for s in stations if s.rsplit(":", 1)[-1] == station)
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise ModelNotFound(f"{station!r} names several stations: {', '.join(matches)}; use the entity id")
+        """The store's station key for `station`: an entity id, or its last segment (`Aotizhongxin`).
+        The cached listing answers; a station it does not know is looked up in the store itself
+        (a model trained since the listing was read)."""
+        for listing in (self.listing, self.store.list):
+            stations = {info.station for info in listing() if info.target == target}
+            if station in stations:
+                return station
+            matches = sorted(s for s in stations if s.rsplit(":", 1)[-1] == station)
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise ModelNotFound(f"{station!r} names several stations: {', '.join(matches)}; use the entity id")
         known = ", ".join(sorted(stations)) or "none"
         raise ModelNotFound(f"no trained {target} model for station {station!r} (stations with a model: {known})")
 
@@ -310,10 +318,10 @@ class StationReader:
         # Enough for the input window, yesterday's weather over the horizon and a few missing hours.
         since = until - timedelta(hours=config.lookback + 24)
         air, weather = raw_attributes(model.forecaster.features)
-        frames = [await read_history_api(self.air_quality, [sources.air_quality], air, since, until)]
+        reads = [read_history_api(self.air_quality, [sources.air_quality], air, since, until)]
         if weather and sources.weather is not None:
-            frames.append(await read_history_api(self.weather, [sources.weather], weather, since, until))
-        frame = pd.concat(frames, axis=1).sort_index()
+            reads.append(read_history_api(self.weather, [sources.weather], weather, since, until))
+        frame = pd.concat(await asyncio.gather(*reads), axis=1).sort_index()
         missing = sorted(set(air + weather) - set(frame.columns))
         if missing:
             raise NotEnoughHistory(
