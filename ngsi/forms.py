@@ -263,9 +263,10 @@ def normalize_attribute(name: str, raw: Any, terms: TermMap | None = None) -> li
 def _normalize_instance(name: str, raw: Any, terms: TermMap | None) -> dict[str, Any]:
     if raw is None:
         raise _bad(name, "a Property value cannot be null")
-    if is_geojson_geometry(raw):
+    typed = type(raw) is dict and raw.get("type") in ATTRIBUTE_TYPES  # normalized payloads: no guessing
+    if not typed and is_geojson_geometry(raw):
         instance: dict[str, Any] = {"type": "GeoProperty", "value": raw}
-    elif not _looks_like_instance(raw):
+    elif not typed and not _looks_like_instance(raw):
         instance = {"type": "Property", "value": raw}
     else:
         instance = {}

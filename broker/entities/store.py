@@ -81,9 +81,12 @@ async def fetch_entity(conn: AsyncConnection, entity_id: str, *, for_update: boo
 async def fetch_entities(conn: AsyncConnection, entity_ids: list[str], *, for_update: bool = False
                          ) -> dict[str, StoredEntity]:
     lock = " FOR UPDATE" if for_update else ""
-    cur = await conn.execute(
-        f"SELECT {COLUMNS} FROM current_entities WHERE id = ANY(%s) ORDER BY id{lock}", (entity_ids,)
-    )
+    if len(entity_ids) == 1:  # a single-entity batch: no array parameter to encode
+        cur = await conn.execute(f"SELECT {COLUMNS} FROM current_entities WHERE id = %s{lock}", (entity_ids[0],))
+    else:
+        cur = await conn.execute(
+            f"SELECT {COLUMNS} FROM current_entities WHERE id = ANY(%s) ORDER BY id{lock}", (entity_ids,)
+        )
     return {row[0]: row_to_entity(row) for row in await cur.fetchall()}
 
 
