@@ -1,12 +1,25 @@
-"""Publishes notifications to mqtt(s):// endpoints (paho-mqtt), one client per broker and credentials."""
+"""Publishes notifications to mqtt(s):// endpoints: paho-mqtt clients driven by the notifier's event loop.
+
+One client per MQTT broker, credentials and protocol version. paho's own network thread cost
+a socketpair wake-up, a thread switch and GIL hand-overs per message, and QoS 1/2
+acknowledgements were awaited in a worker thread per message (a handful of threads for every
+subscription's in-flight notifications). Here the client's socket is registered with the event
+loop (paho's external-loop callbacks): a QoS 0 publish is a write on the next loop turn, a QoS
+1/2 publish awaits a future that the PUBACK/PUBCOMP resolves. Only the blocking connect runs in
+a thread, on a pool of its own, so an unreachable MQTT broker never takes the threads other
+work needs.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -18,12 +31,17 @@ from broker.subscriptions.notifier.render import RenderedNotification, mqtt_payl
 log = logging.getLogger(__name__)
 
 ClientKey = tuple[str, str, int, str | None, str | None, str]
+KEEPALIVE_S = 30
+HOUSEKEEPING_INTERVAL_S = 1.0
+"""How often paho's `loop_misc` runs (keep-alive pings, lost connections)."""
+CONNECTS_AT_ONCE = 4
 
 
 class _Connection:
-    """A paho client running its network loop in its own thread; connects lazily, reconnects on demand."""
+    """One paho client whose socket the event loop watches; connects lazily, reconnects on demand."""
 
-    def __init__(self, key: ClientKey, connect_timeout_s: float) -> None:
+    def __init__(self, key: ClientKey, timeout_s: float, loop: asyncio.AbstractEventLoop,
+                 connector: ThreadPoolExecutor) -> None:
         scheme, host, port, user, password, version = key
         protocol = mqtt.MQTTv5 if version == "mqtt5.0" else mqtt.MQTTv311
         self.client = mqtt.Client(
@@ -34,13 +52,67 @@ class _Connection:
             self.client.username_pw_set(user, password)
         if scheme == "mqtts":
             self.client.tls_set_context(ssl.create_default_context())
+        self.client.connect_timeout = timeout_s
         self.host, self.port = host, port
-        self.connected = threading.Event()
+        self._timeout = timeout_s
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._connector = connector
+        self._started = False
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.connecting = asyncio.Lock()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self._timeout = connect_timeout_s
-        self._started = False
-        self.connecting = asyncio.Lock()
+        self.client.on_publish = self._on_publish
+        self.client.on_socket_open = lambda client, userdata, sock: self._in_loop(self._watch, sock)
+        self.client.on_socket_close = lambda client, userdata, sock: self._in_loop(self._unwatch, sock)
+        self.client.on_socket_register_write = (
+            lambda client, userdata, sock: self._in_loop(self._watch_writable, sock))
+        self.client.on_socket_unregister_write = (
+            lambda client, userdata, sock: self._in_loop(self._unwatch_writable, sock))
+
+    # ---- the socket in the event loop (paho calls these from the loop, or from the connecting thread)
+
+    def _in_loop(self, action: Any, sock: Any) -> None:
+        """Run `action(fd)` on the loop; the descriptor is read now, before paho may close the socket."""
+        fd = sock.fileno()
+        if threading.get_ident() == self._loop_thread:
+            action(fd)
+        else:  # in order: a reconnect's "close old" comes before its "open new", even on the same number
+            self._loop.call_soon_threadsafe(action, fd)
+
+    def _watch(self, fd: int) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.add_reader(fd, self._readable)
+
+    def _unwatch(self, fd: int) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(fd)
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_writer(fd)
+
+    def _watch_writable(self, fd: int) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.add_writer(fd, self._writable)
+
+    def _unwatch_writable(self, fd: int) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_writer(fd)
+
+    def _readable(self) -> None:
+        self.client.loop_read()
+
+    def _writable(self) -> None:
+        self.client.loop_write()
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            self.client.loop_misc()
+
+    # ---- paho's protocol callbacks (on the loop thread: loop_read/loop_write/loop_misc run there)
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
                     properties: object = None) -> None:
@@ -50,24 +122,62 @@ class _Connection:
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object, reason: object,
                        properties: object = None) -> None:
         self.connected.clear()
+        acks, self._acks = self._acks, {}
+        for ack in acks.values():  # their rows stay in the outbox and are sent again
+            if not ack.done():
+                ack.set_exception(DeliveryFailed(f"MQTT connection to {self.host}:{self.port} lost"))
 
-    def ensure_connected(self) -> None:
-        """Blocking: runs in a worker thread."""
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object = None,
+                    properties: object = None) -> None:
+        ack = self._acks.pop(mid, None)
+        if ack is not None and not ack.done():
+            if getattr(reason, "is_failure", False):
+                ack.set_exception(DeliveryFailed(f"MQTT broker refused the message: {reason}"))
+            else:
+                ack.set_result(None)
+
+    # ---- what the sender uses
+
+    async def ensure_connected(self) -> None:
         if self.connected.is_set():
             return
-        if not self._started:
-            self.client.connect(self.host, self.port, keepalive=30)
-            self.client.loop_start()
+        async with self.connecting:  # concurrent sends of a lane connect once
+            if self.connected.is_set():
+                return
+            connect = (self.client.reconnect if self._started else
+                       lambda: self.client.connect(self.host, self.port, keepalive=KEEPALIVE_S))
+            try:
+                await self._loop.run_in_executor(self._connector, connect)
+            except (OSError, mqtt.WebsocketConnectionError, ValueError) as error:
+                raise DeliveryFailed(f"MQTT connect to {self.host}:{self.port} failed: {error}") from None
             self._started = True
-        else:
-            self.client.reconnect()
-        if not self.connected.wait(self._timeout):
-            raise DeliveryFailed(f"MQTT broker {self.host}:{self.port} did not accept the connection")
+            if self._housekeeping is None:
+                self._housekeeping = asyncio.create_task(self._keep_alive(), name=f"mqtt-{self.host}:{self.port}")
+            try:
+                await asyncio.wait_for(self.connected.wait(), self._timeout)
+            except TimeoutError:
+                raise DeliveryFailed(f"MQTT broker {self.host}:{self.port} did not accept the connection") from None
+
+    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        info = self.client.publish(topic, payload, qos=qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.connected.clear()
+            raise DeliveryFailed(f"MQTT publish failed: {mqtt.error_string(info.rc)}")
+        if qos == 0:
+            return  # QoS 0: on its way with the next loop turn, nothing to wait for
+        ack = self._acks[info.mid] = self._loop.create_future()
+        try:
+            await asyncio.wait_for(ack, self._timeout)
+        except TimeoutError:
+            self._acks.pop(info.mid, None)
+            raise DeliveryFailed("MQTT publish not acknowledged in time") from None
 
     def close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         if self._started:
             self.client.disconnect()
-            self.client.loop_stop()
+            self.client.loop_write()  # sends DISCONNECT, and paho closes the socket after it
 
 
 class MqttSender:
@@ -76,7 +186,7 @@ class MqttSender:
     def __init__(self, timeout_s: float) -> None:
         self._timeout = timeout_s
         self._connections: dict[ClientKey, _Connection] = {}
-        self._lock = asyncio.Lock()
+        self._connector = ThreadPoolExecutor(CONNECTS_AT_ONCE, thread_name_prefix="mqtt-connect")
 
     async def send(self, endpoint: Endpoint, notification: RenderedNotification) -> None:
         parts = urlsplit(endpoint.uri)
@@ -89,30 +199,16 @@ class MqttSender:
         )
         topic = unquote(parts.path[1:])
         qos = int(endpoint.notifier_info.get("MQTT-QoS", "0"))
-        payload = mqtt_payload(notification)
-        async with self._lock:
-            connection = self._connections.get(key)
-            if connection is None:
-                connection = self._connections[key] = _Connection(key, self._timeout)
-        if not connection.connected.is_set():
-            async with connection.connecting:  # concurrent sends of a lane connect once
-                try:
-                    await asyncio.to_thread(connection.ensure_connected)
-                except (OSError, mqtt.WebsocketConnectionError, ValueError) as error:
-                    raise DeliveryFailed(f"MQTT connect to {key[1]}:{key[2]} failed: {error}") from None
-        info = connection.client.publish(topic, payload, qos=qos)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            connection.connected.clear()
-            raise DeliveryFailed(f"MQTT publish failed: {mqtt.error_string(info.rc)}")
-        if qos > 0:
-            try:
-                await asyncio.to_thread(info.wait_for_publish, self._timeout)
-            except (RuntimeError, ValueError) as error:
-                raise DeliveryFailed(f"MQTT publish not acknowledged: {error}") from None
-            if not info.is_published():
-                raise DeliveryFailed("MQTT publish not acknowledged in time")
+        connection = self._connections.get(key)
+        if connection is None:
+            connection = self._connections[key] = _Connection(
+                key, self._timeout, asyncio.get_running_loop(), self._connector)
+        await connection.ensure_connected()
+        await connection.publish(topic, mqtt_payload(notification), qos)
 
     async def aclose(self) -> None:
         connections, self._connections = list(self._connections.values()), {}
         for connection in connections:
-            await asyncio.to_thread(connection.close)
+            with contextlib.suppress(Exception):
+                connection.close()
+        self._connector.shutdown(wait=False, cancel_futures=True)
