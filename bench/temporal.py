@@ -4,6 +4,10 @@
 100 entities × 10,000 hourly `no2` instances through `POST /temporal/entities/{id}/attrs`, COPYs
 the same rows into a scratch table for comparison, then measures hourly avg/max of one entity
 over a year and daily avg over the 100 entities for a month.
+
+Besides the wall-clock figures, `cpu` gives the CPU time the broker process and PostgreSQL (all
+backends) spent per appended instance and per aggregated query: unlike wall times these hardly
+depend on what else the machine runs.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from bench._harness import cpu_seconds, process_tree_cpu_seconds
 from broker.embedded_postgres import EmbeddedPostgres, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +59,8 @@ def no2_series(n: int, hours: int) -> list[tuple[datetime, float]]:
 
 
 @contextmanager
-def running_broker(database_url: str, data_dir: Path) -> Iterator[str]:
+def running_broker(database_url: str, data_dir: Path) -> Iterator[tuple[str, int]]:
+    """The broker on a free loopback port: (base URL, pid)."""
     port = free_port()
     env = {**os.environ, "CLIMABOROUGH_DATABASE_URL": database_url, "CLIMABOROUGH_DATA_DIR": str(data_dir)}
     process = subprocess.Popen(
@@ -74,7 +80,7 @@ def running_broker(database_url: str, data_dir: Path) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the broker did not start")
             time.sleep(0.1)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         try:
@@ -198,13 +204,27 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
+    cpu: dict[str, dict[str, float]] = {}
     work = Path(tempfile.mkdtemp(prefix="climaborough-bench-temporal-"))
     pg_dir = Path(tempfile.mkdtemp(prefix="climaborough-bench-temporal-pg-"))  # the server may run as nobody
     try:
         with EmbeddedPostgres(pg_dir) as postgres:
             database_url = postgres.ensure_database("bench_temporal")
-            with running_broker(database_url, work / "data") as url:
+            with running_broker(database_url, work / "data") as (url, broker_pid):
+                postgres_pid = postgres.pid
+                assert postgres_pid is not None
+
+                def cpu_now() -> tuple[float, float]:
+                    return cpu_seconds(broker_pid), process_tree_cpu_seconds(postgres_pid)
+
+                before = cpu_now()
                 append_per_s = asyncio.run(backfill(url, args.entities, args.hours, args.chunk, args.concurrency))
+                after = cpu_now()
+                appended = args.entities * args.hours
+                cpu["append_us_per_instance"] = {
+                    "broker": round((after[0] - before[0]) / appended * 1e6, 2),
+                    "postgres": round((after[1] - before[1]) / appended * 1e6, 2),
+                }
                 copy_per_s = raw_copy(database_url, args.entities, args.hours)
                 with psycopg.connect(database_url, autocommit=True) as conn:
                     # What autovacuum does after a bulk insert (autovacuum_vacuum_insert_threshold), run
@@ -213,7 +233,14 @@ def main() -> None:
                     conn.execute("ANALYZE entities")
                     row = conn.execute("SELECT count(*) FROM attributes").fetchone()
                     instances = int(row[0]) if row else 0
+                before = cpu_now()
                 timings = asyncio.run(time_queries(url, args.entities, args.rounds))
+                after = cpu_now()
+                queries = 2 * (args.rounds + 2)  # both kinds, warm-up rounds included
+                cpu["aggr_ms_per_query"] = {
+                    "broker": round((after[0] - before[0]) / queries * 1000, 2),
+                    "postgres": round((after[1] - before[1]) / queries * 1000, 2),
+                }
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(pg_dir, ignore_errors=True)
@@ -224,6 +251,8 @@ def main() -> None:
         "temporal_append_per_s": round(append_per_s),
         "copy_rows_per_s": round(copy_per_s),
         **{f"{name}_p95_ms": round(percentile(samples, 0.95), 1) for name, samples in timings.items()},
+        "cpu": cpu,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }))  # fmt: skip
 
 

@@ -289,7 +289,7 @@ class TemporalStore:
         query = sql.SQL(
             "WITH g AS MATERIALIZED ("
             ' SELECT e.n AS entity_n, a.id COLLATE "C" AS attr, {bucket} AS bucket,'
-            "  min({col}) AS first_time, max({col}) AS last_time, {named}"
+            "  {span}{named}"
             " FROM unnest(%s::text[]) WITH ORDINALITY AS e(id, n)"
             " JOIN attributes a ON a.entityId = e.id WHERE {cond}"
             " GROUP BY 1, 2, 3)"
@@ -299,7 +299,10 @@ class TemporalStore:
             "  {carried} FROM g) x"
             " GROUP BY x.entity_n, x.attr ORDER BY x.entity_n, x.attr"
         ).format(
-            series=series, start=start, end=end, iso=sql.SQL(ISO_MS), carried=carried, bucket=bucket, col=column,
+            series=series, start=start, end=end, iso=sql.SQL(ISO_MS), carried=carried, bucket=bucket,
+            # Only P0D periods reach from the first to the last instance; others need no per-row min/max.
+            span=sql.SQL("min({col}) AS first_time, max({col}) AS last_time, ").format(col=column)
+            if period.is_zero else sql.SQL(""),
             named=named, cond=sql.SQL(" AND ").join(conditions),
         )  # fmt: skip
         cur = await conn.execute(query, [*bucket_params, list(entity_ids), *params, *outer_params])
