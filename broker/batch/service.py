@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
-
-from psycopg import AsyncConnection
 
 from broker.changes import ChangeSink
 from broker.entities import store
@@ -26,7 +23,6 @@ from ngsi.contexts import TermMap
 from ngsi.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFound
 
 BatchKind = Literal["create", "upsert", "update", "delete", "merge"]
-PIPELINED_MAX_ENTITIES = 10
 
 
 @dataclass
@@ -79,7 +75,9 @@ class BatchService:
         if not parsed:
             return result
         pool = await self.databases.pool(tenant, create=kind in ("create", "upsert"))
-        async with pool.connection() as conn, self.transaction(conn, len(parsed)):
+        # Pipelined: each statement leaves as soon as it is issued, so PostgreSQL stores the current state
+        # while this process builds the history rows and change events (two cores at work, not one).
+        async with pool.connection() as conn, store.write_transaction(conn):
             ids = sorted({entity_id for entity_id, _ in parsed})
             current: dict[str, StoredEntity | None] = dict(await store.fetch_entities(conn, ids, for_update=True))
             existing = {k for k, v in current.items() if v is not None}
@@ -103,11 +101,6 @@ class BatchService:
                 await store.delete_entities(conn, deleted)
             await self.entities.record(conn, tenant, writes, now)
         return result
-
-    @staticmethod
-    def transaction(conn: AsyncConnection, entities: int) -> AbstractAsyncContextManager[Any]:
-        """Few entities: a pipelined transaction (about 2 round trips); many: a plain one (a few large statements)."""
-        return store.write_transaction(conn) if entities <= PIPELINED_MAX_ENTITIES else conn.transaction()
 
     @staticmethod
     def apply(kind: BatchKind, before: StoredEntity | None, expanded: Any, now: datetime, stamp: str,
