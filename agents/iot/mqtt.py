@@ -25,12 +25,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agents.iot.measures import MeasureIngestor, RawMeasure
-from agents.iot.topics import SUBSCRIPTION_FILTERS, TopicError, parse_topic, shared
+from agents.iot.topics import SUBSCRIPTION_FILTERS, MeasureTopic, TopicError, parse_topic, shared
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 MAX_BATCH = 500
+TOPIC_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class MqttIntake:
         self._arrival = asyncio.Event()
         self._wake_scheduled = False
         self._stopping = False
+        self._topics: dict[str, MeasureTopic | str] = {}  # topic → its parts, or why it is no measure topic
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscribed = asyncio.Event()
         if self.v5:
@@ -164,7 +166,7 @@ class MqttIntake:
         raws: list[RawMeasure] = []
         for delivery in batch:
             try:
-                topic = parse_topic(delivery.topic)
+                topic = self._topic(delivery.topic)
             except TopicError as error:
                 await asyncio.to_thread(
                     self.ingestor.quarantine.add, agent="iot", source=f"mqtt:{delivery.topic}",
@@ -189,6 +191,21 @@ class MqttIntake:
         for delivery in batch:
             self._client.ack(delivery.mid, delivery.qos)
         self.received += len(batch)
+
+    def _topic(self, topic: str) -> MeasureTopic:
+        # Devices publish to the same few topics over and over: parse each once.
+        known = self._topics.get(topic)
+        if known is None:
+            if len(self._topics) > TOPIC_CACHE_SIZE:
+                self._topics.clear()
+            try:
+                known = parse_topic(topic)
+            except TopicError as error:
+                known = str(error)
+            self._topics[topic] = known
+        if isinstance(known, str):
+            raise TopicError(known)
+        return known
 
     async def stop(self) -> None:
         """Finish what was taken, then disconnect (the session keeps the rest on the server)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from agents.iot.expressions import ExpressionError, evaluate_expression
@@ -140,6 +140,13 @@ def _static(static: StaticAttribute) -> dict[str, Any]:
     return {"type": "Property", "value": static.value}
 
 
+def _utc_text(moment: datetime) -> str:
+    # Measure times are UTC already (payloads.parse_timestamp, the receive clock): isoformat is the cheap way.
+    if moment.tzinfo is UTC:
+        return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
+    return format_timestamp(moment)
+
+
 def translate_measure(measure: Measure, profile: DeviceProfile, received_at: datetime) -> dict[str, Any]:
     """One measure as a normalized NGSI-LD entity fragment, ready for a batch upsert (update mode).
 
@@ -147,7 +154,7 @@ def translate_measure(measure: Measure, profile: DeviceProfile, received_at: dat
     received) and its `unitCode` (provisioned, else the Smart Data Models default); `dateObserved`
     is always set to that time. Raises MappingError when nothing can be mapped or a value is wrong.
     """
-    observed = format_timestamp(measure.observed_at or received_at)
+    observed = _utc_text(measure.observed_at or received_at)
     variables: dict[str, Any] | None = None
     entity: dict[str, Any] = {"id": profile.entity_id, "type": profile.entity_type}
     for source, raw in measure.values.items():
