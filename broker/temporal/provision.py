@@ -142,7 +142,11 @@ def attribute_rows(
             continue
         forms.check_attribute_name(name)
         iri = terms.expand(name)
-        instances = raw if isinstance(raw, list) and raw and all(isinstance(i, Mapping) for i in raw) else [raw]
+        # JSON bodies hold dicts: `isinstance(_, dict)` first spares the slower ABC check per instance.
+        instances = (
+            raw if isinstance(raw, list) and raw and all(isinstance(i, dict) or isinstance(i, Mapping) for i in raw)
+            else [raw]
+        )  # fmt: skip
         append = rows.attributes.append
         if copy is not None:
             # Everything but the value columns, observedAt, unitCode and datasetId is the same on each line.
@@ -151,9 +155,10 @@ def attribute_rows(
             lines = copy.lines.append
         for instance in instances:
             added += 1
-            value = instance.get("value") if isinstance(instance, Mapping) else None
+            is_object = isinstance(instance, dict) or isinstance(instance, Mapping)
+            value = instance.get("value") if is_object else None
             if (
-                isinstance(instance, Mapping)
+                is_object
                 and instance.get("type", "Property") == "Property"
                 and isinstance(value, int | float | str)
                 and instance.keys() <= _LEAN_MEMBERS
@@ -171,7 +176,7 @@ def attribute_rows(
                         routed_field = "String\t" + copy_field(value) + "\t\\N\t\\N"
                     else:
                         routed_field = "Number\t\\N\t\\N\t" + repr(float(value))
-                    instance_id = _instance_id(instance, ids, given)
+                    instance_id = ids.next() if "instanceId" not in instance else _instance_id(instance, ids, given)
                     lines(
                         f"{instance_id}\t{name_field}\t{head}{_observed_copy_field(instance.get('observedAt'), name)}"
                         f"\tf\t{copy.field(unit)}\t{copy.field(dataset)}\t{routed_field}\t\\N\t\\N\t{ts_field}\n"
