@@ -37,7 +37,15 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench._harness import emit_result, log, machine_info, percentile, running_broker
+from bench._harness import (
+    cpu_seconds,
+    emit_result,
+    log,
+    machine_info,
+    percentile,
+    process_tree_cpu_seconds,
+    running_broker,
+)
 from broker.embedded_postgres import free_port
 from kpi.backfill import backfill
 from kpi.definitions import DefinitionSet, load_definitions
@@ -90,6 +98,40 @@ def air_quality_definitions() -> DefinitionSet:
 # -- latency -------------------------------------------------------------------------------------
 
 
+class StagedKpiEngine(KpiEngine):
+    """The engine, noting when each station report's notification arrives and its EEA entity is written."""
+
+    def __init__(self, settings: KpiSettings, definitions: DefinitionSet) -> None:
+        super().__init__(settings, definitions)
+        self.notified: dict[tuple[str, str], float] = {}
+        self.written: dict[tuple[str, str], float] = {}
+        write = self.writer.write
+
+        async def timed_write(kpis: Any) -> int:
+            sent = await write(kpis)
+            done = time.perf_counter()
+            for kpi in kpis:
+                if ":eea-air-quality-index:" in kpi.id:
+                    key = (kpi.entity["refSourceEntity"]["object"], kpi.entity["kpiValue"]["observedAt"])
+                    self.written.setdefault(key, done)
+            return sent
+
+        self.writer.write = timed_write  # type: ignore[method-assign]
+
+    async def on_notification(self, notification: dict[str, Any]) -> None:
+        arrived = time.perf_counter()
+        for entity in notification.get("data", []):
+            observed = (entity.get("pm25") or {}).get("observedAt") if isinstance(entity, dict) else None
+            if observed:
+                self.notified.setdefault((entity["id"], observed), arrived)
+        await super().on_notification(notification)
+
+
+def _stage_ms(later: dict[tuple[str, str], float], earlier: dict[tuple[str, str], float]) -> float | None:
+    gaps = [(later[key] - earlier[key]) * 1000 for key in later.keys() & earlier.keys()]
+    return round(percentile(gaps, 0.5), 1) if gaps else None
+
+
 class KpiWatcher:
     """Receives the notifications of EEA index entities and matches them to the reports sent."""
 
@@ -97,6 +139,8 @@ class KpiWatcher:
         port = int(mqtt_url.rsplit(":", 1)[1])
         self.topic = topic
         self.sent: dict[tuple[str, str], float] = {}
+        self.sent_at: dict[tuple[str, str], float] = {}
+        self.arrived: dict[tuple[str, str], float] = {}
         self.latencies: list[float] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -121,17 +165,20 @@ class KpiWatcher:
                 sent = self.sent.pop(key, None)
             if sent is not None:
                 self.latencies.append((arrived - sent) * 1000)
+                self.arrived[key] = arrived
 
     def expect(self, station: str, observed_at: str, at: float) -> None:
         with self._lock:
             self.sent[(station, observed_at)] = at
+            self.sent_at[(station, observed_at)] = at
 
     def stop(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
 
 
-async def measure_latency(broker_url: str, mqtt_url: str, stations: int, seconds: float) -> dict[str, Any]:
+async def measure_latency(broker: Any, mqtt_url: str, stations: int, seconds: float) -> dict[str, Any]:
+    broker_url = broker.base_url
     topic = "bench/kpi/eea"
     watcher = KpiWatcher(mqtt_url, topic)
     settings = KpiSettings(broker_url=broker_url, mqtt_url=mqtt_url, kpi_client_id="bench-kpi", kpi_workers=8)
@@ -145,8 +192,10 @@ async def measure_latency(broker_url: str, mqtt_url: str, stations: int, seconds
                              "endpoint": {"uri": f"{mqtt_url}/{topic}", "accept": "application/json"}},
             "@context": [KPI_CONTEXT],
         })  # fmt: skip
-        engine = KpiEngine(settings, air_quality_definitions())
+        engine = StagedKpiEngine(settings, air_quality_definitions())
         await engine.start()
+        cpu_before = (process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid),
+                      cpu_seconds(os.getpid()))  # fmt: skip
         try:
             async def station(index: int) -> None:
                 await asyncio.sleep(index / stations)  # spread the reports over the second
@@ -168,6 +217,8 @@ async def measure_latency(broker_url: str, mqtt_url: str, stations: int, seconds
 
             await asyncio.gather(*(station(i) for i in range(stations)))
             await asyncio.sleep(3)  # the last reports' KPIs
+            cpu_after = (process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid),
+                         cpu_seconds(os.getpid()))  # fmt: skip
         finally:
             await engine.stop(drain_timeout=30)
             watcher.stop()
@@ -179,6 +230,14 @@ async def measure_latency(broker_url: str, mqtt_url: str, stations: int, seconds
         "reports_sent": len(latencies) + len(watcher.sent),
         "engine_errors": engine.stats.errors,
         "engine_reads": engine.stats.reads,
+        "engine_last_error": engine.stats.last_error,
+        # Where the time goes (p50): report → engine notified → EEA entity written → its notification seen.
+        "stage_report_to_engine_ms": _stage_ms(engine.notified, watcher.sent_at),
+        "stage_engine_to_written_ms": _stage_ms(engine.written, engine.notified),
+        "stage_written_to_seen_ms": _stage_ms(watcher.arrived, engine.written),
+        "cpu_broker_s": round(cpu_after[0] - cpu_before[0], 1),
+        "cpu_postgres_s": round(cpu_after[1] - cpu_before[1], 1),
+        "cpu_bench_and_engine_s": round(cpu_after[2] - cpu_before[2], 1),
     }
 
 
@@ -264,7 +323,7 @@ def main() -> None:
         if not args.skip_latency:
             with running_broker() as broker:
                 log(f"latency: {args.stations} stations for {args.seconds}s")
-                result.update(asyncio.run(measure_latency(broker.base_url, mqtt_url, args.stations, args.seconds)))
+                result.update(asyncio.run(measure_latency(broker, mqtt_url, args.stations, args.seconds)))
         if not args.skip_backfill:
             files = sorted(args.data.glob("PRSA_Data_*.csv"))
             if not files:

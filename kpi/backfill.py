@@ -11,22 +11,23 @@ twice leaves the same history.
 from __future__ import annotations
 
 import asyncio
-import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kpi.catalogue import Observations, Series
 from kpi.definitions import KpiDefinition
 from kpi.engine import KpiEngine
-from kpi.entities import KPI_TYPE, SERIES_KINDS, KpiEntity, calculate_kpi
+from kpi.entities import KPI_TYPE, SERIES_KINDS, KpiEntity, calculate_kpi, kpi_entity_id, measured_attributes
 from kpi.history import read_history
+from kpi.observations import SourceObservations
 from kpi.windows import Window, windows_between
 from smart_data_models import format_timestamp
 from smart_data_models.models import KPI_CONTEXT
 
 APPEND_CHUNK = 5000
+READ_SLICE_HOURS = 24 * 366
+"""History is read a year per request (a broker that cuts an answer is followed where it stopped)."""
 _ABSENT = object()
 
 
@@ -44,24 +45,29 @@ Progress = Callable[[int, int], None]
 """`progress(done, total)`, called after each (source entity, definition) pair."""
 
 
-def _slice(observations: Observations, start: datetime, end: datetime) -> dict[str, Series]:
-    sliced = {}
-    for attr, series in observations.items():
-        lo = bisect.bisect_left(series, start, key=lambda item: item[0])
-        hi = bisect.bisect_left(series, end, key=lambda item: item[0])
-        sliced[attr] = series[lo:hi]
-    return sliced
-
-
 def evaluate_windows(
-    definition: KpiDefinition, source_id: str, observations: Observations, since: datetime, until: datetime
+    definition: KpiDefinition, source_id: str, observations: SourceObservations, since: datetime, until: datetime
 ) -> list[tuple[Window, KpiEntity]]:
-    """Every window of `definition` overlapping `[since, until)` for one source entity (pure, CPU only)."""
+    """Every window of `definition` overlapping `[since, until)` for one source entity (pure, CPU only).
+
+    For series KPIs (hour, rolling 8 h, day) only the last window is a whole entity; the older ones
+    carry just the attributes their window adds to the entity's history (`measured_attributes`).
+    """
     calculator = definition.calculator_impl
+    params, tz, attributes = definition.params, definition.tz, definition.source.attributes
+    windows = list(windows_between(definition.window.kind, since, until, tz, custom=definition.custom_bounds))
+    series_id = kpi_entity_id(definition, source_id, windows[0]) if windows and definition.window.kind in SERIES_KINDS \
+        else None  # fmt: skip
     results = []
-    for window in windows_between(definition.window.kind, since, until, definition.tz, custom=definition.custom_bounds):
-        start, end = calculator.span(definition.params, window, definition.tz)
-        results.append((window, calculate_kpi(definition, source_id, _slice(observations, start, end), window)))
+    last = len(windows) - 1
+    for index, window in enumerate(windows):
+        start, end = calculator.span(params, window, tz)
+        window_observations = observations.observations(attributes, start, end)
+        if series_id is not None and index < last:
+            result = calculator.evaluate(params, window_observations, window, tz)
+            results.append((window, KpiEntity(series_id, measured_attributes(definition, window, result))))
+        else:
+            results.append((window, calculate_kpi(definition, source_id, window_observations, window)))
     return results
 
 
@@ -104,8 +110,11 @@ async def backfill(
                 history = await read_history(
                     engine.client_for(context), entity_type=entity_type, attributes=attributes,
                     start=min(s for s, _ in spans), end=max(e for _, e in spans), entity_ids=[source_id],
+                    slice_hours=READ_SLICE_HOURS,
                 )  # fmt: skip
-                observations = history.get(source_id, {})
+                observations = SourceObservations()
+                observations.seed(history.get(source_id, {}), since)
+                del history  # the tuples would make every garbage collection of the evaluation slow
                 for definition in group:
                     results = await asyncio.to_thread(
                         evaluate_windows, definition, source_id, observations, since, until

@@ -10,9 +10,10 @@ pure: the same observations and window always give the same result.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -120,12 +121,37 @@ class Calculator:
 
 
 def in_window(series: Series, start: datetime, end: datetime) -> list[float]:
+    # Bounds in UTC like the observations: comparing datetimes of one tzinfo skips utcoffset() per pair.
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     return [value for stamp, value in series if start <= stamp < end]
 
 
 def hour_mean(series: Series, hour_start: datetime) -> float | None:
     """Mean of the values observed in the hour starting at `hour_start` (one value for hourly data)."""
     values = in_window(series, hour_start, hour_start + HOUR)
+    return sum(values) / len(values) if values else None
+
+
+def _hour_buckets(series: Series, bounds: list[tuple[datetime, datetime]]) -> list[list[float]]:
+    """The values of each hour `[start, end)` in `bounds`, in series order.
+
+    One pass with a bisect when the hours follow each other without gap or overlap (always, but
+    for a daylight-saving oddity); otherwise one scan per hour, which gives the same buckets.
+    """
+    contiguous = all(bounds[k + 1][1] == bounds[k][0] for k in range(len(bounds) - 1))
+    if not contiguous:
+        return [[v for stamp, v in series if start <= stamp < end] for start, end in bounds]
+    buckets: list[list[float]] = [[] for _ in bounds]
+    starts = [start for start, _ in reversed(bounds)]  # ascending
+    last = len(bounds) - 1
+    first_start, final_end = bounds[last][0], bounds[0][1]
+    for stamp, value in series:
+        if first_start <= stamp < final_end:
+            buckets[last - (bisect_right(starts, stamp) - 1)].append(value)
+    return buckets
+
+
+def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
@@ -136,6 +162,7 @@ def to_micrograms(pollutant: str, value: float, units: Mapping[str, str]) -> flo
 
 def latest_observation(observations: Observations, start: datetime, end: datetime) -> datetime | None:
     """The last observation time inside the window (the KPI value's `observedAt`)."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     stamps = [stamp for series in observations.values() for stamp, _ in series if start <= stamp < end]
     return max(stamps) if stamps else None
 
@@ -230,10 +257,11 @@ class UsAqiCalculator(_HourlyIndex):
     def evaluate(self, params: Any, observations: Observations, window: Window, tz: tzinfo) -> KpiResult:
         # Most recent hour first, as NowCast takes them.
         hours = [window.start - k * HOUR for k in range(12)]
+        # The hours' bounds in UTC once for every pollutant (as `hour_mean` computes them).
+        bounds = [(hour.astimezone(UTC), (hour + HOUR).astimezone(UTC)) for hour in hours]
         hourly: dict[str, list[float | None]] = {}
         for pollutant in params.pollutants:
-            series = observations.get(pollutant, [])
-            values = [hour_mean(series, hour) for hour in hours]
+            values = [_mean(bucket) for bucket in _hour_buckets(observations.get(pollutant, []), bounds)]
             hourly[pollutant] = [
                 None if v is None or v < 0 else to_micrograms(pollutant, v, params.units) for v in values
             ]
@@ -377,7 +405,8 @@ class DailyMeanCalculator(Calculator):
 
 
 def in_window_series(observations: Observations, attribute: str, window: Window) -> Series:
-    return [(s, v) for s, v in observations.get(attribute, []) if window.start <= s < window.end]
+    start, end = window.start.astimezone(UTC), window.end.astimezone(UTC)
+    return [(s, v) for s, v in observations.get(attribute, []) if start <= s < end]
 
 
 # -- generic ---------------------------------------------------------------------------------------

@@ -165,6 +165,8 @@ class KpiDefinition(_Strict):
     _calculator: Calculator = PrivateAttr()
     _params: Parameters = PrivateAttr()
     _tz: tzinfo = PrivateAttr()
+    _parameters_json: dict[str, Any] = PrivateAttr()
+    _formula: str = PrivateAttr()
 
     @field_validator("id")
     @classmethod
@@ -214,7 +216,21 @@ class KpiDefinition(_Strict):
         self._calculator = calculator
         self._params = params
         self._tz = parse_timezone(self.timezone)
+        # Written into every KPI entity: computed once, not per window.
+        self._parameters_json = params.model_dump(mode="json")
+        dumped = params.model_dump(mode="json", exclude_defaults=True)
+        self._formula = f"{self.calculator}(" + ", ".join(f"{key}={value}" for key, value in dumped.items()) + ")"
         return self
+
+    @property
+    def parameters_json(self) -> dict[str, Any]:
+        """The calculator parameters as JSON (with defaults), as provenance records them."""
+        return self._parameters_json
+
+    @property
+    def formula(self) -> str:
+        """`calculator(parameter=value, …)` with the parameters that differ from the defaults."""
+        return self._formula
 
     @property
     def calculator_impl(self) -> Calculator:

@@ -34,7 +34,7 @@ from kpi.history import History, parse_time, read_history
 from kpi.intake import HttpIntake, MqttIntake
 from kpi.observations import SourceObservations, from_micros
 from kpi.settings import KpiSettings
-from kpi.windows import Window, window_at
+from kpi.windows import SERIES_KINDS, Window, window_at
 from kpi.writer import KpiWriter
 from ngsi.client import AsyncBrokerClient
 from ngsi.errors import AlreadyExists, NgsiError
@@ -96,6 +96,9 @@ def observed_values(entity: dict[str, Any], attributes: Iterable[str]) -> list[t
     return values
 
 
+SEED_SLICE_HOURS = 24 * 400
+"""A seed reads up to a year and a bit in one request (a broker that cuts the answer is followed)."""
+
 LONG_SPAN = timedelta(days=2)
 """Windows whose data span is longer than this are evaluated in a thread (a year is ~10^4 values)."""
 
@@ -136,10 +139,11 @@ class KpiEngine:
         self._observations: dict[str, SourceObservations] = {}
         self._notified_attributes = sorted({a for d in definitions if d.trigger.on_change for a in d.source.attributes})
         self._trimmed_hour: dict[str, int] = {}
-        self._outgoing: list[KpiEntity] = []
-        self._write_wanted = asyncio.Event()
-        self._writing = False
-        self._write_task: asyncio.Task[None] | None = None
+        # Two write lanes, so that hourly and daily KPIs never wait behind a batch of yearly ones.
+        self._outgoing: dict[str, list[KpiEntity]] = {"short": [], "long": []}
+        self._write_wanted = {lane: asyncio.Event() for lane in self._outgoing}
+        self._writing: set[str] = set()
+        self._write_tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -166,7 +170,7 @@ class KpiEngine:
             )  # fmt: skip
         await self._intake.start()
         self._workers = [asyncio.create_task(self._work()) for _ in range(max(1, self.settings.kpi_workers))]
-        self._write_task = asyncio.create_task(self._write_loop())
+        self._write_tasks = [asyncio.create_task(self._write_loop(lane)) for lane in self._outgoing]
         await self.register_subscriptions(self._intake.endpoint_uri)
         for definition in self.definitions:
             if definition.trigger.on_schedule:
@@ -185,11 +189,9 @@ class KpiEngine:
             log.warning("kpi engine stopped with %d entities still queued", len(self._pending))
         for task in self._workers:
             task.cancel()
-        if self._write_task is not None:
-            self._write_task.cancel()
-        await asyncio.gather(*self._workers, *self._schedules, return_exceptions=True)
-        if self._write_task is not None:
-            await asyncio.gather(self._write_task, return_exceptions=True)
+        for task in self._write_tasks:
+            task.cancel()
+        await asyncio.gather(*self._workers, *self._schedules, *self._write_tasks, return_exceptions=True)
         for client in self._clients.values():
             await client.aclose()
 
@@ -201,7 +203,7 @@ class KpiEngine:
         await self.stop()
 
     def _busy(self) -> bool:
-        return bool(self._pending or self._running or self._deferred or self._outgoing or self._writing)
+        return bool(self._pending or self._running or self._deferred or self._writing or any(self._outgoing.values()))
 
     async def drained(self) -> None:
         """Wait until no job is queued, deferred or running and every result is written."""
@@ -309,7 +311,10 @@ class KpiEngine:
         if state.seeded:
             return state
         latest = from_micros(state.latest) if state.latest is not None else max(job.window.start for job in jobs)
-        start = self.needed_from(entity_type, source_id, latest)
+        # What the windows of the latest observation need, and what the jobs at hand need (they may be older).
+        spans = [job.definition.calculator_impl.span(job.definition.params, job.window, job.definition.tz)
+                 for job in jobs]  # fmt: skip
+        start = min([self.needed_from(entity_type, source_id, latest), *(span[0] for span in spans)])
         end = max(latest, datetime.now(UTC)) + timedelta(days=1)
         attributes = sorted({
             a for d in self.definitions.for_source(entity_type) if d.trigger.on_change for a in d.source.attributes
@@ -317,7 +322,7 @@ class KpiEngine:
         self.stats.reads += 1
         history = await read_history(
             self.client_for(context), entity_type=entity_type, attributes=attributes,
-            start=start, end=end, entity_ids=[source_id],
+            start=start, end=end, entity_ids=[source_id], slice_hours=SEED_SLICE_HOURS,
         )  # fmt: skip
         state.seed(history.get(source_id, {}), start)
         return state
@@ -448,19 +453,22 @@ class KpiEngine:
     # -- coalesced writes ------------------------------------------------------------------------
 
     def _queue_writes(self, results: list[KpiEntity]) -> None:
+        for kpi in results:
+            lane = "short" if kpi.entity["provenance"]["value"]["window"]["kind"] in SERIES_KINDS else "long"
+            self._outgoing[lane].append(kpi)
+            self._write_wanted[lane].set()
         if results:
-            self._outgoing.extend(results)
             self._idle.clear()
-            self._write_wanted.set()
 
-    async def _write_loop(self) -> None:
-        """One writer for every source: what the workers produced in the last few ms goes in one batch."""
+    async def _write_loop(self, lane: str) -> None:
+        """One writer per lane for every source: what the workers produced in the last few ms goes in one batch."""
+        wanted = self._write_wanted[lane]
         while True:
-            await self._write_wanted.wait()
+            await wanted.wait()
             await asyncio.sleep(self.settings.kpi_write_coalesce_s)
-            self._write_wanted.clear()
-            batch, self._outgoing = self._outgoing, []
-            self._writing = True
+            wanted.clear()
+            batch, self._outgoing[lane] = self._outgoing[lane], []
+            self._writing.add(lane)
             try:
                 size = self.settings.kpi_write_batch
                 for first in range(0, len(batch), size):
@@ -470,7 +478,7 @@ class KpiEngine:
                 self.stats.last_error = f"{type(error).__name__}: {error}"
                 log.exception("kpi write failed entities=%d", len(batch))
             finally:
-                self._writing = False
+                self._writing.discard(lane)
                 self._update_idle()
 
     # -- schedules -------------------------------------------------------------------------------

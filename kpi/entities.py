@@ -71,6 +71,28 @@ class KpiEntity:
         return {k: v for k, v in self.entity.items() if k in keep}
 
 
+def measured_attributes(definition: KpiDefinition, window: Window, result: KpiResult) -> dict[str, Any]:
+    """`kpiValue` and, where they apply, `currentStanding`, `coverage`, `kpiDetails`: all at the window's time.
+
+    These are what a window adds to a series entity's history (the backfill writes only them).
+    """
+    observed_at = _utc(value_time(window))
+    # NGSI-LD has no null Property value: a KPI without a value says why in words.
+    value = result.value if result.value is not None else NO_VALUE
+    kpi_value: dict[str, Any] = {"type": "Property", "value": value, "observedAt": observed_at}
+    if definition.unit and isinstance(result.value, int | float) and not isinstance(result.value, bool):
+        kpi_value["unitCode"] = definition.unit
+    measured = {"kpiValue": kpi_value}
+    standing = definition.standing(result.value)
+    if standing is not None:
+        measured["currentStanding"] = {"type": "Property", "value": standing, "observedAt": observed_at}
+    if result.coverage is not None:
+        measured["coverage"] = {"type": "Property", "value": result.coverage.as_value(), "observedAt": observed_at}
+    if result.details:
+        measured["kpiDetails"] = {"type": "Property", "value": result.details, "observedAt": observed_at}
+    return measured
+
+
 def kpi_entity(
     definition: KpiDefinition,
     source_id: str,
@@ -83,11 +105,8 @@ def kpi_entity(
     entity_id = kpi_entity_id(definition, source_id, window)
     station = station_name(source_id)
     next_window = window.following()
-    # NGSI-LD has no null Property value: a KPI without a value says why in words.
-    value = result.value if result.value is not None else NO_VALUE
-    kpi_value: dict[str, Any] = _prop(value, observedAt=_utc(value_time(window)))
-    if definition.unit and isinstance(result.value, int | float) and not isinstance(result.value, bool):
-        kpi_value["unitCode"] = definition.unit
+    measured = measured_attributes(definition, window, result)
+    kpi_value = measured["kpiValue"]
     entity: dict[str, Any] = {
         "id": entity_id,
         "type": KPI_TYPE,
@@ -99,7 +118,7 @@ def kpi_entity(
         "calculatedBy": _prop(CALCULATED_BY),
         "calculationMethod": _prop("automatic"),
         "calculationFrequency": _prop(definition.frequency),
-        "calculationFormula": _prop(f"{definition.calculator}({_formula_parameters(definition)})"),
+        "calculationFormula": _prop(definition.formula),
         "aggregatedData": _prop([{"entityType": definition.source.type, "attrs": list(definition.source.attributes)}]),
         "area": _prop(station),
         "refSourceEntity": {"type": "Relationship", "object": source_id},
@@ -110,7 +129,7 @@ def kpi_entity(
             "definition": definition.id,
             "version": str(definition.version),
             "calculator": definition.calculator,
-            "parameters": definition.params.model_dump(mode="json"),
+            "parameters": definition.parameters_json,
             "window": {"kind": window.kind, "start": window.start.isoformat(), "end": window.end.isoformat(),
                        "label": window.label},
             "sources": [source_id],
@@ -119,21 +138,10 @@ def kpi_entity(
     }
     if latest_observation is not None:
         entity["updatedAt"] = _prop({"@type": "DateTime", "@value": _utc(latest_observation)})
-    standing = definition.standing(result.value)
-    if standing is not None:
-        entity["currentStanding"] = _prop(standing, observedAt=kpi_value["observedAt"])
-    if result.coverage is not None:
-        entity["coverage"] = _prop(result.coverage.as_value(), observedAt=kpi_value["observedAt"])
-    if result.details:
-        entity["kpiDetails"] = _prop(result.details, observedAt=kpi_value["observedAt"])
+    entity.update(measured)
     if definition.theme:
         entity["theme"] = _prop(definition.theme)
     return KpiEntity(entity_id, entity)
-
-
-def _formula_parameters(definition: KpiDefinition) -> str:
-    dumped = definition.params.model_dump(mode="json", exclude_defaults=True)
-    return ", ".join(f"{key}={value}" for key, value in dumped.items())
 
 
 def calculate_kpi(
