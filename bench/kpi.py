@@ -283,7 +283,8 @@ async def load_beijing(broker_url: str, files: list[Path], chunk: int = 2000) ->
     return total
 
 
-async def measure_backfill(broker_url: str, files: list[Path]) -> dict[str, Any]:
+async def measure_backfill(broker: Any, files: list[Path]) -> dict[str, Any]:
+    broker_url = broker.base_url
     started = time.perf_counter()
     instances = await load_beijing(broker_url, files)
     load_s = time.perf_counter() - started
@@ -294,10 +295,14 @@ async def measure_backfill(broker_url: str, files: list[Path]) -> dict[str, Any]
     # concurrent first queries race there (reported to the temporal slice).
     await engine.client_for(ENVIRONMENT_CONTEXT).temporal_query(type=AQO, attrs="no2", last_n=1, limit=1)
     started = time.perf_counter()
+    cpu_before = (process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid),
+                  cpu_seconds(os.getpid()))  # fmt: skip
     report = await backfill(
         engine, datetime(2013, 3, 1, tzinfo=BEIJING_TIME), datetime(2017, 3, 1, tzinfo=BEIJING_TIME)
     )
     elapsed = time.perf_counter() - started
+    cpu_after = (process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid),
+                 cpu_seconds(os.getpid()))  # fmt: skip
     await engine.stop()
     return {
         "kpi_backfill_s": round(elapsed, 1),
@@ -307,6 +312,9 @@ async def measure_backfill(broker_url: str, files: list[Path]) -> dict[str, Any]
         "backfill_history_values": report.history_instances,
         "history_load_s": round(load_s, 1),
         "history_instances": instances,
+        "backfill_cpu_broker_s": round(cpu_after[0] - cpu_before[0], 1),
+        "backfill_cpu_postgres_s": round(cpu_after[1] - cpu_before[1], 1),
+        "backfill_cpu_engine_s": round(cpu_after[2] - cpu_before[2], 1),
     }
 
 
@@ -329,7 +337,7 @@ def main() -> None:
             if not files:
                 raise SystemExit(f"no PRSA_Data_*.csv in {args.data} (give --data)")
             with running_broker() as broker:
-                result.update(asyncio.run(measure_backfill(broker.base_url, files)))
+                result.update(asyncio.run(measure_backfill(broker, files)))
     result["machine"] = machine_info()
     emit_result(result)
 
