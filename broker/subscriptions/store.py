@@ -32,6 +32,8 @@ class OutboxRow:
     entities: list[dict[str, Any]]
     attempts: int
     next_attempt_at: datetime
+    entities_json: str = ""
+    """`entities` as the outbox holds them: equal for the rows of one change that get the same entities."""
 
 
 async def insert_subscription(
@@ -143,14 +145,14 @@ OUTBOX_ROW_COLUMNS = "seq, subscription_id, notification_id, entities::text, att
 
 
 def _outbox_rows(rows: list[tuple[Any, ...]]) -> list[OutboxRow]:
-    """Rows whose entities are equal share one parsed list (`render_data` renders it once per format)."""
+    """Rows whose entities are equal share one parsed list (and are rendered once per format)."""
     parsed: dict[str, list[dict[str, Any]]] = {}
     result = []
     for seq, subscription_id, notification_id, text, attempts, next_attempt_at in rows:
         entities = parsed.get(text)
         if entities is None:
             entities = parsed[text] = orjson.loads(text)
-        result.append(OutboxRow(seq, subscription_id, notification_id, entities, attempts, next_attempt_at))
+        result.append(OutboxRow(seq, subscription_id, notification_id, entities, attempts, next_attempt_at, text))
     return result
 
 

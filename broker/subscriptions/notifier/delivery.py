@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
@@ -159,7 +158,7 @@ class DatabaseWorker:
         self._periodic_sent: dict[str, datetime] = {}
         self._listening = asyncio.Event()
         self._notified_at = NotifiedAt()
-        self._rendered: dict[tuple[int, int, str, bool], tuple[list[dict[str, Any]], bytes]] = {}
+        self._rendered: dict[tuple[str, int, str, bool], tuple[TermMap, bytes]] = {}
 
     async def start(self) -> None:
         """Open the pool and return once LISTEN is in effect (or after `LISTEN_WAIT_S`: the loop keeps trying)."""
@@ -395,7 +394,7 @@ class DatabaseWorker:
                     await asyncio.wait([previous])
                 if failures:
                     return
-                data = self._render_data(sub, row.entities, terms)
+                data = self._render_data(sub, row, terms)
                 await sender.send(sub.endpoint, render(sub, row.notification_id, data, self._notified_at()))
                 self._acks.add(sub.id, row.seq)
             except DeliveryFailed as error:
@@ -437,16 +436,22 @@ class DatabaseWorker:
         await self._failed(sub, row.seq, row.attempts + 1, error)
         return False
 
-    def _render_data(self, sub: Subscription, entities: list[dict[str, Any]], terms: TermMap) -> bytes:
-        """Rendered once per change and form: rows of one change share their parsed `entities` list."""
-        key = (id(entities), id(terms), sub.format, sub.sys_attrs)
+    def _render_data(self, sub: Subscription, row: store.OutboxRow, terms: TermMap) -> bytes:
+        """Rendered once per change and form: the other subscriptions of the change reuse it.
+
+        `terms` come from the context store's cache (one object per @context); each entry holds its
+        `terms`, so their id cannot be reused by another @context while the entry lives.
+        """
+        if not row.entities_json:
+            return render_data(sub, row.entities, terms)
+        key = (row.entities_json, id(terms), sub.format, sub.sys_attrs)
         cached = self._rendered.get(key)
-        if cached is not None and cached[0] is entities:
+        if cached is not None and cached[0] is terms:
             return cached[1]
         if len(self._rendered) >= RENDERED_KEPT:
             self._rendered.clear()
-        data = render_data(sub, entities, terms)
-        self._rendered[key] = (entities, data)  # holds `entities`, so its id is not reused meanwhile
+        data = render_data(sub, row.entities, terms)
+        self._rendered[key] = (terms, data)
         return data
 
     async def _failed(self, sub: Subscription, seq: int, attempts: int, error: str) -> None:
