@@ -9,6 +9,8 @@
   ingest processes at a time; the broker's history is then checked (pm25 instances per station
   equal the file's non-NA cells).
 - `ingest_peak_rss_mb`: the largest peak resident set (VmHWM) of any ingest process.
+- `load_cpu_s`: CPU seconds of the load spent by the ingest processes, the broker and PostgreSQL
+  (on a busy machine the wall time says little; this says which side is the bottleneck).
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from agents.files import compile_translator, load_mapping, open_records
-from bench._harness import REPO, emit_result, log, machine_info, peak_rss_mb, running_broker
+from bench._harness import (
+    REPO,
+    cpu_seconds,
+    emit_result,
+    log,
+    machine_info,
+    peak_rss_mb,
+    process_tree_cpu_seconds,
+    running_broker,
+)
 from ngsi.client import AsyncBrokerClient
 
 MAPPING = REPO / "broker_config" / "mappings" / "beijing_multisite.yaml"
@@ -139,7 +150,14 @@ def main() -> None:
         total_rows = sum(len(file.read_bytes().splitlines()) - 1 for file in files)
         with running_broker() as broker:
             scratch = broker.log_path.parent / "ingest-data"
+            servers = {"broker": broker.pid, "postgres": broker.postgres_pid}
+            before = {name: process_tree_cpu_seconds(pid) for name, pid in servers.items()}
+            ingest_before = cpu_seconds(os.getpid(), with_waited_children=True) - cpu_seconds(os.getpid())
             seconds, peak = run_ingests(files, broker.base_url, scratch, arguments.parallel)
+            # Where the load's CPU went: the ingest processes (reaped children) against broker and PostgreSQL.
+            cpu = {name: process_tree_cpu_seconds(pid) - before[name] for name, pid in servers.items()}
+            cpu["ingest"] = cpu_seconds(os.getpid(), with_waited_children=True) - cpu_seconds(os.getpid())
+            cpu["ingest"] -= ingest_before
             counts = asyncio.run(history_counts(broker.base_url, files))
         mismatched = {station: pair for station, pair in counts.items() if pair[0] != pair[1]}
         result.update({
@@ -150,6 +168,7 @@ def main() -> None:
             "history_checked": not mismatched,
             "history_mismatches": mismatched,
             "parallel_ingests": arguments.parallel,
+            "load_cpu_s": {name: round(used, 1) for name, used in cpu.items()},
         })  # fmt: skip
     result["machine"] = machine_info()
     emit_result(result)
