@@ -210,3 +210,44 @@ async def test_http_notifications_are_the_alternative_to_mqtt(
 def test_environment_context_is_the_source_context() -> None:
     chosen = definitions("caqi")
     assert chosen.get("caqi").source.ld_context == ENVIRONMENT_CONTEXT
+
+
+async def test_late_observations_recompute_their_windows_from_memory_or_from_history(
+    settings: KpiSettings, producer: AsyncBrokerClient, kpi_reader: AsyncBrokerClient, station_id: str,
+    wait_for: Callable[..., Any],
+) -> None:
+    eea_id = kpi_id("eea-air-quality-index", station_id, "hourly")
+    day_id = kpi_id("pm25-daily-mean", station_id, "daily")
+    sent = [20, 21, 23, 25, 26, 27, 28, 29]  # 15 March 20:00 to 16 March 05:00, Beijing time
+    async with KpiEngine(settings, definitions("eea-air-quality-index", "pm25-daily-mean")) as engine:
+        for hour in sent:
+            await send_hours(producer, station_id, range(hour, hour + 1))
+        await wait_for(lambda: kpi_value_at(kpi_reader, eea_id, utc(29)), what="hour 29")
+        await engine.drained()
+        # Hour 24 (16 March, the day the engine keeps in memory) and hour 22 (15 March, older than
+        # anything it keeps: read from the history) arrive late.
+        await send_hours(producer, station_id, range(24, 25))
+        await send_hours(producer, station_id, range(22, 23))
+
+        async def all_hours() -> list[tuple[str, Any]] | None:
+            history = await kpi_history(kpi_reader, eea_id)
+            return history if len(history) >= 10 else None
+
+        history = await wait_for(all_hours, what="the late hours in the EEA history")
+        assert history == [(utc(h), eea_air_quality_index(hourly_values(h)).level) for h in range(20, 30)]  # type: ignore[union-attr]
+
+        async def days_counted() -> dict[str, Any] | None:
+            values = dict(await kpi_history_of(kpi_reader, day_id, "coverage"))
+            first, second = values.get(utc(0)), values.get(utc(24))
+            return values if first and second and first["valid"] == 4 and second["valid"] == 6 else None
+
+        await wait_for(days_counted, what="both daily means counting their late hour")
+
+
+async def kpi_history_of(reader: AsyncBrokerClient, entity_id: str, attribute: str) -> list[tuple[str, Any]]:
+    entity = await reader.get_temporal_entity(
+        entity_id, attrs=attribute, timerel="after", time_at="2000-01-01T00:00:00Z", options="temporalValues"
+    )
+    found = entity.get(attribute, {"values": []})
+    values = found["values"] if isinstance(found, dict) else found[0]["values"]
+    return sorted(((stamp, value) for value, stamp in values), key=lambda pair: pair[0])
