@@ -113,7 +113,7 @@ async def backfill(
                     slice_hours=READ_SLICE_HOURS,
                 )  # fmt: skip
                 observations = SourceObservations()
-                observations.seed(history.get(source_id, {}), since)
+                observations.seed(history.get(source_id, {}), since, keep_datetimes=True)
                 del history  # the tuples would make every garbage collection of the evaluation slow
                 for definition in group:
                     results = await asyncio.to_thread(

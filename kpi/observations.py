@@ -31,13 +31,19 @@ def from_micros(micros: int) -> datetime:
 class AttributeSeries:
     """One attribute's values in time order."""
 
-    __slots__ = ("times", "values")
+    __slots__ = ("stamps", "times", "values")
 
     def __init__(self) -> None:
         self.times: list[int] = []
         self.values: list[float] = []
+        self.stamps: list[datetime] | None = None
+        """The times as datetimes, when kept (`keep_datetimes`): a backfill slices the same series ~10^4 times."""
+
+    def keep_datetimes(self) -> None:
+        self.stamps = [from_micros(t) for t in self.times]
 
     def put(self, micros: int, value: float, *, replace: bool = True) -> None:
+        self.stamps = None
         times = self.times
         if not times or micros > times[-1]:
             times.append(micros)
@@ -53,6 +59,8 @@ class AttributeSeries:
 
     def between(self, start: int, end: int) -> Series:
         lo, hi = bisect_left(self.times, start), bisect_left(self.times, end)
+        if self.stamps is not None:
+            return list(zip(self.stamps[lo:hi], self.values[lo:hi], strict=True))
         return [(from_micros(t), v) for t, v in zip(self.times[lo:hi], self.values[lo:hi], strict=True)]
 
     def drop_before(self, micros: int) -> None:
@@ -60,6 +68,8 @@ class AttributeSeries:
         if index:
             del self.times[:index]
             del self.values[:index]
+            if self.stamps is not None:
+                del self.stamps[:index]
 
     def __len__(self) -> int:
         return len(self.times)
@@ -88,12 +98,21 @@ class SourceObservations:
         if self.latest is None or micros > self.latest:
             self.latest = micros
 
-    def seed(self, history: Mapping[str, Iterable[tuple[datetime, float]]], covered_from: datetime) -> None:
-        """Add the history read from the broker (notified values recorded meanwhile stay) and mark it complete."""
+    def seed(
+        self, history: Mapping[str, Iterable[tuple[datetime, float]]], covered_from: datetime,
+        *, keep_datetimes: bool = False,
+    ) -> None:
+        """Add the history read from the broker (notified values recorded meanwhile stay) and mark it complete.
+
+        `keep_datetimes` keeps the times also as datetimes (faster slices, more memory: for a backfill).
+        """
         for attribute, series in history.items():
             for moment, value in series:
                 self.record(attribute, moment, value, replace=False)
         start = to_micros(covered_from)
+        if keep_datetimes:
+            for kept in self.attributes.values():
+                kept.keep_datetimes()
         self.covered_from = start if self.covered_from is None else min(self.covered_from, start)
 
     def covers(self, start: datetime) -> bool:
