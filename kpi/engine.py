@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kpi.catalogue import Observations
+from kpi.catalogue import Observations, Series
 from kpi.definitions import DefinitionSet, KpiDefinition
 from kpi.entities import KpiEntity, calculate_kpi
 from kpi.history import History, parse_time, read_history
@@ -96,6 +96,9 @@ def observed_values(entity: dict[str, Any], attributes: Iterable[str]) -> list[t
     return values
 
 
+SeedRequest = tuple[str, datetime, datetime, "asyncio.Future[dict[str, Series]]"]
+"""(source id, start, end, where its history goes)."""
+
 SEED_SLICE_HOURS = 24 * 400
 """A seed reads up to a year and a bit in one request (a broker that cuts the answer is followed)."""
 
@@ -137,6 +140,8 @@ class KpiEngine:
         self._workers: list[asyncio.Task[None]] = []
         self._schedules: list[asyncio.Task[None]] = []
         self._observations: dict[str, SourceObservations] = {}
+        self._seed_requests: dict[tuple[str, str | None], list[SeedRequest]] = {}
+        self._seed_batches: dict[tuple[str, str | None], asyncio.Task[None]] = {}
         self._notified_attributes = sorted({a for d in definitions if d.trigger.on_change for a in d.source.attributes})
         self._trimmed_hour: dict[str, int] = {}
         # Two write lanes, so that hourly and daily KPIs never wait behind a batch of yearly ones.
@@ -316,16 +321,39 @@ class KpiEngine:
                  for job in jobs]  # fmt: skip
         start = min([self.needed_from(entity_type, source_id, latest), *(span[0] for span in spans)])
         end = max(latest, datetime.now(UTC)) + timedelta(days=1)
+        # Sources that need a seed at about the same time (a start, a burst of new stations) share a read.
+        key = (entity_type, context)
+        request: SeedRequest = (source_id, start, end, asyncio.get_running_loop().create_future())
+        self._seed_requests.setdefault(key, []).append(request)
+        if key not in self._seed_batches:
+            self._seed_batches[key] = asyncio.create_task(self._seed_batch(key))
+        state.seed(await request[3], start)
+        return state
+
+    async def _seed_batch(self, key: tuple[str, str | None]) -> None:
+        """One temporal query (100 ids per request) for every source waiting for its seed."""
+        await asyncio.sleep(self.settings.kpi_write_coalesce_s)
+        del self._seed_batches[key]
+        requests = self._seed_requests.pop(key, [])
+        entity_type, context = key
         attributes = sorted({
             a for d in self.definitions.for_source(entity_type) if d.trigger.on_change for a in d.source.attributes
         })  # fmt: skip
-        self.stats.reads += 1
-        history = await read_history(
-            self.client_for(context), entity_type=entity_type, attributes=attributes,
-            start=start, end=end, entity_ids=[source_id], slice_hours=SEED_SLICE_HOURS,
-        )  # fmt: skip
-        state.seed(history.get(source_id, {}), start)
-        return state
+        try:
+            self.stats.reads += 1
+            history = await read_history(
+                self.client_for(context), entity_type=entity_type, attributes=attributes,
+                start=min(r[1] for r in requests), end=max(r[2] for r in requests),
+                entity_ids=sorted({r[0] for r in requests}), slice_hours=SEED_SLICE_HOURS,
+            )  # fmt: skip
+        except Exception as error:
+            for *_, future in requests:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for source_id, *_, future in requests:
+            if not future.done():
+                future.set_result(history.get(source_id, {}))
 
     def _trim(self, source_id: str, entity_type: str, state: SourceObservations) -> None:
         """Forget observations no window of the latest hour needs any more (once per hour of data)."""
