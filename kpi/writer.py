@@ -10,6 +10,7 @@ with the same value (a restart recomputing what was written), in which case noth
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 HISTORY_ATTRIBUTES = ("kpiValue", "coverage", "currentStanding", "kpiDetails")
 """Attributes of an older window that go to the history (all carry the window's observedAt)."""
 _NOT_READ = ""
+APPEND_CONCURRENCY = 8
+"""History appends of different entities in flight at once."""
 NEWEST_QUERY_IDS = 50
 """Entity ids per query for the stored newest values (keeps the URL well under server limits)."""
 
@@ -129,8 +132,7 @@ class KpiWriter:
         # Older windows reach the history before the current value moves on, so that whoever
         # sees the newer value also finds every older one (entities that do not exist yet get
         # their history after the upsert creates them).
-        for entity_id in [e for e in appends if e in stored]:
-            sent += await self._append(entity_id, appends.pop(entity_id))
+        sent += await self._append_all({e: appends.pop(e) for e in [e for e in appends if e in stored]})
         if upserts:
             payload = [kpi.dynamic() if kpi.id in self._full_written else kpi.entity for kpi in upserts]
             result = await self.client.batch_upsert(payload, mode="update")
@@ -142,10 +144,21 @@ class KpiWriter:
                     self._remember(kpi)
                     self._full_written.add(kpi.id)
             sent += len(upserts) - len(failed)
-        for entity_id, older in appends.items():
-            sent += await self._append(entity_id, older)
+        sent += await self._append_all(appends)
         self.writes += sent
         return sent
+
+    async def _append_all(self, appends: dict[str, list[KpiEntity]]) -> int:
+        """The older windows of many entities, a few requests at a time (each entity's in one request)."""
+        if not appends:
+            return 0
+        limit = asyncio.Semaphore(APPEND_CONCURRENCY)
+
+        async def one(entity_id: str, older: list[KpiEntity]) -> int:
+            async with limit:
+                return await self._append(entity_id, older)
+
+        return sum(await asyncio.gather(*(one(e, older) for e, older in appends.items())))
 
     async def _append(self, entity_id: str, older: Sequence[KpiEntity]) -> int:
         await self.append_history(entity_id, older)
