@@ -177,7 +177,7 @@ def quarantine_show(record_id: int, data_dir: DataDirOption = None) -> None:
 
 
 def replay_handler(agent: str, data_dir: Path | None) -> ReplayHandler:
-    """The handler that re-ingests records of one agent (iot, files; OUP records: not yet)."""
+    """The handler that re-ingests records of one agent (iot, files, oup)."""
     if agent == "iot":
         from agents.iot.replay import iot_replay_handler
         from agents.iot.settings import IotAgentSettings
@@ -194,7 +194,15 @@ def replay_handler(agent: str, data_dir: Path | None) -> ReplayHandler:
         if data_dir is not None:
             files_settings = files_settings.model_copy(update={"data_dir": data_dir})
         return files_replay_handler(files_settings)
-    raise typer.BadParameter(f"records of agent {agent!r} cannot be replayed from the command line yet")
+    if agent == "oup":
+        from agents.oup.replay import oup_replay_handler
+        from agents.oup.settings import OupSettings
+
+        oup_settings = OupSettings()
+        if data_dir is not None:
+            oup_settings = oup_settings.model_copy(update={"data_dir": data_dir})
+        return oup_replay_handler(oup_settings)
+    raise typer.BadParameter(f"records of agent {agent!r} cannot be replayed from the command line")
 
 
 @quarantine_app.command("replay")

@@ -69,7 +69,7 @@ class FileReplay:
             raise ValueError("the record says neither which mapping read it nor which broker operation refused it")
 
     def _map(self, raw: str, metadata: dict[str, Any]) -> list[Entity]:
-        mapping = _current_mapping(metadata)
+        mapping = current_mapping(metadata)
         row = record_from_text(raw, mapping, header=metadata.get("header") or (),
                                file_name=Path(str(metadata.get("file", ""))).name)  # fmt: skip
         if row.error is not None:
@@ -105,7 +105,7 @@ class FileReplay:
             await client.temporal_append(planned.entity_id, {**planned.history, "@context": planned.context})
 
 
-def _current_mapping(metadata: dict[str, Any]) -> FileMapping:
+def current_mapping(metadata: dict[str, Any]) -> FileMapping:
     """The mapping file the row was read with, as it is now (or the shipped one of that name, if the file is gone)."""
     reference = str(metadata["mapping"])
     if not Path(reference).exists():

@@ -94,6 +94,12 @@ class OupConnector:
 
     # -- mapping --------------------------------------------------------------------------------------
 
+    def _record_metadata(self) -> dict[str, Any]:
+        """What `climaborough quarantine replay` needs to map a quarantined record again (agents/oup/replay.py)."""
+        location = Path(self.mapping.path)
+        return {"tenant": self.tenant, "mappingName": self.mapping.name,
+                "mapping": str(location.absolute()) if location.exists() else self.mapping.path}  # fmt: skip
+
     def _entities(self, records: list[Any], source: str) -> list[Entity]:
         entities: list[Entity] = []
         bad = []
@@ -103,7 +109,7 @@ class OupConnector:
                     raise UnmappableRecord(f"a record is a JSON object, not {type(record).__name__}")
                 entities.extend(self.translate.translate_record(record))
             except UnmappableRecord as error:
-                bad.append((AGENT, source, orjson.dumps(record).decode(), str(error), {"tenant": self.tenant}))
+                bad.append((AGENT, source, orjson.dumps(record).decode(), str(error), self._record_metadata()))
         if bad:
             self.quarantine.add_many(bad)
             self.stats.quarantined += len(bad)
@@ -169,7 +175,7 @@ class OupConnector:
         except orjson.JSONDecodeError as error:
             reason = f"live message is not JSON: {error}"
             self.quarantine.add(agent=AGENT, source=f"oup:{self.settings.oup_ws_url}", payload=message,
-                                reason=reason, metadata={"tenant": self.tenant})  # fmt: skip
+                                reason=reason, metadata=self._record_metadata())  # fmt: skip
             self.stats.quarantined += 1
             return
         records = payload if isinstance(payload, list) else [payload]
