@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import socket
@@ -180,7 +181,8 @@ def history_latencies(database_url: str, since: float) -> tuple[list[float], flo
         rows = connection.execute(
             "SELECT EXTRACT(EPOCH FROM (ts - observedAt)) * 1000, EXTRACT(EPOCH FROM ts) FROM attributes"
             " WHERE id LIKE %s AND observedAt >= %s",
-            ("%no2", datetime.fromtimestamp(since, UTC).replace(tzinfo=None)),
+            # Devices send TimeInstant to the millisecond: the first burst may lie within the ms of `since`.
+            ("%no2", datetime.fromtimestamp(math.floor(since * 1000) / 1000, UTC).replace(tzinfo=None)),
         ).fetchall()
     if not rows:
         return [], None

@@ -13,7 +13,9 @@ message and the server's in-flight window bounds what it holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -87,6 +89,7 @@ class MqttIntake:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_socket_open = self._on_socket_open
 
     # -- paho's network thread ----------------------------------------------------------------
 
@@ -98,6 +101,12 @@ class MqttIntake:
             return
         filters = [(shared(topic, self.group), 1) for topic in SUBSCRIPTION_FILTERS]
         client.subscribe(filters)
+
+    @staticmethod
+    def _on_socket_open(_client: paho.Client, _userdata: object, sock: object) -> None:
+        """No Nagle delay: acknowledgements leave at once instead of waiting for the next packet."""
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
 
     def _on_subscribe(self, *_: object) -> None:
         assert self._loop is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import uuid
@@ -66,7 +67,7 @@ class _Connection:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
-        self.client.on_socket_open = lambda client, userdata, sock: self._in_loop(self._watch, sock)
+        self.client.on_socket_open = lambda client, userdata, sock: self._opened(sock)
         self.client.on_socket_close = lambda client, userdata, sock: self._in_loop(self._unwatch, sock)
         self.client.on_socket_register_write = (
             lambda client, userdata, sock: self._in_loop(self._watch_writable, sock))
@@ -82,6 +83,13 @@ class _Connection:
             action(fd)
         else:  # in order: a reconnect's "close old" comes before its "open new", even on the same number
             self._loop.call_soon_threadsafe(action, fd)
+
+    def _opened(self, sock: Any) -> None:
+        """A new connection: no Nagle delay (paho leaves it on; a small publish behind an
+        unacknowledged one would wait for the peer's delayed ACK, ~40 ms), then watch it."""
+        with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (e.g. websockets wrapper)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._in_loop(self._watch, sock)
 
     def _watch(self, fd: int) -> None:
         with contextlib.suppress(ValueError, OSError):
