@@ -49,11 +49,16 @@ def hourly_frame(observations: pd.DataFrame, *, max_gap_hours: int = 3) -> pd.Da
     return filled
 
 
+SEASONAL_HISTORY = pd.Timedelta(days=730)
+"""History a model needs before the day-of-year cycle is one of its features (see add_features)."""
+
+
 def add_features(hourly: pd.DataFrame, *, local_tz: str | None = None, seasonal: bool | None = None) -> pd.DataFrame:
     """Model features: wind direction as a vector, calendar cycles in local time.
 
-    The day-of-year cycle is only a feature when the history covers a full year (`seasonal`
-    None decides from the data): on a few months it would be extrapolated, not learned.
+    The day-of-year cycle is only a feature when the training part of the history (its first
+    60 %) covers a full year, i.e. the history spans two years (`seasonal` None decides from the
+    data): on less, the months ahead would be extrapolated, not learned.
     """
     frame = hourly.copy()
     if "windDirection" in frame:
@@ -68,7 +73,7 @@ def add_features(hourly: pd.DataFrame, *, local_tz: str | None = None, seasonal:
     dow = local.day_of_week.to_numpy()
     frame["hour_sin"], frame["hour_cos"] = np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)
     if seasonal is None:
-        seasonal = len(frame) > 0 and bool(frame.index[-1] - frame.index[0] >= pd.Timedelta(days=365))
+        seasonal = len(frame) > 0 and bool(frame.index[-1] - frame.index[0] >= SEASONAL_HISTORY)
     if seasonal:
         frame["doy_sin"], frame["doy_cos"] = np.sin(2 * np.pi * doy / 365.25), np.cos(2 * np.pi * doy / 365.25)
     frame["dow_sin"], frame["dow_cos"] = np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)

@@ -212,13 +212,13 @@ async def test_models_trained_or_rolled_back_while_running_are_picked_up_without
     assert service.stats.errors == 0, service.stats.last_error
 
 
-async def test_a_model_trained_on_more_than_a_year_forecasts_from_the_brokers_recent_window(
+async def test_a_model_trained_on_years_forecasts_from_the_brokers_recent_window(
     broker_url: str, world: TwinWorld, tmp_path: Path
 ) -> None:
-    # Over a year of history makes the day-of-year cycle a feature; the forecast reads only the last
+    # Two years of history make the day-of-year cycle a feature; the forecast reads only the last
     # days from the broker, and must still build that feature rather than fail on a missing column.
     data_dir = tmp_path / "seasonal"
-    trained = train_station(observations(24 * 400), STATION, config=SMALL, store=ModelStore(data_dir / "models"),
+    trained = train_station(observations(24 * 740), STATION, config=SMALL, store=ModelStore(data_dir / "models"),
                             local_tz=BEIJING_TZ, source=[STATION])  # fmt: skip
     assert "doy_sin" in trained.forecaster.features
     seasonal = ForecastSettings(broker_url=broker_url, tenant=world.tenant, data_dir=data_dir, twin_notify="http",
