@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 
+import numpy as np
+
 HourlyValue = tuple[datetime, float | None]
 
 HOUR = timedelta(hours=1)
@@ -111,3 +113,31 @@ def annual_mean(series: Iterable[HourlyValue], year: int, tz: tzinfo, *, min_cov
 def hourly_values(series: Iterable[HourlyValue], tz: tzinfo) -> dict[datetime, float]:
     """The valid hourly values keyed by local hour start (for hourly limit values)."""
     return _by_hour(series, tz)
+
+
+# -- vectorised forms (equal to the scalar functions above, element by element) ------------------
+
+
+def sequential_sums(rows: np.ndarray) -> np.ndarray:
+    """Sum of each row, NaN skipped, adding left to right like Python's `sum` (numpy's pairwise sum differs)."""
+    total = np.zeros(rows.shape[0])
+    for column in range(rows.shape[1]):
+        values = rows[:, column]
+        total += np.where(np.isnan(values), 0.0, values)
+    return total
+
+
+def trailing_8h_means(hourly: np.ndarray, *, min_hours: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, count) of the valid values of the 8 hours ending at each hour of a time-ordered hourly series.
+
+    The mean is NaN below `min_hours` valid hours; values are added most recent first, like
+    `running_8h_means` and the US AQI's 8-hour means.
+    """
+    lags = np.full((len(hourly), 8), np.nan)
+    for k in range(8):
+        lags[k:, k] = hourly[: len(hourly) - k]
+    counts = np.sum(~np.isnan(lags), axis=1)
+    sums = sequential_sums(lags)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts >= min_hours, sums / counts, np.nan)
+    return means, counts

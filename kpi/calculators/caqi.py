@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 CAQI_CLASSES: tuple[str, ...] = ("Very low", "Low", "Medium", "High", "Very high")
 
 # Concentration at index 0, 25, 50, 75, 100 for each pollutant of the hourly grid.
@@ -82,3 +84,31 @@ def common_air_quality_index(concentrations: Mapping[str, float | None]) -> Caqi
     dominant = max(subs, key=lambda p: subs[p])
     index = subs[dominant]
     return Caqi(round(index, 1), caqi_class(index), dominant, {p: round(v, 1) for p, v in subs.items()})
+
+
+def caqi_sub_indices(pollutant: str, concentrations: np.ndarray) -> np.ndarray:
+    """`caqi_sub_index` of every element, with the same floating-point operations (NaN stays NaN)."""
+    grid = np.asarray(CAQI_HOURLY_GRID[pollutant], dtype=np.float64)
+    points = np.asarray(_INDEX_POINTS)
+    # A value equal to a grid limit belongs to the lower class: the first limit ≥ the value.
+    segment = np.searchsorted(grid[1:], concentrations, side="left")
+    inside = np.minimum(segment, len(grid) - 2)
+    c_lo, c_hi = grid[inside], grid[inside + 1]
+    i_lo, i_hi = points[inside], points[inside + 1]
+    with np.errstate(invalid="ignore"):
+        sub = i_lo + (i_hi - i_lo) * (concentrations - c_lo) / (c_hi - c_lo)
+        above = 100.0 + 25.0 * (concentrations - grid[-1]) / (grid[-1] - grid[-2])
+    return np.where(segment > len(grid) - 2, above, sub)
+
+
+def caqi_indices(concentrations: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The unrounded CAQI (largest sub-index) of every hour; NaN where no core pollutant (no2, pm10, o3) has a value."""
+    subs = [caqi_sub_indices(p, concentrations[p]) for p in CAQI_HOURLY_GRID if p in concentrations]
+    if not subs:
+        raise ValueError("no CAQI pollutant given")
+    stacked = np.vstack(subs)
+    measured = ~np.isnan(stacked)
+    best = np.max(np.where(measured, stacked, -np.inf), axis=0)
+    core = [~np.isnan(concentrations[p]) for p in ("no2", "pm10", "o3") if p in concentrations]
+    has_core = np.logical_or.reduce(core) if core else np.zeros(stacked.shape[1], dtype=bool)
+    return np.where(has_core, best, np.nan)

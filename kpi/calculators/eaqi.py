@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 EEA_BANDS: tuple[str, ...] = ("Good", "Fair", "Moderate", "Poor", "Very poor", "Extremely poor")
 
 # Upper limits of the first five bands; above the last limit is "Extremely poor".
@@ -68,3 +70,23 @@ def eea_air_quality_index(concentrations: Mapping[str, float | None]) -> EeaInde
     dominant = max(levels, key=lambda p: levels[p])
     level = levels[dominant]
     return EeaIndex(EEA_BANDS[level - 1], level, dominant, levels)
+
+
+def eea_levels(pollutant: str, concentrations: np.ndarray) -> np.ndarray:
+    """`eea_pollutant_level` of every element (int8): 0 where the concentration is NaN (not measured).
+
+    np.searchsorted with side="left" gives the first upper limit ≥ the value, the same
+    `lower < value <= upper` convention as the scalar function.
+    """
+    limits = np.asarray(EEA_UPPER_LIMITS_2024[pollutant], dtype=np.float64)
+    levels = (np.searchsorted(limits, concentrations, side="left") + 1).astype(np.int8)
+    levels[np.isnan(concentrations)] = 0
+    return levels
+
+
+def eea_index_levels(concentrations: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The station level (`eea_air_quality_index(...).level`) of every hour; 0 where no pollutant has a value."""
+    arrays = [eea_levels(p, concentrations[p]) for p in EEA_UPPER_LIMITS_2024 if p in concentrations]
+    if not arrays:
+        raise ValueError("no EEA index pollutant given")
+    return np.maximum.reduce(arrays) if len(arrays) > 1 else arrays[0]

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
+import numpy as np
+
 AQI_CATEGORIES: tuple[tuple[int, str], ...] = (
     (50, "Good"),
     (100, "Moderate"),
@@ -152,3 +154,84 @@ def nowcast(hourly: Sequence[float | None], metric: str = "pm25_24h") -> float |
     numerator = sum(weight**i * v for i, v in values)
     denominator = sum(weight**i for i, _ in values)
     return float(truncate_concentration(metric, numerator / denominator))
+
+
+# -- vectorised forms (every hour of a series at once; equal to the scalar functions above) -------
+
+
+def lagged(hourly: np.ndarray, hours: int) -> np.ndarray:
+    """The series `hours` hours earlier: element t holds `hourly[t - hours]` (NaN before the start)."""
+    if hours == 0:
+        return hourly
+    shifted = np.full_like(hourly, np.nan)
+    if hours < len(hourly):
+        shifted[hours:] = hourly[:-hours]
+    return shifted
+
+
+def truncate_concentrations(metric: str, concentrations: np.ndarray) -> np.ndarray:
+    """`float(truncate_concentration(metric, c))` of every element (NaN stays NaN).
+
+    The quantum is a power of ten; floor(c / quantum) in binary floating point agrees with the
+    decimal truncation except within a hair of a multiple of the quantum, where the scalar
+    function decides.
+    """
+    quantum = float(AQI_TRUNCATION[metric])
+    scale = 1.0 / quantum  # 1, 10 or 1000: exact
+    scaled = concentrations * scale
+    result = np.floor(scaled) / scale
+    near = np.abs(scaled - np.rint(scaled)) < 1e-6
+    for index in np.flatnonzero(near & ~np.isnan(concentrations)):
+        result[index] = float(truncate_concentration(metric, float(concentrations[index])))
+    return result
+
+
+def nowcasts(hourly: np.ndarray, metric: str = "pm25_24h") -> np.ndarray:
+    """`nowcast` at every hour of a time-ordered hourly series (NaN = no value); NaN where it gives None.
+
+    Element t is the NowCast of hours t, t-1, …, t-11, with the scalar function's weights,
+    summation order and truncation.
+    """
+    lags = [lagged(hourly, k) for k in range(12)]
+    valid = [~np.isnan(lag) for lag in lags]
+    recent = valid[0].astype(np.int8) + valid[1] + valid[2]
+    stacked = np.vstack(lags)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        highest = np.fmax.reduce(stacked, axis=0)
+        lowest = np.fmin.reduce(stacked, axis=0)
+        weight = np.where(highest == 0, 1.0, np.maximum(lowest / highest, 0.5))
+    numerator = np.zeros_like(hourly)
+    denominator = np.zeros_like(hourly)
+    for k in range(12):
+        # An exponent array makes numpy call pow() like Python's float ** int (a scalar 2 would square).
+        factor = np.power(weight, np.full_like(weight, float(k))) if k else np.ones_like(weight)
+        numerator += np.where(valid[k], factor * np.where(valid[k], lags[k], 0.0), 0.0)
+        denominator += np.where(valid[k], factor, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = np.where(recent >= 2, numerator / denominator, np.nan)
+    return truncate_concentrations(metric, raw)
+
+
+def sub_indices(metric: str, concentrations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`aqi_sub_index` of every element as (AQI, beyond): AQI NaN where there is none (or beyond the AQI).
+
+    The scalar function is called once per distinct concentration (they repeat: values are rounded).
+    """
+    aqi = np.full(concentrations.shape, np.nan)
+    beyond = np.zeros(concentrations.shape, dtype=bool)
+    present = ~np.isnan(concentrations)
+    if not present.any():
+        return aqi, beyond
+    distinct, inverse = np.unique(concentrations[present], return_inverse=True)
+    lookup_aqi = np.full(len(distinct), np.nan)
+    lookup_beyond = np.zeros(len(distinct), dtype=bool)
+    for index, value in enumerate(distinct.tolist()):
+        sub = aqi_sub_index(metric, value)
+        if sub is not None:
+            if sub.aqi is None:
+                lookup_beyond[index] = True
+            else:
+                lookup_aqi[index] = sub.aqi
+    aqi[present] = lookup_aqi[inverse]
+    beyond[present] = lookup_beyond[inverse]
+    return aqi, beyond
