@@ -577,6 +577,11 @@ class AsyncBrokerClient:
         """Add attribute instances to an entity's history (POST /temporal/entities/{id}/attrs)."""
         await self._call("POST", f"/temporal/entities/{self._quote(entity_id)}/attrs", body=dict(attrs))
 
+    async def delete_temporal_instance(self, entity_id: str, attr: str, instance_id: str) -> None:
+        """Delete one instance from an entity's history (DELETE /temporal/entities/{id}/attrs/{attr}/{instanceId})."""
+        path = f"/temporal/entities/{self._quote(entity_id)}/attrs/{self._quote(attr)}/{self._quote(instance_id)}"
+        await self._call("DELETE", path)
+
     async def delete_temporal_entity(self, entity_id: str) -> None:
         """Delete an entity's history (DELETE /temporal/entities/{id})."""
         await self._call("DELETE", f"/temporal/entities/{self._quote(entity_id)}")
