@@ -1,34 +1,76 @@
 """Backfill: compute every window of every definition over a past period (`climaborough kpi run --since --until`).
 
-Per source entity the history is read once for the whole period (plus what the calculators
-look back), each window is evaluated on its own slice, and the results are written:
-period entities (month, year, custom) by batch upsert; series entities (hour, rolling 8 h, day)
-as one current-state upsert plus their past values appended to the entity's history. Values
-already in that history (same window, same value) are not written again, so running a backfill
-twice leaves the same history.
+Reading: per source entity the history is read once for the whole period (plus what the
+calculators look back), a year per request.
+
+Evaluating: a definition with a vectorised form (`kpi.vectorised`: the air-quality indices,
+daily means, yearly limits and means) computes all its windows at once over hourly arrays,
+with exactly the scalar calculators' results; any other definition evaluates each window with
+its scalar calculator (`evaluate_windows`). The newest window of a series is always a whole
+entity from the scalar calculator.
+
+Writing: period entities (month, year, custom) by batch upsert. A series entity (hour,
+rolling 8 h, day) gets its newest window by batch upsert and every older window appended to its
+history, a few large requests in flight. An older window carries `kpiValue` (with `unitCode`)
+and, where the calculator has a coverage rule, `coverage`: what a user of the history needs.
+`currentStanding` follows from `kpiValue` and the definition's thresholds, and `kpiDetails` (band,
+dominant pollutant, concentrations) from the source's own history; the entity's current value
+carries both. Each appended instance has an instanceId derived from (entity, attribute,
+observedAt) (`history_instance_id`). A window already in the history with the same value is not
+sent again; one stored with another value is replaced (its stored instances at that time are
+deleted, then the new ones appended), so running a backfill twice leaves the same history and a
+recomputed window never leaves two values at one time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kpi.definitions import KpiDefinition
 from kpi.engine import KpiEngine
-from kpi.entities import KPI_TYPE, SERIES_KINDS, KpiEntity, calculate_kpi, kpi_entity_id, measured_attributes
-from kpi.history import read_history
+from kpi.entities import (
+    NO_VALUE,
+    SERIES_KINDS,
+    KpiEntity,
+    calculate_kpi,
+    kpi_entity,
+    value_time,
+)
+from kpi.history import read_history, read_instances
 from kpi.observations import SourceObservations
-from kpi.windows import Window, windows_between
+from kpi.vectorised import SeriesValues, hour_windows, period_results, series_values, vectorised
+from kpi.windows import Window, window_at, windows_between
+from ngsi.client import AsyncBrokerClient
+from ngsi.errors import ResourceNotFound
 from smart_data_models import format_timestamp
 from smart_data_models.models import KPI_CONTEXT
 
-APPEND_CHUNK = 5000
+APPEND_CHUNK = 20_000
+"""Older windows per temporal append (each one or two instances)."""
+APPENDS_IN_FLIGHT = 2
+"""Temporal appends of one series entity sent at once."""
 READ_SLICE_HOURS = 24 * 366
 """History is read a year per request (a broker that cuts an answer is followed where it stopped)."""
-_ABSENT = object()
+HISTORY_ATTRIBUTES = ("kpiValue", "coverage")
+"""What the backfill writes for an older window of a series KPI (see the module docstring)."""
+STORED_ATTRIBUTES = ("kpiValue", "coverage", "currentStanding", "kpiDetails")
+"""What a replaced window loses from the history (the live engine writes all four)."""
+INSTANCE_ID_PREFIX = "urn:ngsi-ld:KeyPerformanceIndicator:instance:"
+
+
+def history_instance_id(entity_id: str, attribute: str, observed_at: str) -> str:
+    """The instanceId of a KPI entity's `attribute` at `observedAt` (as written, UTC with milliseconds and Z).
+
+    Deterministic, so that a resend is recognised by the broker and a recomputed window can be
+    replaced: a URN with the first 128 bits of SHA-256 over the three, as hex.
+    """
+    digest = hashlib.sha256(f"{entity_id}\n{attribute}\n{observed_at}".encode()).hexdigest()[:32]
+    return INSTANCE_ID_PREFIX + digest
 
 
 @dataclass
@@ -39,47 +81,106 @@ class BackfillReport:
     windows: int = 0
     entities_written: int = 0
     history_instances: int = 0
+    replaced: int = 0
 
 
 Progress = Callable[[int, int], None]
 """`progress(done, total)`, called after each (source entity, definition) pair."""
 
 
+@dataclass(frozen=True)
+class SeriesOutcome:
+    """A series KPI of one source over a period: the newest window as a whole entity, the older ones' values."""
+
+    entity_id: str
+    latest: KpiEntity
+    older: SeriesValues
+
+    @property
+    def windows(self) -> int:
+        return len(self.older.values) + 1
+
+
 def evaluate_windows(
     definition: KpiDefinition, source_id: str, observations: SourceObservations, since: datetime, until: datetime
 ) -> list[tuple[Window, KpiEntity]]:
-    """Every window of `definition` overlapping `[since, until)` for one source entity (pure, CPU only).
+    """Every window of `definition` overlapping `[since, until)` as whole entities, window by window (the reference)."""
+    windows = windows_between(definition.window.kind, since, until, definition.tz, custom=definition.custom_bounds)
+    return [(window, _scalar_entity(definition, source_id, observations, window)) for window in windows]
 
-    For series KPIs (hour, rolling 8 h, day) only the last window is a whole entity; the older ones
-    carry just the attributes their window adds to the entity's history (`measured_attributes`).
-    """
-    calculator = definition.calculator_impl
-    params, tz, attributes = definition.params, definition.tz, definition.source.attributes
-    windows = list(windows_between(definition.window.kind, since, until, tz, custom=definition.custom_bounds))
-    series_id = kpi_entity_id(definition, source_id, windows[0]) if windows and definition.window.kind in SERIES_KINDS \
-        else None  # fmt: skip
-    results = []
-    last = len(windows) - 1
-    for index, window in enumerate(windows):
+
+def _scalar_entity(
+    definition: KpiDefinition, source_id: str, observations: SourceObservations, window: Window
+) -> KpiEntity:
+    start, end = definition.calculator_impl.span(definition.params, window, definition.tz)
+    return calculate_kpi(definition, source_id, observations.observations(definition.source.attributes, start, end),
+                         window)  # fmt: skip
+
+
+def _series_windows(definition: KpiDefinition, since: datetime, until: datetime) -> Iterator[Window]:
+    return windows_between(definition.window.kind, since, until, definition.tz, custom=definition.custom_bounds)
+
+
+def _scalar_series(
+    definition: KpiDefinition, observations: SourceObservations, windows: list[Window]
+) -> SeriesValues:
+    calculator, params, tz = definition.calculator_impl, definition.params, definition.tz
+    stamps, values, coverages = [], [], []
+    for window in windows:
         start, end = calculator.span(params, window, tz)
-        window_observations = observations.observations(attributes, start, end)
-        if series_id is not None and index < last:
-            result = calculator.evaluate(params, window_observations, window, tz)
-            results.append((window, KpiEntity(series_id, measured_attributes(definition, window, result))))
-        else:
-            results.append((window, calculate_kpi(definition, source_id, window_observations, window)))
-    return results
+        result = calculator.evaluate(params, observations.observations(definition.source.attributes, start, end),
+                                     window, tz)  # fmt: skip
+        stamps.append(format_timestamp(value_time(window).astimezone(UTC)))
+        values.append(result.value)
+        coverages.append(result.coverage)
+    return SeriesValues(stamps, values, coverages)
+
+
+def evaluate_series(
+    definition: KpiDefinition, source_id: str, observations: SourceObservations, since: datetime, until: datetime
+) -> SeriesOutcome | None:
+    """A series definition (hour, rolling 8 h, day) over `[since, until)` for one source (pure, CPU only)."""
+    every = series_values(definition, observations, since, until)
+    if every is not None:  # vectorised: every window, the newest one included
+        if not every.values:
+            return None
+        older = SeriesValues(every.observed_at[:-1], every.values[:-1], every.coverages[:-1])
+        newest = datetime.fromisoformat(every.observed_at[-1])
+        last = window_at(definition.window.kind, newest, definition.tz)
+    else:
+        windows = list(_series_windows(definition, since, until))
+        if not windows:
+            return None
+        older, last = _scalar_series(definition, observations, windows[:-1]), windows[-1]
+    latest = _scalar_entity(definition, source_id, observations, last)
+    return SeriesOutcome(latest.id, latest, older)
+
+
+def evaluate_periods(
+    definition: KpiDefinition, source_id: str, observations: SourceObservations, since: datetime, until: datetime
+) -> list[KpiEntity]:
+    """A period definition (month, year, custom) over `[since, until)` for one source: one entity per window."""
+    windows = list(_series_windows(definition, since, until))
+    results = period_results(definition, observations, windows) if vectorised(definition) else None
+    if results is None:
+        return [_scalar_entity(definition, source_id, observations, window) for window in windows]
+    return [
+        kpi_entity(definition, source_id, window, result, latest_observation=latest)
+        for window, (result, latest) in zip(windows, results, strict=True)
+    ]
 
 
 def _data_span(definition: KpiDefinition, since: datetime, until: datetime) -> tuple[datetime, datetime]:
-    windows = list(windows_between(definition.window.kind, since, until, definition.tz,
-                                   custom=definition.custom_bounds))  # fmt: skip
+    windows = list(_series_windows(definition, since, until)) if definition.window.kind != "hour" else []
+    if definition.window.kind == "hour":
+        first, count = hour_windows(since, until, definition.tz)
+        windows = [first, window_at("hour", first.start + max(0, count - 1) * timedelta(hours=1), definition.tz)]
     if not windows:
         return since, since
     calculator = definition.calculator_impl
-    first = calculator.span(definition.params, windows[0], definition.tz)
-    last = calculator.span(definition.params, windows[-1], definition.tz)
-    return min(first[0], last[0]), max(first[1], last[1])
+    first_span = calculator.span(definition.params, windows[0], definition.tz)
+    last_span = calculator.span(definition.params, windows[-1], definition.tz)
+    return min(first_span[0], last_span[0]), max(first_span[1], last_span[1])
 
 
 async def backfill(
@@ -87,7 +188,6 @@ async def backfill(
 ) -> BackfillReport:
     """Compute and write every KPI of `engine.definitions` for the windows overlapping `[since, until)`."""
     report = BackfillReport()
-    pairs: list[tuple[str, list[KpiDefinition]]] = []
     by_source: dict[str, list[KpiDefinition]] = {}
     for definition in engine.definitions:
         for source_id in await engine.sources_of(definition):
@@ -113,14 +213,25 @@ async def backfill(
                     slice_hours=READ_SLICE_HOURS,
                 )  # fmt: skip
                 observations = SourceObservations()
-                observations.seed(history.get(source_id, {}), since, keep_datetimes=True)
+                # Datetimes kept only for the scalar loop (it slices the same series ~10^4 times).
+                scalar = any(not vectorised(d) for d in group)
+                observations.seed(history.get(source_id, {}), since, keep_datetimes=scalar)
                 del history  # the tuples would make every garbage collection of the evaluation slow
                 for definition in group:
-                    results = await asyncio.to_thread(
-                        evaluate_windows, definition, source_id, observations, since, until
-                    )
-                    report.windows += len(results)
-                    await _write(engine, definition, results, report)
+                    if definition.window.kind in SERIES_KINDS:
+                        series = await asyncio.to_thread(
+                            evaluate_series, definition, source_id, observations, since, until
+                        )
+                        if series is not None:
+                            report.windows += series.windows
+                            await _write_series(engine, definition, series, report)
+                    else:
+                        entities = await asyncio.to_thread(
+                            evaluate_periods, definition, source_id, observations, since, until
+                        )
+                        report.windows += len(entities)
+                        if entities:
+                            report.entities_written += await engine.writer.write(entities)
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -131,30 +242,98 @@ async def backfill(
     return report
 
 
-async def _write(
-    engine: KpiEngine, definition: KpiDefinition, results: list[tuple[Window, KpiEntity]], report: BackfillReport
+def history_instances(definition: KpiDefinition, entity_id: str, older: SeriesValues) -> dict[str, list[Any]]:
+    """The temporal-append body (without @context) of the older windows: attribute → instances."""
+    unit = definition.unit
+    kpi_values: list[dict[str, Any]] = []
+    coverages: list[dict[str, Any]] = []
+    for stamp, value, coverage in zip(older.observed_at, older.values, older.coverages, strict=True):
+        instance: dict[str, Any] = {
+            "type": "Property", "value": NO_VALUE if value is None else value, "observedAt": stamp,
+            "instanceId": history_instance_id(entity_id, "kpiValue", stamp),
+        }  # fmt: skip
+        if unit and isinstance(value, int | float) and not isinstance(value, bool):
+            instance["unitCode"] = unit
+        kpi_values.append(instance)
+        if coverage is not None:
+            coverages.append({
+                "type": "Property", "value": coverage.as_value(), "observedAt": stamp,
+                "instanceId": history_instance_id(entity_id, "coverage", stamp),
+            })  # fmt: skip
+    body: dict[str, list[Any]] = {"kpiValue": kpi_values}
+    if coverages:
+        body["coverage"] = coverages
+    return body
+
+
+async def _write_series(
+    engine: KpiEngine, definition: KpiDefinition, series: SeriesOutcome, report: BackfillReport
 ) -> None:
-    if not results:
-        return
-    if definition.window.kind not in SERIES_KINDS:
-        report.entities_written += await engine.writer.write([kpi for _, kpi in results])
-        return
-    latest_window, latest = results[-1]
-    existing = await _stored_series(engine, latest.id, results[0][0].start, latest_window.end)
+    client = engine.writer.client
+    older = series.older
+    stored: dict[str, tuple[Any, list[tuple[str, str]]]] = {}
+    if older.observed_at:
+        stored = await _stored_series(client, series.entity_id, older.observed_at[0], older.observed_at[-1])
     # The newest window first: it creates the entity (or goes to its history if the broker has newer).
-    report.entities_written += await engine.writer.write([latest])
-    older = [kpi for _, kpi in results[:-1] if existing.get(kpi.entity["kpiValue"]["observedAt"], _ABSENT)
-             != kpi.entity["kpiValue"]["value"]]  # fmt: skip
-    for start in range(0, len(older), APPEND_CHUNK):
-        await engine.writer.append_history(latest.id, older[start : start + APPEND_CHUNK])
-    report.history_instances += len(older)
+    report.entities_written += await engine.writer.write([series.latest])
+    keep: list[int] = []
+    replaced: list[tuple[str, str]] = []
+    for index, (stamp, value) in enumerate(zip(older.observed_at, older.values, strict=True)):
+        wanted = NO_VALUE if value is None else value
+        known = stored.get(stamp)
+        if known is None:
+            keep.append(index)
+        elif known[0] != wanted:
+            keep.append(index)
+            replaced.extend(known[1])
+    if not keep:
+        return
+    if replaced:
+        await _delete_instances(client, series.entity_id, replaced)
+        report.replaced += sum(1 for i in keep if older.observed_at[i] in stored)
+    selected = SeriesValues([older.observed_at[i] for i in keep], [older.values[i] for i in keep],
+                            [older.coverages[i] for i in keep])  # fmt: skip
+    limit = asyncio.Semaphore(APPENDS_IN_FLIGHT)
+
+    async def append(first: int) -> None:
+        chunk = SeriesValues(selected.observed_at[first : first + APPEND_CHUNK],
+                             selected.values[first : first + APPEND_CHUNK],
+                             selected.coverages[first : first + APPEND_CHUNK])  # fmt: skip
+        body: dict[str, Any] = await asyncio.to_thread(history_instances, definition, series.entity_id, chunk)
+        body["@context"] = [KPI_CONTEXT]
+        async with limit:
+            await client.temporal_append(series.entity_id, body)
+
+    await asyncio.gather(*(append(first) for first in range(0, len(keep), APPEND_CHUNK)))
+    report.history_instances += len(keep)
 
 
-async def _stored_series(engine: KpiEngine, entity_id: str, start: datetime, end: datetime) -> dict[str, Any]:
-    """observedAt (as written) → value of the kpiValue instances already in the entity's history."""
-    history = await read_history(
-        engine.client_for(KPI_CONTEXT), entity_type=KPI_TYPE, attributes=["kpiValue"], start=start, end=end,
-        entity_ids=[entity_id], numeric_only=False,
-    )  # fmt: skip
-    series = history.get(entity_id, {}).get("kpiValue", [])
-    return {format_timestamp(moment): value for moment, value in series}
+async def _stored_series(
+    client: AsyncBrokerClient, entity_id: str, first: str, last: str
+) -> dict[str, tuple[Any, list[tuple[str, str]]]]:
+    """observedAt (as written) → (kpiValue, the (attribute, instanceId) of every history instance at that time)."""
+    start = datetime.fromisoformat(first.replace("Z", "+00:00"))
+    end = datetime.fromisoformat(last.replace("Z", "+00:00")) + timedelta(milliseconds=1)
+    instances = await read_instances(client, entity_id, STORED_ATTRIBUTES, start, end, slice_hours=READ_SLICE_HOURS)
+    stored: dict[str, tuple[Any, list[tuple[str, str]]]] = {}
+    for attribute, rows in instances.items():
+        for stamp, value, instance_id in rows:
+            current = stored.setdefault(stamp, (None, []))
+            if attribute == "kpiValue":
+                current = stored[stamp] = (value, current[1])
+            current[1].append((attribute, instance_id))
+    return stored
+
+
+async def _delete_instances(client: AsyncBrokerClient, entity_id: str, instances: list[tuple[str, str]]) -> None:
+    """Delete history instances (GS CIM 009 5.6.15), a few at a time; one already gone is fine."""
+    limit = asyncio.Semaphore(8)
+
+    async def delete(attribute: str, instance_id: str) -> None:
+        async with limit:
+            try:
+                await client.delete_temporal_instance(entity_id, attribute, instance_id)
+            except ResourceNotFound:
+                pass
+
+    await asyncio.gather(*(delete(attribute, instance_id) for attribute, instance_id in instances))

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from kpi.catalogue import Series
 from ngsi.client import AsyncBrokerClient, raise_for_problem
@@ -142,3 +143,59 @@ async def _read_slice(
         log.warning("temporal answer cut at its first instant %s; skipping to %s", start, end)
         return end
     return resume
+
+
+StoredInstance = tuple[str, Any, str]
+"""(observedAt as written, value, instanceId) of one history instance."""
+
+
+async def read_instances(
+    client: AsyncBrokerClient,
+    entity_id: str,
+    attributes: Sequence[str],
+    start: datetime,
+    end: datetime,
+    *,
+    slice_hours: int = 960,
+) -> dict[str, list[StoredInstance]]:
+    """The instances of one entity's `attributes` observed in `[start, end)`, with their instanceIds (normalized form).
+
+    An entity without history gives {}. Cut answers (206) are followed like `read_history`.
+    """
+    found: dict[str, dict[str, StoredInstance]] = {}
+    cursor, stop = start.astimezone(UTC), end.astimezone(UTC)
+    while cursor < stop:
+        slice_end = min(stop, cursor + timedelta(hours=slice_hours))
+        params = {
+            "attrs": ",".join(attributes), "timerel": "between", "timeAt": format_timestamp(cursor),
+            "endTimeAt": format_timestamp(slice_end),
+        }  # fmt: skip
+        response = await client.request("GET", f"/temporal/entities/{quote(entity_id, safe=':')}", params=params)
+        if response.status_code == 404:
+            return {}
+        raise_for_problem(response)
+        entity = response.json()
+        last_per_attribute: list[datetime] = []
+        for attr in attributes:
+            attribute = entity.get(attr)
+            if attribute is None:
+                continue
+            target = found.setdefault(attr, {})
+            latest: datetime | None = None
+            for instance in attribute if isinstance(attribute, list) else [attribute]:
+                stamp, instance_id = instance.get("observedAt"), instance.get("instanceId")
+                if not isinstance(stamp, str) or not isinstance(instance_id, str):
+                    continue
+                target[instance_id] = (stamp, instance.get("value"), instance_id)
+                moment = parse_time(stamp)
+                latest = moment if latest is None or moment > latest else latest
+            if latest is not None:
+                last_per_attribute.append(latest)
+        resume = slice_end
+        if response.status_code == 206 and last_per_attribute:
+            resume = min(last_per_attribute)
+        if resume <= cursor:
+            log.warning("temporal answer cut at its first instant %s; skipping to %s", cursor, slice_end)
+            resume = slice_end
+        cursor = resume
+    return {attr: sorted(rows.values()) for attr, rows in found.items()}
