@@ -143,11 +143,11 @@ def aggregated_entity(
 ) -> dict[str, Any]:
     """GS CIM 009 4.5.19: `{type, <method>: [[value, start, end], ...]}` per attribute.
 
-    `rows` are `(entity, attribute, *series)`, each series the JSON text of one method's periods
-    (built by PostgreSQL); they are spliced into the answer as they are.
+    `rows` are `(entity, attribute, *series)`, each series the JSON of one method's periods
+    (`store.series_json`); they are spliced into the answer as they are.
     """
     entity: dict[str, Any] = {"id": entity_id, "type": terms.compact_type(entity_type)}
     for row in rows:
-        series = {method: orjson.Fragment(text.encode()) for method, text in zip(methods, row[2:], strict=True)}
+        series = {method: orjson.Fragment(text) for method, text in zip(methods, row[2:], strict=True)}
         entity[terms.compact(row[1])] = {"type": "Property", **series}
     return entity

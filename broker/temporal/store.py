@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
@@ -239,9 +240,13 @@ class TemporalStore:
 
         Fixed periods use `time_bucket` (TimescaleDB) or `date_bin`; months and years follow the
         calendar; P0D makes the whole requested interval (or the data's span where open) one period.
-        Everything, down to the JSON text of each series, is computed in SQL.
+        PostgreSQL computes the periods and their values and hands each (entity, attribute) over as
+        arrays in binary form; the JSON text is written here (see `series_json`).
         """
-        conditions, params = _attribute_conditions(time, attrs)
+        # Listed attributes are keyed by their position too: sorting the periods by a long IRI
+        # text cost PostgreSQL more than grouping them.
+        listed = list(dict.fromkeys(attrs))
+        conditions, params = _attribute_conditions(time, listed)
         column = TIME_COLUMNS[time.timeproperty]
         origin = time.time_at if time.timerel in ("after", "between") and time.time_at else EPOCH
         bucket_params: list[Any] = []
@@ -270,43 +275,44 @@ class TemporalStore:
             sql.SQL("{} AS {}").format(sql.SQL(AGGREGATE_SQL[m]), sql.Identifier(f"m{i}"))
             for i, m in enumerate(methods)
         )
-        carried = sql.SQL(", ").join(sql.SQL("g.{}").format(sql.Identifier(f"m{i}")) for i in range(len(methods)))
-        # Each method's series is built as JSON text by PostgreSQL, so the broker only splices it. The
-        # period's `,"start","end"]` is formatted once and shared by the methods; concatenating text
-        # costs ~30 % less than json_build_array + json_agg (which re-escape every string). to_json
-        # writes each value as JSON (numbers as they are, a non-finite float as a string).
-        series = sql.SQL(", ").join(
-            sql.SQL(
-                "'[' || coalesce(string_agg('[' || to_json(x.{m})::text || x.tail, ',' ORDER BY x.bucket)"
-                " FILTER (WHERE x.{m} IS NOT NULL), '') || ']'"
-            ).format(m=sql.Identifier(f"m{i}"))
-            for i in range(len(methods))
+        values = sql.SQL(", ").join(
+            sql.SQL("array_agg(g.{} ORDER BY g.bucket)").format(sql.Identifier(f"m{i}")) for i in range(len(methods))
         )
-        # The periods are hashed in a materialized step (one pass over the instances, no sort of
-        # them), keyed by the entity's position in `entity_ids` rather than its id (hashing and
-        # sorting long id texts cost more than the aggregates); only the period rows are then
-        # sorted, once (the string_aggs share that order), and turned into JSON.
+        # The periods are grouped keyed by the entity's position in `entity_ids` rather than its id
+        # (hashing and sorting long id texts cost more than the aggregates). The index hands each
+        # entity's instances over in time order, so the periods come out sorted and the arrays need
+        # no sort of their own. Formatting timestamps and JSON in SQL (to_char, to_json, string_agg)
+        # cost PostgreSQL about four times what grouping does; arrays in binary cost it next to nothing.
         query = sql.SQL(
-            "WITH g AS MATERIALIZED ("
-            ' SELECT e.n AS entity_n, a.id COLLATE "C" AS attr, {bucket} AS bucket,'
+            "SELECT g.entity_n, g.attr, array_agg({start} ORDER BY g.bucket), array_agg({end} ORDER BY g.bucket),"
+            " {values} FROM ("
+            " SELECT e.n AS entity_n, {attr} AS attr, {bucket} AS bucket,"
             "  {span}{named}"
             " FROM unnest(%s::text[]) WITH ORDINALITY AS e(id, n)"
             " JOIN attributes a ON a.entityId = e.id WHERE {cond}"
-            " GROUP BY 1, 2, 3)"
-            " SELECT x.entity_n, x.attr, {series} FROM ("
-            " SELECT g.entity_n, g.attr, g.bucket,"
-            "  ',\"' || to_char({start}, {iso}) || '\",\"' || to_char({end}, {iso}) || '\"]' AS tail,"
-            "  {carried} FROM g) x"
-            " GROUP BY x.entity_n, x.attr ORDER BY x.entity_n, x.attr"
+            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3) g"
+            " GROUP BY g.entity_n, g.attr ORDER BY g.entity_n, g.attr"
         ).format(
-            series=series, start=start, end=end, iso=sql.SQL(ISO_MS), carried=carried, bucket=bucket,
+            start=start, end=end, values=values, bucket=bucket,
+            attr=sql.SQL("array_position(%s::text[], a.id)") if listed else sql.SQL('a.id COLLATE "C"'),
             # Only P0D periods reach from the first to the last instance; others need no per-row min/max.
             span=sql.SQL("min({col}) AS first_time, max({col}) AS last_time, ").format(col=column)
             if period.is_zero else sql.SQL(""),
             named=named, cond=sql.SQL(" AND ").join(conditions),
         )  # fmt: skip
-        cur = await conn.execute(query, [*bucket_params, list(entity_ids), *params, *outer_params])
-        return [(entity_ids[row[0] - 1], *row[1:]) for row in await cur.fetchall()]
+        start_params = outer_params[:1] if period.is_zero else []
+        end_params = outer_params[1:] if period.is_zero else outer_params
+        async with conn.cursor(binary=True) as cur:
+            attr_params = [listed] if listed else []
+            await cur.execute(
+                query, [*start_params, *end_params, *attr_params, *bucket_params, list(entity_ids), *params]
+            )
+            rows = await cur.fetchall()
+        return [
+            (entity_ids[n - 1], listed[attr - 1] if listed else attr,
+             *(series_json(series, starts, ends) for series in values_per_method))
+            for n, attr, starts, ends, *values_per_method in rows
+        ]  # fmt: skip
 
     # -- provision -------------------------------------------------------------------------------
 
@@ -382,6 +388,33 @@ class TemporalStore:
             return False
         await conn.execute("DELETE FROM subAttributes WHERE attrInstanceId = %s", (instance_id,))
         return True
+
+
+_JSON_TIMES = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+
+
+def series_json(values: Sequence[Any], starts: Sequence[datetime], ends: Sequence[datetime]) -> bytes:
+    """GS CIM 009 4.5.19: `[[value, start, end], ...]` as JSON, periods without a value left out.
+
+    orjson writes naive UTC timestamps as `2016-01-01T00:00:00Z` (microseconds only when there are
+    some); where no period end has any, `.000` is spliced in to give the broker's millisecond form
+    (the only strings in the series are timestamps). Non-finite floats become null.
+    """
+    if any(moment.microsecond for moment in starts) or any(moment.microsecond for moment in ends):
+        return orjson.dumps(
+            [(value, iso_milliseconds(s), iso_milliseconds(e)) for value, s, e in zip(values, starts, ends, strict=True)
+             if value is not None]
+        )  # fmt: skip
+    text = orjson.dumps(
+        [(value, s, e) for value, s, e in zip(values, starts, ends, strict=True) if value is not None],
+        option=_JSON_TIMES,
+    )
+    return text.replace(b'Z"', b'.000Z"')
+
+
+def iso_milliseconds(moment: datetime) -> str:
+    """A naive UTC timestamp as the broker writes it: `2016-01-01T00:00:00.000Z`."""
+    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def _interval_of(time: TimeFilter) -> tuple[datetime | None, datetime | None]:

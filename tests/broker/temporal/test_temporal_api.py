@@ -224,6 +224,31 @@ async def test_calendar_month_and_whole_interval_periods(loaded: tuple[httpx.Asy
     assert whole["no2"]["max"] == [[max(v for _, v in no2_series(start, end)), iso(start), iso(end)]]
 
 
+async def test_aggregates_without_attrs_cover_every_attribute_and_keep_millisecond_periods(
+    loaded: tuple[httpx.AsyncClient, str],
+) -> None:
+    client, _ = loaded
+    # Periods counted from a time with milliseconds start and end on those milliseconds.
+    start, end = datetime(2013, 3, 2, 0, 0, 0, 250_000, tzinfo=UTC), datetime(2013, 3, 3, tzinfo=UTC)
+    entity = await get_entity(
+        client, timerel="between", timeAt="2013-03-02T00:00:00.250Z", endTimeAt=iso(end),
+        aggrMethods="totalCount,max", aggrPeriodDuration="PT12H",
+    )  # fmt: skip
+    assert {"no2", "pm25", "windDirection"} <= entity.keys()
+    expected = buckets(no2_series(start, end), start, timedelta(hours=12))
+    with_ms = "%Y-%m-%dT%H:%M:%S.250Z"
+    assert entity["no2"]["totalCount"] == [
+        [len(values), at.strftime(with_ms), (at + timedelta(hours=12)).strftime(with_ms)]
+        for at, values in expected.items()
+    ]
+    assert [v for v, *_ in entity["no2"]["max"]] == [max(values) for values in expected.values()]
+    # Text values are counted, but have no maximum.
+    assert sum(v for v, *_ in entity["windDirection"]["totalCount"]) == len(
+        [r for r in READINGS if r.wd is not None and start <= r.at < end]
+    )
+    assert entity["windDirection"]["max"] == []
+
+
 async def test_query_selects_entities_by_type_and_counts_them(loaded: tuple[httpx.AsyncClient, str]) -> None:
     client, _ = loaded
     response = await client.get(f"{API}/temporal/entities",
