@@ -75,11 +75,17 @@ class BatchService:
         if not parsed:
             return result
         pool = await self.databases.pool(tenant, create=kind in ("create", "upsert"))
-        # Pipelined: each statement leaves as soon as it is issued, so PostgreSQL stores the current state
-        # while this process builds the history rows and change events (two cores at work, not one).
-        async with pool.connection() as conn, store.write_transaction(conn):
-            ids = sorted({entity_id for entity_id, _ in parsed})
-            current: dict[str, StoredEntity | None] = dict(await store.fetch_entities(conn, ids, for_update=True))
+        ids = sorted({entity_id for entity_id, _ in parsed})
+        single = len(ids) == 1
+        # One entity: the fewest messages (store.write_transaction). More: pipelined, each statement leaves
+        # as soon as it is issued, so PostgreSQL stores the current state while this process builds the
+        # history rows and change events (two cores at work, not one).
+        transaction = store.write_transaction if single else store.pipelined_transaction
+        async with pool.connection() as conn, transaction(conn):
+            if single:
+                current: dict[str, StoredEntity | None] = dict(await store.lock_entities(conn, ids))
+            else:
+                current = dict(await store.fetch_entities(conn, ids, for_update=True))
             existing = {k for k, v in current.items() if v is not None}
             writes: list[tuple[StoredEntity | None, StoredEntity | None, OpMode]] = []
             for entity_id, expanded in parsed:
@@ -96,6 +102,9 @@ class BatchService:
                     result.created.append(entity_id)
             to_save = [e for e in current.values() if e is not None and (e.touched or e.id not in existing)]
             deleted = [k for k, v in current.items() if v is None and k in existing]
+            if single and len(to_save) == 1 and not deleted:
+                await self.entities.record(conn, tenant, writes, now, saving=to_save[0])
+                return result
             await store.save_entities(conn, to_save)
             if deleted:
                 await store.delete_entities(conn, deleted)

@@ -97,6 +97,7 @@ class EntityService:
         entity = StoredEntity(entity_id, types, scope, doc, now, now, touched=set(doc))
         pool = await self.databases.pool(tenant, create=True)
         async with pool.connection() as conn, store.write_transaction(conn):
+            await store.begin(conn)
             if not await store.insert_entity(conn, entity):
                 raise AlreadyExists(f"Entity {entity_id!r} already exists", entityId=entity_id)
             await self.record(conn, tenant, [(None, entity, "Create")], now)
@@ -105,8 +106,12 @@ class EntityService:
     async def record(
         self, conn: AsyncConnection, tenant: str | None,
         writes: list[tuple[StoredEntity | None, StoredEntity | None, OpMode]], now: datetime,
+        *, saving: StoredEntity | None = None,
     ) -> None:
-        """History rows and change events of `(before, after, opMode)` writes, in `conn`'s transaction."""
+        """History rows and change events of `(before, after, opMode)` writes, in `conn`'s transaction.
+
+        `saving` is a current state to store in the same statement as the history rows.
+        """
         rows = HistoryRows()
         changes = []
         for before, after, op in writes:
@@ -138,7 +143,7 @@ class EntityService:
                 after=after.as_change_state() if after else None,
                 attributes=frozenset(current.touched or current.doc),
             ))  # fmt: skip
-        await write_history(conn, rows)
+        await write_history(conn, rows, along_with=store.save_statement(saving) if saving is not None else None)
         await self.sink.record(conn, changes)
 
     async def _change(self, tenant: str | None, entity_id: str, op: OpMode, change: Any) -> Any:
@@ -146,7 +151,7 @@ class EntityService:
         pool = await self.databases.pool(tenant, create=False)
         now = datetime.now(UTC)
         async with pool.connection() as conn, store.write_transaction(conn):
-            current = await store.fetch_entity(conn, entity_id, for_update=True)
+            current = (await store.lock_entities(conn, [entity_id])).get(entity_id)
             if current is None:
                 raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
             before = StoredEntity(current.id, current.types, current.scope,
@@ -155,8 +160,7 @@ class EntityService:
             result = change(current, iso_ms(now))
             if current.touched:
                 current.modified_at = now
-                await store.save_entity(conn, current)
-                await self.record(conn, tenant, [(before, current, op)], now)
+                await self.record(conn, tenant, [(before, current, op)], now, saving=current)
             return result
 
     async def replace(self, tenant: str | None, entity_id: str, payload: Any, terms: TermMap) -> None:
@@ -260,6 +264,7 @@ class EntityService:
         pool = await self.databases.pool(tenant, create=False)
         now = datetime.now(UTC)
         async with pool.connection() as conn, store.write_transaction(conn):
+            await store.begin(conn)
             deleted = await store.delete_entities(conn, [entity_id])
             if not deleted:
                 raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncClientCursor, AsyncConnection, pq, sql
 from psycopg.types.json import Jsonb
 
 from broker.entities.stored import StoredEntity, location_bbox
@@ -64,11 +64,62 @@ async def autocommit(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
 
 @asynccontextmanager
 async def write_transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
-    """A transaction in pipeline mode: BEGIN travels with the first query and the writes whose results
-    nobody reads travel with COMMIT, so a single-entity write costs about 2 round trips instead of 6-7.
+    """The transaction of one single-entity write, in as few messages to PostgreSQL as possible.
+
+    The connection runs in autocommit mode and the transaction is explicit: BEGIN travels in the
+    same message as the first statement (`lock_entities` or `begin`), each write is one prepared
+    statement, COMMIT (ROLLBACK on an error) is one more. Each message is a send() that wakes the
+    server; psycopg's pipeline mode sent one per statement plus syncs (7 for an attribute update)
+    and its bookkeeping cost the broker about a third more CPU per request than these 3 messages.
     """
+    await conn.set_autocommit(True)
+    try:
+        yield conn
+        if in_transaction(conn):
+            await conn.execute("COMMIT")
+    except BaseException:
+        if in_transaction(conn) and not conn.closed:
+            await conn.execute("ROLLBACK")
+        raise
+    finally:
+        if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            await conn.set_autocommit(False)
+        else:  # a broken connection: the pool replaces it
+            await conn.close()
+
+
+@asynccontextmanager
+async def pipelined_transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """A transaction in pipeline mode, for bulk writes: each statement leaves as soon as it is issued,
+    so PostgreSQL stores one part of a batch while this process builds the next."""
     async with conn.pipeline(), conn.transaction():
         yield conn
+
+
+def in_transaction(conn: AsyncConnection) -> bool:
+    return conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+
+async def begin(conn: AsyncConnection) -> None:
+    """Open the transaction of `write_transaction` without a statement to send BEGIN with."""
+    await conn.execute("BEGIN")
+
+
+async def lock_entities(conn: AsyncConnection, entity_ids: list[str]) -> dict[str, StoredEntity]:
+    """Open the transaction of `write_transaction` and lock and read `entity_ids`, in one message.
+
+    Simple query protocol with the parameters bound by psycopg (two statements cannot share an
+    extended-protocol message): a primary-key lookup is cheap to plan every time.
+    """
+    cursor = AsyncClientCursor(conn)
+    if len(entity_ids) == 1:
+        await cursor.execute(f"BEGIN; SELECT {COLUMNS} FROM current_entities WHERE id = %s FOR UPDATE",
+                             (entity_ids[0],))
+    else:
+        await cursor.execute(f"BEGIN; SELECT {COLUMNS} FROM current_entities WHERE id = ANY(%s)"
+                             " ORDER BY id FOR UPDATE", (entity_ids,))
+    cursor.nextset()
+    return {row[0]: row_to_entity(row) for row in await cursor.fetchall()}
 
 
 async def fetch_entity(conn: AsyncConnection, entity_id: str, *, for_update: bool = False) -> StoredEntity | None:
@@ -103,6 +154,11 @@ async def insert_entity(conn: AsyncConnection, entity: StoredEntity) -> bool:
 async def save_entity(conn: AsyncConnection, entity: StoredEntity) -> None:
     """Write an entity's whole current state (insert or overwrite)."""
     await save_entities(conn, [entity])
+
+
+def save_statement(entity: StoredEntity) -> tuple[str, tuple[Any, ...]]:
+    """`save_entity` as a statement and its parameters, to send along with other writes."""
+    return UPSERT_ENTITY, entity_params(entity)
 
 
 async def save_entities(conn: AsyncConnection, entities: list[StoredEntity]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -197,13 +198,33 @@ ATTRIBUTE_INSERT = insert_statement("attributes", ATTRIBUTE_COLUMNS, ATTRIBUTE_C
 SUB_ATTRIBUTE_INSERT = insert_statement("subAttributes", SUB_ATTRIBUTE_COLUMNS, SUB_ATTRIBUTE_COLUMN_TYPES)
 
 
-async def write_history(conn: AsyncConnection, rows: HistoryRows, *, chunk_rows: int = INSERT_CHUNK_ROWS) -> None:
-    """Write the collected rows inside the caller's transaction (pipelined or not), one INSERT per table and chunk."""
+# One statement for a write and its history: the caller's statement, then every table's rows (an empty
+# JSON array when a table gets none, so the text is constant and prepared once per connection).
+WITH_HISTORY = (
+    "WITH written AS ({statement}), history_entities AS (" + ENTITY_INSERT + "),"
+    " history_attributes AS (" + ATTRIBUTE_INSERT + ") " + SUB_ATTRIBUTE_INSERT
+)
+
+
+async def write_history(conn: AsyncConnection, rows: HistoryRows, *, chunk_rows: int = INSERT_CHUNK_ROWS,
+                        along_with: tuple[str, Sequence[Any]] | None = None) -> None:
+    """Write the collected rows inside the caller's transaction (pipelined or not), one INSERT per table and chunk.
+
+    `along_with` is a statement and its parameters (without RETURNING) that runs first: when the rows
+    fit one chunk per table, it and the history travel as one statement, one message to the server.
+    """
     tables = (
         (rows.entities, ENTITY_INSERT),
         (rows.attributes, ATTRIBUTE_INSERT),
         (rows.sub_attributes, SUB_ATTRIBUTE_INSERT),
     )
+    if along_with is not None:
+        statement, params = along_with
+        if all(len(data) <= chunk_rows for data, _ in tables):
+            history = tuple(orjson.dumps(data).decode() for data, _ in tables)
+            await conn.execute(WITH_HISTORY.format(statement=statement), (*params, *history))
+            return
+        await conn.execute(statement, params)
     for data, statement in tables:
         for first in range(0, len(data), chunk_rows):
             # Compound values are JSON text already: `->>` hands them to the jsonb cast as they are.
