@@ -278,20 +278,17 @@ class TemporalStore:
         values = sql.SQL(", ").join(
             sql.SQL("array_agg(g.{} ORDER BY g.bucket)").format(sql.Identifier(f"m{i}")) for i in range(len(methods))
         )
-        # The periods are grouped keyed by the entity's position in `entity_ids` rather than its id
-        # (hashing and sorting long id texts cost more than the aggregates). The index hands each
-        # entity's instances over in time order, so the periods come out sorted and the arrays need
-        # no sort of their own. Formatting timestamps and JSON in SQL (to_char, to_json, string_agg)
-        # cost PostgreSQL about four times what grouping does; arrays in binary cost it next to nothing.
+        # The periods are grouped one entity at a time (a small hash table each, no sort of the
+        # instances) and keyed by the entity's position in `entity_ids` rather than its id: sorting
+        # and hashing long id texts cost more than the aggregates. Formatting timestamps and JSON in
+        # SQL (to_char, to_json, string_agg) cost PostgreSQL about four times what grouping does;
+        # arrays in binary cost it next to nothing.
         query = sql.SQL(
-            "SELECT g.entity_n, g.attr, array_agg({start} ORDER BY g.bucket), array_agg({end} ORDER BY g.bucket),"
-            " {values} FROM ("
-            " SELECT e.n AS entity_n, {attr} AS attr, {bucket} AS bucket,"
-            "  {span}{named}"
-            " FROM unnest(%s::text[]) WITH ORDINALITY AS e(id, n)"
-            " JOIN attributes a ON a.entityId = e.id WHERE {cond}"
-            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3) g"
-            " GROUP BY g.entity_n, g.attr ORDER BY g.entity_n, g.attr"
+            "SELECT e.n, g.attr, array_agg({start} ORDER BY g.bucket), array_agg({end} ORDER BY g.bucket), {values}"
+            " FROM unnest(%s::text[]) WITH ORDINALITY AS e(id, n) CROSS JOIN LATERAL ("
+            "  SELECT {attr} AS attr, {bucket} AS bucket, {span}{named}"
+            "  FROM attributes a WHERE a.entityId = e.id AND {cond} GROUP BY 1, 2) g"
+            " GROUP BY e.n, g.attr ORDER BY e.n, g.attr"
         ).format(
             start=start, end=end, values=values, bucket=bucket,
             attr=sql.SQL("array_position(%s::text[], a.id)") if listed else sql.SQL('a.id COLLATE "C"'),
@@ -300,17 +297,19 @@ class TemporalStore:
             if period.is_zero else sql.SQL(""),
             named=named, cond=sql.SQL(" AND ").join(conditions),
         )  # fmt: skip
+        # Periods from an origin on a whole second, of whole seconds, start and end on whole seconds.
+        whole_seconds = not period.is_zero and origin.microsecond == 0 and period.fixed.microseconds == 0
         start_params = outer_params[:1] if period.is_zero else []
         end_params = outer_params[1:] if period.is_zero else outer_params
         async with conn.cursor(binary=True) as cur:
             attr_params = [listed] if listed else []
             await cur.execute(
-                query, [*start_params, *end_params, *attr_params, *bucket_params, list(entity_ids), *params]
+                query, [*start_params, *end_params, list(entity_ids), *attr_params, *bucket_params, *params]
             )
             rows = await cur.fetchall()
         return [
             (entity_ids[n - 1], listed[attr - 1] if listed else attr,
-             *(series_json(series, starts, ends) for series in values_per_method))
+             *(series_json(series, starts, ends, whole_seconds=whole_seconds) for series in values_per_method))
             for n, attr, starts, ends, *values_per_method in rows
         ]  # fmt: skip
 
@@ -393,14 +392,16 @@ class TemporalStore:
 _JSON_TIMES = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 
 
-def series_json(values: Sequence[Any], starts: Sequence[datetime], ends: Sequence[datetime]) -> bytes:
+def series_json(
+    values: Sequence[Any], starts: Sequence[datetime], ends: Sequence[datetime], *, whole_seconds: bool
+) -> bytes:
     """GS CIM 009 4.5.19: `[[value, start, end], ...]` as JSON, periods without a value left out.
 
-    orjson writes naive UTC timestamps as `2016-01-01T00:00:00Z` (microseconds only when there are
-    some); where no period end has any, `.000` is spliced in to give the broker's millisecond form
-    (the only strings in the series are timestamps). Non-finite floats become null.
+    orjson writes naive UTC timestamps on a whole second as `2016-01-01T00:00:00Z`; when every
+    period starts and ends on one (`whole_seconds`), `.000` is spliced in to give the broker's
+    millisecond form (the only strings in the series are timestamps). Non-finite floats become null.
     """
-    if any(moment.microsecond for moment in starts) or any(moment.microsecond for moment in ends):
+    if not whole_seconds:
         return orjson.dumps(
             [(value, iso_milliseconds(s), iso_milliseconds(e)) for value, s, e in zip(values, starts, ends, strict=True)
              if value is not None]
