@@ -37,6 +37,14 @@ UPSERT_ENTITIES = (
 )
 
 
+# Prepared once on every pooled connection (broker/storage/tenants.py), for the statement that carries
+# BEGIN in a simple-protocol message: there it would otherwise be parsed and planned on every write.
+LOCK_ENTITY = "lock_entity"
+SESSION_STATEMENTS = (
+    f"PREPARE {LOCK_ENTITY} (text) AS SELECT {COLUMNS} FROM current_entities WHERE id = $1 FOR UPDATE",
+)
+
+
 def row_to_entity(row: tuple[Any, ...]) -> StoredEntity:
     return StoredEntity(
         id=row[0], types=list(row[1]), scope=list(row[2]) if row[2] is not None else None,
@@ -109,12 +117,11 @@ async def lock_entities(conn: AsyncConnection, entity_ids: list[str]) -> dict[st
     """Open the transaction of `write_transaction` and lock and read `entity_ids`, in one message.
 
     Simple query protocol with the parameters bound by psycopg (two statements cannot share an
-    extended-protocol message): a primary-key lookup is cheap to plan every time.
+    extended-protocol message); one entity is read by the statement prepared in SESSION_STATEMENTS.
     """
     cursor = AsyncClientCursor(conn)
     if len(entity_ids) == 1:
-        await cursor.execute(f"BEGIN; SELECT {COLUMNS} FROM current_entities WHERE id = %s FOR UPDATE",
-                             (entity_ids[0],))
+        await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_ids[0],))
     else:
         await cursor.execute(f"BEGIN; SELECT {COLUMNS} FROM current_entities WHERE id = ANY(%s)"
                              " ORDER BY id FOR UPDATE", (entity_ids,))

@@ -14,6 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
+from broker.entities.store import SESSION_STATEMENTS
 from broker.settings import BrokerSettings
 from broker.storage.migrations import migrate
 from ngsi.errors import BadRequestData, InternalError, NonexistentTenant
@@ -36,9 +37,13 @@ def tenant_database_name(default_database: str, tenant: str | None) -> str:
 
 
 async def configure_connection(conn: AsyncConnection) -> None:
-    """JSON in and out of jsonb with orjson: `doc` columns are the hot path of every request."""
+    """JSON in and out of jsonb with orjson (`doc` columns are the hot path of every request), and the
+    server-side prepared statements of the write path."""
     set_json_loads(orjson.loads, conn)
     set_json_dumps(orjson_dumps, conn)
+    for statement in SESSION_STATEMENTS:
+        await conn.execute(statement)
+    await conn.commit()
 
 
 def orjson_dumps(value: Any) -> str:
