@@ -83,11 +83,10 @@ async def write_transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnect
     await conn.set_autocommit(True)
     try:
         yield conn
-        if in_transaction(conn):
-            await conn.execute("COMMIT")
+        await conn.commit()  # COMMIT if a transaction is open (a simple-protocol message, no cursor)
     except BaseException:
-        if in_transaction(conn) and not conn.closed:
-            await conn.execute("ROLLBACK")
+        if not conn.closed:
+            await conn.rollback()
         raise
     finally:
         if conn.info.transaction_status == pq.TransactionStatus.IDLE:
@@ -102,10 +101,6 @@ async def pipelined_transaction(conn: AsyncConnection) -> AsyncIterator[AsyncCon
     so PostgreSQL stores one part of a batch while this process builds the next."""
     async with conn.pipeline(), conn.transaction():
         yield conn
-
-
-def in_transaction(conn: AsyncConnection) -> bool:
-    return conn.info.transaction_status != pq.TransactionStatus.IDLE
 
 
 async def begin(conn: AsyncConnection) -> None:
