@@ -34,3 +34,5 @@ class KpiSettings(BaseSettings):
     kpi_write_batch: int = 500
     """Most KPI entities per batch upsert."""
     kpi_request_timeout_s: float = 30.0
+    kpi_database_url: str | None = None
+    """The broker's PostgreSQL (TRoE history tables): when set, a backfill reads source history straight from it."""
