@@ -6,7 +6,7 @@ history; the backfill computes the hourly EEA index and the PM2.5 daily mean fro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,17 +16,44 @@ from kpi.backfill import backfill, evaluate_windows, history_instance_id
 from kpi.definitions import DefinitionSet, KpiDefinition, load_definitions
 from kpi.engine import KpiEngine
 from kpi.entities import NO_VALUE
+from kpi.history import read_history, read_history_troe, tenant_database_url
 from kpi.observations import SourceObservations
 from kpi.settings import KpiSettings
 from ngsi.client import AsyncBrokerClient
 from smart_data_models import format_timestamp
 from smart_data_models.models import ENVIRONMENT_CONTEXT, KPI_CONTEXT
+from tests.conftest import running_broker
 from tests.kpi.test_backfill_vectorised import BEIJING, SOURCE, station_history
 
 SINCE = datetime(2016, 3, 14, tzinfo=BEIJING)
 UNTIL = datetime(2016, 3, 17, tzinfo=BEIJING)
 EEA_ID = "urn:ngsi-ld:KeyPerformanceIndicator:beijing:eea-air-quality-index:Aotizhongxin:hourly"
 DAILY_ID = "urn:ngsi-ld:KeyPerformanceIndicator:beijing:pm25-daily-mean:Aotizhongxin:daily"
+
+
+@pytest.fixture(scope="module")
+def broker_and_database(
+    create_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """A broker of this module's own, and its database URL (for the backfill's TRoE reads)."""
+    created: list[str] = []
+
+    def create(label: str) -> str:
+        created.append(create_database(label))
+        return created[-1]
+
+    with running_broker(create, tmp_path_factory) as base_url:
+        yield base_url, created[0]
+
+
+@pytest.fixture(scope="module")
+def broker_url(broker_and_database: tuple[str, str]) -> str:
+    return broker_and_database[0]
+
+
+@pytest.fixture(scope="module")
+def database_url(broker_and_database: tuple[str, str]) -> str:
+    return broker_and_database[1]
 
 
 @pytest.fixture
@@ -45,8 +72,10 @@ def definitions(*ids: str) -> DefinitionSet:
     return load_definitions().select(ids)
 
 
-async def run_backfill(broker_url: str, tenant: str, chosen: DefinitionSet) -> Any:
-    engine = KpiEngine(KpiSettings(broker_url=broker_url, tenant=tenant, kpi_client_id=f"kpi-{tenant}"), chosen)
+async def run_backfill(broker_url: str, tenant: str, chosen: DefinitionSet, database_url: str | None = None) -> Any:
+    settings = KpiSettings(broker_url=broker_url, tenant=tenant, kpi_client_id=f"kpi-{tenant}",
+                           kpi_database_url=database_url)  # fmt: skip
+    engine = KpiEngine(settings, chosen)
     try:
         return await backfill(engine, SINCE, UNTIL)
     finally:
@@ -73,14 +102,16 @@ def expected_values(chosen: DefinitionSet, kpi: str, series: dict[str, list[tupl
     }
 
 
+@pytest.mark.parametrize("read_from", ["temporal API", "TRoE tables"])
 async def test_a_backfill_run_twice_leaves_one_value_per_window_with_its_coverage(
-    broker_url: str, tenant: str, loaded: dict[str, list[tuple[datetime, float]]]
+    broker_url: str, database_url: str, tenant: str, loaded: dict[str, list[tuple[datetime, float]]], read_from: str
 ) -> None:
     chosen = definitions("eea-air-quality-index", "pm25-daily-mean")
-    first = await run_backfill(broker_url, tenant, chosen)
+    troe = database_url if read_from == "TRoE tables" else None
+    first = await run_backfill(broker_url, tenant, chosen, troe)
     assert first.windows == 72 + 3
     assert first.history_instances == 71 + 2  # every window but the newest, which is the entity itself
-    second = await run_backfill(broker_url, tenant, chosen)
+    second = await run_backfill(broker_url, tenant, chosen, troe)
     assert second.history_instances == 0
 
     eea = await stored(broker_url, tenant, EEA_ID, "kpiValue")
@@ -102,6 +133,23 @@ async def test_a_backfill_run_twice_leaves_one_value_per_window_with_its_coverag
     for stamp, value in day_values.items():
         assert (value["value"] != NO_VALUE) == coverage[stamp]["sufficient"]
         assert value.get("unitCode") == ("GQ" if value["value"] != NO_VALUE else None)
+
+
+async def test_the_troe_tables_give_what_the_temporal_api_gives(
+    broker_url: str, database_url: str, tenant: str, loaded: dict[str, list[tuple[datetime, float]]]
+) -> None:
+    attributes = sorted(loaded)
+    async with AsyncBrokerClient(broker_url, tenant=tenant, context=ENVIRONMENT_CONTEXT) as client:
+        # A second value at one instant (a correction) and a non-numeric one: the later number wins, text is left out.
+        corrected = format_timestamp(loaded["no2"][5][0])
+        await client.temporal_append(SOURCE, {"no2": [{"type": "Property", "value": 999.0, "observedAt": corrected}],
+                                              "pm25": [{"type": "Property", "value": "n/a", "observedAt": corrected}]})
+        api = await read_history(client, entity_type="AirQualityObserved", attributes=attributes,
+                                 start=SINCE, end=UNTIL, entity_ids=[SOURCE])  # fmt: skip
+    troe = await read_history_troe(tenant_database_url(database_url, tenant), SOURCE, attributes, SINCE, UNTIL)
+    assert troe == api[SOURCE]
+    assert dict(troe["no2"])[loaded["no2"][5][0]] == 999.0
+    assert len(troe["pm25"]) == len(loaded["pm25"])
 
 
 async def test_a_window_recomputed_with_another_value_replaces_the_stored_one(
