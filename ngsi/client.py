@@ -577,6 +577,14 @@ class AsyncBrokerClient:
         """Add attribute instances to an entity's history (POST /temporal/entities/{id}/attrs)."""
         await self._call("POST", f"/temporal/entities/{self._quote(entity_id)}/attrs", body=dict(attrs))
 
+    async def update_temporal_instance(
+        self, entity_id: str, attr: str, instance_id: str, instance: Mapping[str, Any]
+    ) -> None:
+        """Replace one instance in an entity's history (PATCH /temporal/entities/{id}/attrs/{attr}/{instanceId},
+        GS CIM 009 5.6.19); `instance` is the attribute instance (its instanceId and time stay)."""
+        path = f"/temporal/entities/{self._quote(entity_id)}/attrs/{self._quote(attr)}/{self._quote(instance_id)}"
+        await self._call("PATCH", path, body={attr: dict(instance)})
+
     async def delete_temporal_instance(self, entity_id: str, attr: str, instance_id: str) -> None:
         """Delete one instance from an entity's history (DELETE /temporal/entities/{id}/attrs/{attr}/{instanceId})."""
         path = f"/temporal/entities/{self._quote(entity_id)}/attrs/{self._quote(attr)}/{self._quote(instance_id)}"
