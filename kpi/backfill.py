@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from kpi.definitions import KpiDefinition
 from kpi.engine import KpiEngine
 from kpi.entities import (
@@ -42,8 +44,15 @@ from kpi.entities import (
     kpi_entity,
     value_time,
 )
-from kpi.history import read_history, read_history_troe, read_instances, tenant_database_url
-from kpi.observations import SourceObservations
+from kpi.history import (
+    HistoryArrays,
+    history_arrays,
+    read_history,
+    read_history_troe,
+    read_instances,
+    tenant_database_url,
+)
+from kpi.observations import SourceObservations, from_micros, to_micros
 from kpi.vectorised import SeriesValues, hour_windows, period_results, series_values, vectorised
 from kpi.windows import Window, window_at, windows_between
 from ngsi.client import AsyncBrokerClient
@@ -104,6 +113,32 @@ class SeriesOutcome:
         return len(self.older.values) + 1
 
 
+class SourceHistory:
+    """One source's history for a backfill: arrays for the vectorised calculators, observations for the scalar ones."""
+
+    def __init__(self, arrays: HistoryArrays, covered_from: datetime) -> None:
+        self.arrays = arrays
+        self.covered_from = covered_from
+        self._whole: SourceObservations | None = None
+
+    def observations(self, start: datetime | None = None, end: datetime | None = None) -> SourceObservations:
+        """The observations in `[start, end)` (all of them without bounds) as the scalar calculators take them."""
+        if start is None and end is None and self._whole is not None:
+            return self._whole
+        lo, hi = to_micros(start) if start else None, to_micros(end) if end else None
+        series = {}
+        for name, (times, values) in self.arrays.items():
+            first = 0 if lo is None else int(np.searchsorted(times, lo))
+            last = len(times) if hi is None else int(np.searchsorted(times, hi))
+            series[name] = [(from_micros(t), v) for t, v in zip(times[first:last].tolist(), values[first:last].tolist(),
+                                                                 strict=True)]  # fmt: skip
+        observations = SourceObservations()
+        observations.seed(series, self.covered_from, keep_datetimes=True)
+        if start is None and end is None:
+            self._whole = observations
+        return observations
+
+
 def evaluate_windows(
     definition: KpiDefinition, source_id: str, observations: SourceObservations, since: datetime, until: datetime
 ) -> list[tuple[Window, KpiEntity]]:
@@ -140,32 +175,36 @@ def _scalar_series(
 
 
 def evaluate_series(
-    definition: KpiDefinition, source_id: str, observations: SourceObservations, since: datetime, until: datetime
+    definition: KpiDefinition, source_id: str, history: SourceHistory, since: datetime, until: datetime
 ) -> SeriesOutcome | None:
     """A series definition (hour, rolling 8 h, day) over `[since, until)` for one source (pure, CPU only)."""
-    every = series_values(definition, observations, since, until)
+    every = series_values(definition, history.arrays, since, until)
     if every is not None:  # vectorised: every window, the newest one included
         if not every.values:
             return None
         older = SeriesValues(every.observed_at[:-1], every.values[:-1], every.coverages[:-1])
         newest = datetime.fromisoformat(every.observed_at[-1])
         last = window_at(definition.window.kind, newest, definition.tz)
+        span = definition.calculator_impl.span(definition.params, last, definition.tz)
+        observations = history.observations(*span)
     else:
         windows = list(_series_windows(definition, since, until))
         if not windows:
             return None
+        observations = history.observations()
         older, last = _scalar_series(definition, observations, windows[:-1]), windows[-1]
     latest = _scalar_entity(definition, source_id, observations, last)
     return SeriesOutcome(latest.id, latest, older)
 
 
 def evaluate_periods(
-    definition: KpiDefinition, source_id: str, observations: SourceObservations, since: datetime, until: datetime
+    definition: KpiDefinition, source_id: str, history: SourceHistory, since: datetime, until: datetime
 ) -> list[KpiEntity]:
     """A period definition (month, year, custom) over `[since, until)` for one source: one entity per window."""
     windows = list(_series_windows(definition, since, until))
-    results = period_results(definition, observations, windows) if vectorised(definition) else None
+    results = period_results(definition, history.arrays, windows) if vectorised(definition) else None
     if results is None:
+        observations = history.observations()
         return [_scalar_entity(definition, source_id, observations, window) for window in windows]
     return [
         kpi_entity(definition, source_id, window, result, latest_observation=latest)
@@ -215,28 +254,24 @@ async def backfill(
                 attributes = sorted({a for d in group for a in d.source.attributes})
                 start, end = min(s for s, _ in spans), max(e for _, e in spans)
                 if database_url is not None:
-                    history = {source_id: await read_history_troe(database_url, source_id, attributes, start, end)}
+                    arrays = await read_history_troe(database_url, source_id, attributes, start, end)
                 else:
-                    history = await read_history(
+                    read = await read_history(
                         engine.client_for(context), entity_type=entity_type, attributes=attributes,
                         start=start, end=end, entity_ids=[source_id], slice_hours=READ_SLICE_HOURS,
                     )  # fmt: skip
-                observations = SourceObservations()
-                # Datetimes kept only for the scalar loop (it slices the same series ~10^4 times).
-                scalar = any(not vectorised(d) for d in group)
-                observations.seed(history.get(source_id, {}), since, keep_datetimes=scalar)
-                del history  # the tuples would make every garbage collection of the evaluation slow
+                    arrays = history_arrays(read.get(source_id, {}))
+                    del read  # the tuples would make every garbage collection of the evaluation slow
+                history = SourceHistory(arrays, since)
                 for definition in group:
                     if definition.window.kind in SERIES_KINDS:
-                        series = await asyncio.to_thread(
-                            evaluate_series, definition, source_id, observations, since, until
-                        )
+                        series = await asyncio.to_thread(evaluate_series, definition, source_id, history, since, until)
                         if series is not None:
                             report.windows += series.windows
                             await _write_series(engine, definition, series, report)
                     else:
                         entities = await asyncio.to_thread(
-                            evaluate_periods, definition, source_id, observations, since, until
+                            evaluate_periods, definition, source_id, history, since, until
                         )
                         report.windows += len(entities)
                         if entities:

@@ -9,12 +9,15 @@ the attributes it returned, and instances seen twice are merged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
 from kpi.catalogue import Series
+from kpi.observations import to_micros
 from ngsi.client import AsyncBrokerClient, raise_for_problem
 from smart_data_models import format_timestamp
 
@@ -205,11 +208,11 @@ async def read_instances(
 
 _TROE_ATTRIBUTE_IDS = "SELECT DISTINCT id FROM attributes WHERE entityId = %s"
 _TROE_NUMBERS = """
-    SELECT id, coalesce(observedAt, ts) AS moment, number
+    SELECT (extract(epoch FROM coalesce(observedAt, ts)) * 1000000)::bigint AS micros, number
     FROM attributes
-    WHERE entityId = %s AND id = ANY(%s) AND number IS NOT NULL AND opMode IS DISTINCT FROM 'Delete'
+    WHERE entityId = %s AND id = %s AND number IS NOT NULL AND opMode IS DISTINCT FROM 'Delete'
       AND coalesce(observedAt, ts) >= %s AND coalesce(observedAt, ts) < %s
-    ORDER BY id, moment, ts
+    ORDER BY coalesce(observedAt, ts), ts
 """
 
 
@@ -228,15 +231,28 @@ def short_name(attribute_iri: str) -> str:
     return attribute_iri.rstrip("/#").rsplit("/", 1)[-1].rsplit("#", 1)[-1].rsplit(":", 1)[-1]
 
 
+HistoryArrays = Mapping[str, tuple[np.ndarray, np.ndarray]]
+"""Attribute → (times in µs since the epoch, ascending and distinct; values): one source's history as arrays."""
+
+
+def history_arrays(history: Mapping[str, Series]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`read_history`'s series of one entity (time-ordered, distinct times) as arrays."""
+    return {
+        attr: (np.array([to_micros(moment) for moment, _ in series], dtype=np.int64),
+               np.array([value for _, value in series], dtype=np.float64))
+        for attr, series in history.items()
+    }  # fmt: skip
+
+
 async def read_history_troe(
     database_url: str, entity_id: str, attributes: Sequence[str], start: datetime, end: datetime
-) -> dict[str, Series]:
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Numeric instances of one entity's `attributes` observed in `[start, end)`, straight from the TRoE tables.
 
     What `read_history` gets from the temporal API (GS CIM 009 6.18), without the broker in
     between: instances by `observedAt` (their write time when they have none), deleted ones left
     out, the later write winning at one instant. Attributes are stored expanded; a short name
-    matches the stored names whose last segment it is.
+    matches the stored names whose last segment it is. Times come as exact microseconds.
     """
     import psycopg
 
@@ -244,12 +260,18 @@ async def read_history_troe(
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         cursor = await conn.execute(_TROE_ATTRIBUTE_IDS, (entity_id,))
         names = {row[0]: short_name(row[0]) for row in await cursor.fetchall()}
-        iris = [iri for iri, name in names.items() if name in wanted]
-        if not iris:
-            return {}
+        history: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         naive = [moment.astimezone(UTC).replace(tzinfo=None) for moment in (start, end)]
-        cursor = await conn.execute(_TROE_NUMBERS, (entity_id, iris, naive[0], naive[1]))
-        merged: dict[str, dict[datetime, float]] = {}
-        for iri, moment, number in await cursor.fetchall():
-            merged.setdefault(names[iri], {})[moment.replace(tzinfo=UTC)] = float(number)
-    return {name: sorted(values.items()) for name, values in merged.items()}
+        for iri, name in names.items():
+            if name not in wanted:
+                continue
+            cursor = await conn.execute(_TROE_NUMBERS, (entity_id, iri, naive[0], naive[1]))
+            rows = await cursor.fetchall()
+            if not rows:
+                continue
+            times = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+            values = np.fromiter((row[1] for row in rows), dtype=np.float64, count=len(rows))
+            # Rows come by time, then write time: at an instant seen twice the last row wins.
+            last = np.append(times[1:] != times[:-1], True)
+            history[name] = (times[last], values[last])
+    return history

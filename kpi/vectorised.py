@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,8 @@ from kpi.catalogue import (
     KpiResult,
 )
 from kpi.definitions import KpiDefinition
-from kpi.observations import SourceObservations, from_micros, to_micros
+from kpi.history import HistoryArrays
+from kpi.observations import from_micros, to_micros
 from kpi.windows import HOUR, Window, window_at, windows_between
 from smart_data_models import default_unit_code
 
@@ -61,6 +63,7 @@ class HourlyGrid:
         return from_micros(self.start + index * HOUR_MICROS)
 
 
+@lru_cache(maxsize=64)
 def steady_offset(tz: tzinfo, start: datetime, end: datetime) -> bool:
     """True when `tz` keeps one whole-hour UTC offset over `[start, end]` (checked every 6 hours)."""
     offsets = set()
@@ -75,9 +78,7 @@ def steady_offset(tz: tzinfo, start: datetime, end: datetime) -> bool:
     return offset is not None and offset % HOUR == timedelta(0)
 
 
-def hourly_grid(
-    observations: SourceObservations, attributes: Sequence[str], start: datetime, end: datetime
-) -> HourlyGrid | None:
+def hourly_grid(history: HistoryArrays, attributes: Sequence[str], start: datetime, end: datetime) -> HourlyGrid | None:
     """The attributes' values in `[start, end)` on an hour grid; None if `start` or a value is not on a whole hour."""
     first, stop = to_micros(start), to_micros(end)
     if first % HOUR_MICROS:
@@ -86,14 +87,13 @@ def hourly_grid(
     values: dict[str, np.ndarray] = {}
     for name in attributes:
         grid = np.full(length, np.nan)
-        series = observations.attributes.get(name)
-        if series is not None and len(series):
-            times = np.asarray(series.times, dtype=np.int64)
-            inside = (times >= first) & (times < stop)
-            offsets = times[inside] - first
+        if name in history:
+            times, numbers = history[name]
+            lo, hi = np.searchsorted(times, [first, stop], side="left")
+            offsets = times[lo:hi] - first
             if np.any(offsets % HOUR_MICROS):
                 return None
-            grid[offsets // HOUR_MICROS] = np.asarray(series.values, dtype=np.float64)[inside]
+            grid[offsets // HOUR_MICROS] = numbers[lo:hi]
         values[name] = grid
     return HourlyGrid(first, length, values)
 
@@ -104,9 +104,27 @@ def utc_stamps(micros: np.ndarray) -> list[str]:
     return [stamp + "Z" for stamp in text.tolist()]
 
 
-def _python_round(values: np.ndarray, digits: int) -> list[float | None]:
-    """Python's correctly rounded `round` per element (numpy's np.round differs in the last digit); NaN → None."""
-    return [None if v != v else round(v, digits) for v in values.tolist()]
+def exact_round(values: np.ndarray, digits: int) -> np.ndarray:
+    """Python's `round(x, digits)` of every element (NaN stays NaN).
+
+    np.round scales, rounds to an integer k and divides: k / 10**digits is the double nearest
+    to the decimal, which is what Python's correctly rounded `round` gives, unless the scaled
+    value sits within a hair of a half (a tie, or a double-rounding victim) or is huge; those
+    few go to Python's `round`.
+    """
+    scale = 10.0**digits
+    scaled = values * scale
+    result = np.round(values, digits)
+    with np.errstate(invalid="ignore"):
+        doubtful = (np.abs(np.abs(scaled - np.floor(scaled)) - 0.5) < 1e-6) | (np.abs(scaled) > 1e9)
+    for index in np.flatnonzero(doubtful):
+        result[index] = round(float(values[index]), digits)
+    return result
+
+
+def _listed(values: np.ndarray) -> list[Any]:
+    """Plain Python numbers, None for NaN."""
+    return [None if v != v else v for v in values.tolist()]
 
 
 def _factor(attribute: str, units: dict[str, str]) -> float:
@@ -129,7 +147,7 @@ def _index_concentrations(params: Any, grid: HourlyGrid, first: int, count: int)
     for pollutant in params.pollutants:
         hourly = grid.values[pollutant][first : first + count]
         hourly = np.where(hourly >= 0, hourly * _factor(pollutant, params.units), np.nan)
-        result[pollutant] = np.array(_python_round(hourly, 6), dtype=np.float64)
+        result[pollutant] = exact_round(hourly, 6)
     return result
 
 
@@ -139,7 +157,7 @@ def _eea_values(params: Any, grid: HourlyGrid, first: int, count: int) -> list[A
 
 
 def _caqi_values(params: Any, grid: HourlyGrid, first: int, count: int) -> list[Any]:
-    return _python_round(caqi_indices(_index_concentrations(params, grid, first, count)), 1)
+    return _listed(exact_round(caqi_indices(_index_concentrations(params, grid, first, count)), 1))
 
 
 def _ppm(pollutant: str, micrograms: np.ndarray) -> np.ndarray:
@@ -171,7 +189,7 @@ def _us_aqi_values(params: Any, grid: HourlyGrid, first: int, count: int) -> lis
     for metric in US_AQI_METRICS:
         if metric not in metrics:
             continue
-        used = np.array(_python_round(metrics[metric][first : first + count], 4), dtype=np.float64)
+        used = exact_round(metrics[metric][first : first + count], 4)
         aqi, over = sub_indices(metric, used)
         best = np.fmax(best, aqi)
         beyond |= over
@@ -328,15 +346,13 @@ def vectorised(definition: KpiDefinition) -> bool:
     )
 
 
-def _grid_for(
-    definition: KpiDefinition, observations: SourceObservations, windows: Sequence[Window]
-) -> HourlyGrid | None:
+def _grid_for(definition: KpiDefinition, history: HistoryArrays, windows: Sequence[Window]) -> HourlyGrid | None:
     calculator, tz = definition.calculator_impl, definition.tz
     start = calculator.span(definition.params, windows[0], tz)[0]
     end = max(calculator.span(definition.params, windows[-1], tz)[1], windows[-1].end)
     if not steady_offset(tz, start, end):
         return None
-    return hourly_grid(observations, definition.source.attributes, start, end)
+    return hourly_grid(history, definition.source.attributes, start, end)
 
 
 @dataclass(frozen=True)
@@ -355,7 +371,7 @@ def hour_windows(since: datetime, until: datetime, tz: tzinfo) -> tuple[Window, 
 
 
 def series_values(
-    definition: KpiDefinition, observations: SourceObservations, since: datetime, until: datetime
+    definition: KpiDefinition, history: HistoryArrays, since: datetime, until: datetime
 ) -> SeriesValues | None:
     """Every hour or day window's value overlapping `[since, until)`; None when there is no vectorised form."""
     if not vectorised(definition) or definition.window.kind not in ("hour", "day"):
@@ -366,7 +382,7 @@ def series_values(
         if count == 0:
             return SeriesValues([], [], [])
         last = Window("hour", first.start + (count - 1) * HOUR, first.start + count * HOUR)
-        grid = _grid_for(definition, observations, [first, last])
+        grid = _grid_for(definition, history, [first, last])
         if grid is None:
             return None
         start = grid.index(first.start)
@@ -378,7 +394,7 @@ def series_values(
     windows = list(windows_between("day", since, until, tz))
     if not windows:
         return SeriesValues([], [], [])
-    grid = _grid_for(definition, observations, windows)
+    grid = _grid_for(definition, history, windows)
     results = None if grid is None else _daily_mean_results(definition.params, grid, windows)
     if results is None:
         return None
@@ -387,12 +403,12 @@ def series_values(
 
 
 def period_results(
-    definition: KpiDefinition, observations: SourceObservations, windows: Sequence[Window]
+    definition: KpiDefinition, history: HistoryArrays, windows: Sequence[Window]
 ) -> list[tuple[KpiResult, datetime | None]] | None:
     """The result and latest observation of each year window; None when there is no vectorised form."""
     if not windows or not vectorised(definition) or definition.window.kind != "year":
         return None
-    grid = _grid_for(definition, observations, windows)
+    grid = _grid_for(definition, history, windows)
     if grid is None:
         return None
     evaluate = YEARLY[definition.calculator]

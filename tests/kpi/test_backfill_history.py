@@ -16,8 +16,8 @@ from kpi.backfill import backfill, evaluate_windows, history_instance_id
 from kpi.definitions import DefinitionSet, KpiDefinition, load_definitions
 from kpi.engine import KpiEngine
 from kpi.entities import NO_VALUE
-from kpi.history import read_history, read_history_troe, tenant_database_url
-from kpi.observations import SourceObservations
+from kpi.history import history_arrays, read_history, read_history_troe, tenant_database_url
+from kpi.observations import SourceObservations, to_micros
 from kpi.settings import KpiSettings
 from ngsi.client import AsyncBrokerClient
 from smart_data_models import format_timestamp
@@ -147,9 +147,14 @@ async def test_the_troe_tables_give_what_the_temporal_api_gives(
         api = await read_history(client, entity_type="AirQualityObserved", attributes=attributes,
                                  start=SINCE, end=UNTIL, entity_ids=[SOURCE])  # fmt: skip
     troe = await read_history_troe(tenant_database_url(database_url, tenant), SOURCE, attributes, SINCE, UNTIL)
-    assert troe == api[SOURCE]
-    assert dict(troe["no2"])[loaded["no2"][5][0]] == 999.0
-    assert len(troe["pm25"]) == len(loaded["pm25"])
+    expected = history_arrays(api[SOURCE])
+    assert troe.keys() == expected.keys()
+    for attr, (times, values) in expected.items():
+        assert troe[attr][0].tolist() == times.tolist()
+        assert troe[attr][1].tolist() == values.tolist()
+    no2 = dict(zip(*(array.tolist() for array in troe["no2"]), strict=True))
+    assert no2[to_micros(loaded["no2"][5][0])] == 999.0
+    assert len(troe["pm25"][0]) == len(loaded["pm25"])
 
 
 async def test_a_window_recomputed_with_another_value_replaces_the_stored_one(

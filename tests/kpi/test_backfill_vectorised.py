@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from kpi.backfill import evaluate_periods, evaluate_series, evaluate_windows
+from kpi.backfill import SourceHistory, evaluate_periods, evaluate_series, evaluate_windows
 from kpi.calculators.caqi import CAQI_HOURLY_GRID
 from kpi.calculators.eaqi import EEA_UPPER_LIMITS_2024
 from kpi.definitions import DefinitionSet, KpiDefinition, load_definitions, parse_definitions
 from kpi.entities import NO_VALUE
-from kpi.observations import SourceObservations
+from kpi.history import history_arrays
 from kpi.vectorised import series_values, utc_stamps, vectorised
 from smart_data_models import format_timestamp
 
@@ -82,10 +82,8 @@ def with_edge_cases(series: dict[str, list[tuple[datetime, float]]], start: date
         series[attr] = sorted(values[attr].items())
 
 
-def observations_of(series: dict[str, list[tuple[datetime, float]]], since: datetime) -> SourceObservations:
-    observations = SourceObservations()
-    observations.seed(series, since, keep_datetimes=True)
-    return observations
+def history_of(series: dict[str, list[tuple[datetime, float]]], since: datetime) -> SourceHistory:
+    return SourceHistory(history_arrays(series), since)
 
 
 def air_quality() -> DefinitionSet:
@@ -98,10 +96,9 @@ def _expected(entity: dict[str, Any]) -> tuple[str, Any, Any]:
     return entity["kpiValue"]["observedAt"], None if value == NO_VALUE else value, coverage
 
 
-def assert_series_equal(definition: KpiDefinition, observations: SourceObservations, since: datetime,
-                        until: datetime) -> int:  # fmt: skip
-    reference = evaluate_windows(definition, SOURCE, observations, since, until)
-    outcome = evaluate_series(definition, SOURCE, observations, since, until)
+def assert_series_equal(definition: KpiDefinition, history: SourceHistory, since: datetime, until: datetime) -> int:
+    reference = evaluate_windows(definition, SOURCE, history.observations(), since, until)
+    outcome = evaluate_series(definition, SOURCE, history, since, until)
     assert outcome is not None
     older = outcome.older
     got = [
@@ -121,22 +118,22 @@ UNTIL = datetime(2017, 1, 20, tzinfo=BEIJING)
 
 
 @pytest.fixture(scope="module")
-def two_months() -> SourceObservations:
+def two_months() -> SourceHistory:
     series = station_history(SINCE - timedelta(days=2), UNTIL + timedelta(days=1))
     with_edge_cases(series, SINCE + timedelta(days=3))
-    return observations_of(series, SINCE - timedelta(days=2))
+    return history_of(series, SINCE - timedelta(days=2))
 
 
 @pytest.mark.parametrize("kpi", ["eea-air-quality-index", "caqi", "us-aqi", "pm25-daily-mean"])
-def test_series_kpis_equal_the_scalar_calculators_on_every_window(kpi: str, two_months: SourceObservations) -> None:
+def test_series_kpis_equal_the_scalar_calculators_on_every_window(kpi: str, two_months: SourceHistory) -> None:
     definition = air_quality().get(kpi)
     assert vectorised(definition)
-    assert series_values(definition, two_months, SINCE, UNTIL) is not None  # not the scalar fallback
+    assert series_values(definition, two_months.arrays, SINCE, UNTIL) is not None  # not the scalar fallback
     windows = assert_series_equal(definition, two_months, SINCE, UNTIL)
     assert windows == (24 * 61 - 1 if definition.window.kind == "hour" else 60)
 
 
-def test_the_edge_cases_are_in_the_data(two_months: SourceObservations) -> None:
+def test_the_edge_cases_are_in_the_data(two_months: SourceHistory) -> None:
     """The injected hours give each band boundary and the coverage failures their windows."""
     daily = evaluate_series(air_quality().get("pm25-daily-mean"), SOURCE, two_months, SINCE, UNTIL)
     assert daily is not None
@@ -156,31 +153,32 @@ YEARLY = [d.id for d in air_quality() if d.window.kind == "year"]
 
 
 @pytest.fixture(scope="module")
-def one_year() -> SourceObservations:
+def one_year() -> SourceHistory:
     series = station_history(datetime(2013, 12, 30, tzinfo=BEIJING), datetime(2015, 1, 2, tzinfo=BEIJING))
     with_edge_cases(series, datetime(2014, 7, 1, tzinfo=BEIJING))
-    return observations_of(series, datetime(2013, 12, 30, tzinfo=BEIJING))
+    return history_of(series, datetime(2013, 12, 30, tzinfo=BEIJING))
 
 
 @pytest.mark.parametrize("kpi", YEARLY)
 def test_yearly_kpis_equal_the_scalar_calculators(
-    kpi: str, one_year: SourceObservations, two_months: SourceObservations
+    kpi: str, one_year: SourceHistory, two_months: SourceHistory
 ) -> None:
     definition = air_quality().get(kpi)
     assert vectorised(definition)
-    for observations, since, until in (
+    for history, since, until in (
         (one_year, datetime(2014, 1, 1, tzinfo=BEIJING), datetime(2015, 1, 1, tzinfo=BEIJING)),  # coverage met
         (two_months, SINCE, UNTIL),  # two partial years: coverage fails
     ):
-        reference = [entity.entity for _, entity in evaluate_windows(definition, SOURCE, observations, since, until)]
-        got = [entity.entity for entity in evaluate_periods(definition, SOURCE, observations, since, until)]
+        scalar = evaluate_windows(definition, SOURCE, history.observations(), since, until)
+        reference = [entity.entity for _, entity in scalar]
+        got = [entity.entity for entity in evaluate_periods(definition, SOURCE, history, since, until)]
         assert got == reference
     sufficient = evaluate_periods(definition, SOURCE, one_year, datetime(2014, 1, 1, tzinfo=BEIJING),
                                   datetime(2015, 1, 1, tzinfo=BEIJING))  # fmt: skip
     assert sufficient[0].entity["coverage"]["value"]["sufficient"] is True
 
 
-def test_a_time_zone_with_daylight_saving_falls_back_to_the_scalar_loop(two_months: SourceObservations) -> None:
+def test_a_time_zone_with_daylight_saving_falls_back_to_the_scalar_loop(two_months: SourceHistory) -> None:
     document = {
         "city": "madrid", "organization": "test", "timezone": "Europe/Madrid",
         "kpis": [{
@@ -194,8 +192,8 @@ def test_a_time_zone_with_daylight_saving_falls_back_to_the_scalar_loop(two_mont
     # Across the end of daylight saving (30 October 2016) the scalar calculators use wall-clock hours.
     since, until = datetime(2016, 10, 29, tzinfo=UTC), datetime(2016, 11, 1, tzinfo=UTC)
     series = station_history(datetime(2016, 10, 28, tzinfo=BEIJING), datetime(2016, 11, 2, tzinfo=BEIJING))
-    observations = observations_of(series, datetime(2016, 10, 28, tzinfo=BEIJING))
-    assert series_values(definition, observations, since, until) is None
+    observations = history_of(series, datetime(2016, 10, 28, tzinfo=BEIJING))
+    assert series_values(definition, observations.arrays, since, until) is None
     assert_series_equal(definition, observations, since, until)
 
 
