@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from psycopg import AsyncClientCursor, AsyncConnection, pq, sql
+from psycopg import AsyncClientCursor, AsyncConnection, errors, pq, sql
 from psycopg.types.json import Jsonb
 
 from broker.entities.stored import StoredEntity, location_bbox
@@ -43,6 +43,12 @@ LOCK_ENTITY = "lock_entity"
 SESSION_STATEMENTS = (
     f"PREPARE {LOCK_ENTITY} (text) AS SELECT {COLUMNS} FROM current_entities WHERE id = $1 FOR UPDATE",
 )
+
+
+async def prepare_session_statements(conn: AsyncConnection) -> None:
+    """PREPARE the SESSION_STATEMENTS on `conn` (in its transaction, if one is open)."""
+    for statement in SESSION_STATEMENTS:
+        await conn.execute(statement)
 
 
 def row_to_entity(row: tuple[Any, ...]) -> StoredEntity:
@@ -116,7 +122,13 @@ async def lock_entities(conn: AsyncConnection, entity_ids: list[str]) -> dict[st
     """
     cursor = AsyncClientCursor(conn)
     if len(entity_ids) == 1:
-        await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_ids[0],))
+        try:
+            await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_ids[0],))
+        except errors.InvalidSqlStatementName:
+            # psycopg deallocates all prepared statements of a connection after any ROLLBACK on it.
+            await conn.rollback()
+            await prepare_session_statements(conn)
+            await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_ids[0],))
     else:
         await cursor.execute(f"BEGIN; SELECT {COLUMNS} FROM current_entities WHERE id = ANY(%s)"
                              " ORDER BY id FOR UPDATE", (entity_ids,))

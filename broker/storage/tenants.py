@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from broker.entities.store import SESSION_STATEMENTS
+from broker.entities.store import prepare_session_statements
 from broker.settings import BrokerSettings
 from broker.storage.migrations import migrate
 from ngsi.errors import BadRequestData, InternalError, NonexistentTenant
@@ -41,8 +41,7 @@ async def configure_connection(conn: AsyncConnection) -> None:
     server-side prepared statements of the write path."""
     set_json_loads(orjson.loads, conn)
     set_json_dumps(orjson_dumps, conn)
-    for statement in SESSION_STATEMENTS:
-        await conn.execute(statement)
+    await prepare_session_statements(conn)
     await conn.commit()
 
 

@@ -1,0 +1,53 @@
+"""Single-entity writes after failed ones: a refused write leaves nothing behind and never breaks the next ones."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+API = "/ngsi-ld/v1"
+
+
+def station(entity_id: str, no2: float) -> dict:
+    return {"id": entity_id, "type": "Station", "no2": {"type": "Property", "value": no2}}
+
+
+async def test_writes_keep_working_after_refused_writes_on_every_pooled_connection(
+    http: httpx.AsyncClient, tenant: str
+) -> None:
+    headers = {"NGSILD-Tenant": tenant}
+    entity_id = f"urn:ngsi-ld:Station:{uuid.uuid4().hex[:10]}"
+    got = await http.post(f"{API}/entities", json=station(entity_id, 1), headers=headers)
+    assert got.status_code == 201, got.text
+    # More rounds than the broker has pooled connections: each refused write rolls back a transaction
+    # on one of them, and the next writes must find every connection ready.
+    for value in range(2, 32):
+        refused = await http.patch(f"{API}/entities/{entity_id}/attrs/pm25",
+                                   json={"type": "Property", "value": value}, headers=headers)
+        assert refused.status_code == 404, refused.text
+        updated = await http.post(f"{API}/entityOperations/upsert?options=update",
+                                  json=[station(entity_id, value)], headers=headers)
+        assert updated.status_code == 204, updated.text
+        patched = await http.patch(f"{API}/entities/{entity_id}/attrs", json={"no2": {"type": "Property",
+                                   "value": value + 0.5}}, headers=headers)
+        assert patched.status_code == 204, patched.text
+    entity = (await http.get(f"{API}/entities/{entity_id}", headers=headers)).json()
+    assert entity["no2"]["value"] == 31.5
+    assert "pm25" not in entity
+    history = await http.get(f"{API}/temporal/entities/{entity_id}", params={"attrs": "no2", "lastN": "100"},
+                             headers=headers)
+    assert history.status_code == 200, history.text
+    values = sorted(instance["value"] for instance in history.json()["no2"])
+    assert values == sorted([1] + [v for v in range(2, 32)] + [v + 0.5 for v in range(2, 32)])
+
+
+async def test_a_refused_single_upsert_writes_no_history(http: httpx.AsyncClient, tenant: str) -> None:
+    headers = {"NGSILD-Tenant": tenant}
+    other, entity_id = (f"urn:ngsi-ld:Station:{uuid.uuid4().hex[:10]}" for _ in range(2))
+    assert (await http.post(f"{API}/entities", json=station(other, 1), headers=headers)).status_code == 201
+    missing = await http.post(f"{API}/entityOperations/update", json=[station(entity_id, 7)], headers=headers)
+    assert missing.status_code == 207, missing.text
+    assert missing.json()["errors"][0]["error"]["status"] == 404
+    history = await http.get(f"{API}/temporal/entities/{entity_id}", headers=headers)
+    assert history.status_code == 404, history.text
