@@ -10,14 +10,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from broker.batch.routes import batch_router
+from broker.batch.routes import BatchEndpoints, BatchFastLane, batch_router
 from broker.batch.service import BatchService
 from broker.changes import ChangeSink
 from broker.contexts.routes import contexts_router
@@ -27,6 +26,7 @@ from broker.discovery.routes import discovery_router
 from broker.discovery.service import DiscoveryService
 from broker.entities.routes import entities_router
 from broker.entities.service import EntityService
+from broker.negotiation import problem_response
 from broker.settings import BrokerSettings
 from broker.storage.tenants import TenantDatabases
 from broker.subscriptions import (
@@ -64,10 +64,6 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-def problem_response(error: NgsiError) -> Response:
-    return Response(orjson.dumps(error.to_problem()), status_code=error.status, media_type="application/json")
 
 
 class TrailingSlashTolerance:
@@ -184,13 +180,15 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
         }
 
     app.include_router(entities_router(entity_service, contexts, settings), prefix=API_PREFIX)
-    app.include_router(batch_router(batch_service, contexts, settings), prefix=API_PREFIX)
+    batch_endpoints = BatchEndpoints(batch_service, contexts, settings)
+    app.include_router(batch_router(batch_endpoints), prefix=API_PREFIX)
     app.include_router(discovery_router(discovery_service, contexts), prefix=API_PREFIX)
     app.include_router(contexts_router(user_contexts, settings), prefix=API_PREFIX)
     app.include_router(temporal_router(TemporalService(databases), contexts, settings), prefix=API_PREFIX)
     app.include_router(csource_router(RegistrationService(databases), contexts, settings), prefix=API_PREFIX)
     app.include_router(subscriptions_router(subscription_service, settings), prefix=API_PREFIX)
-    app.add_middleware(TrailingSlashTolerance)
+    app.add_middleware(BatchFastLane, endpoints=batch_endpoints, prefix=API_PREFIX)
+    app.add_middleware(TrailingSlashTolerance)  # added last: runs first, so the fast lane sees clean paths
     return app
 
 

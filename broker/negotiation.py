@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from ngsi.errors import (
     BadRequestData,
     InvalidRequest,
+    NgsiError,
     NotAcceptable,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -179,3 +180,8 @@ def json_response(
     if kind == JSON and context_url:
         all_headers["Link"] = f'<{context_url}>; rel="{JSONLD_CONTEXT_REL}"; type="application/ld+json"'
     return Response(orjson.dumps(content), status_code=status_code, media_type=kind, headers=all_headers)
+
+
+def problem_response(error: NgsiError) -> Response:
+    """An error as ProblemDetails JSON with its HTTP status (GS CIM 009 5.5.4)."""
+    return Response(orjson.dumps(error.to_problem()), status_code=error.status, media_type="application/json")
