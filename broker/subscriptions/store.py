@@ -194,13 +194,16 @@ async def claim_lane(conn: AsyncConnection, subscription_id: str, limit: int) ->
 async def record_delivered(
     conn: AsyncConnection, seqs: list[int], counts: dict[str, int], at: datetime
 ) -> None:
-    """Delivered rows leave the outbox; each subscription counts its own (GS CIM 009 5.2.12 timesSent)."""
-    await conn.execute("DELETE FROM subscription_outbox WHERE seq = ANY(%s)", (seqs,))
+    """Delivered rows leave the outbox; each subscription counts its own (GS CIM 009 5.2.12 timesSent).
+
+    One statement (atomic on its own, one round trip): the DELETE runs as a data-modifying CTE.
+    """
     await conn.execute(
-        "UPDATE subscriptions SET times_sent = times_sent + delivered.n, last_notification = %s, "
-        "last_success = %s, consecutive_failures = 0 "
-        "FROM unnest(%s::text[], %s::bigint[]) AS delivered(id, n) WHERE subscriptions.id = delivered.id",
-        (at, at, list(counts), list(counts.values())),
+        "WITH gone AS (DELETE FROM subscription_outbox WHERE seq = ANY(%s))"
+        " UPDATE subscriptions SET times_sent = times_sent + delivered.n, last_notification = %s,"
+        " last_success = %s, consecutive_failures = 0"
+        " FROM unnest(%s::text[], %s::bigint[]) AS delivered(id, n) WHERE subscriptions.id = delivered.id",
+        (seqs, at, at, list(counts), list(counts.values())),
     )
 
 

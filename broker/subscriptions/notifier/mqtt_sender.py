@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -66,9 +67,15 @@ class _Connection:
         self.connecting = asyncio.Lock()
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
+        # on_publish is set only while QoS 1/2 acknowledgements are awaited: for every QoS 0 message
+        # paho would otherwise build a reason code and properties just to call it.
         self.client.on_socket_open = lambda client, userdata, sock: self._opened(sock)
         self.client.on_socket_close = lambda client, userdata, sock: self._in_loop(self._unwatch, sock)
+        # paho writes every queued packet with a send() of its own; collected, the packets of one
+        # loop turn (a change's notifications to several subscriptions) leave with one.
+        self._socket: Any = None
+        self._unsent = bytearray()
+        setattr(self.client, "_sock_send", self._collect)  # noqa: B010 (a method on the instance)
         self.client.on_socket_register_write = (
             lambda client, userdata, sock: self._in_loop(self._watch_writable, sock))
         self.client.on_socket_unregister_write = (
@@ -89,13 +96,20 @@ class _Connection:
         unacknowledged one would wait for the peer's delayed ACK, ~40 ms), then watch it."""
         with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (e.g. websockets wrapper)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._in_loop(self._watch, sock)
+        if threading.get_ident() == self._loop_thread:
+            self._attach(sock)
+        else:
+            self._loop.call_soon_threadsafe(self._attach, sock)
 
-    def _watch(self, fd: int) -> None:
+    def _attach(self, sock: Any) -> None:
+        self._socket = sock
+        self._unsent.clear()
         with contextlib.suppress(ValueError, OSError):
-            self._loop.add_reader(fd, self._readable)
+            self._loop.add_reader(sock.fileno(), self._readable)
 
     def _unwatch(self, fd: int) -> None:
+        self._socket = None
+        self._unsent.clear()
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(fd)
         with contextlib.suppress(ValueError, OSError):
@@ -114,6 +128,28 @@ class _Connection:
 
     def _writable(self) -> None:
         self.client.loop_write()
+        self._flush()
+
+    def _collect(self, data: bytes | bytearray) -> int:
+        """paho's `_sock_send` on this client: the packet joins the ones sent by `_flush`."""
+        self._unsent += data
+        return len(data)
+
+    def _flush(self) -> None:
+        """Send what paho wrote in this turn; what the socket does not take waits for it to be writable."""
+        sock = self._socket
+        if not self._unsent or sock is None:
+            return
+        try:
+            sent = sock.send(self._unsent)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            sent = 0
+        except OSError:  # the connection is gone: reading finds out, and paho disconnects (acks fail)
+            self._unsent.clear()
+            return
+        del self._unsent[:sent]
+        if self._unsent:
+            self._watch_writable(sock.fileno())
 
     async def _keep_alive(self) -> None:
         while True:
@@ -138,6 +174,8 @@ class _Connection:
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object = None,
                     properties: object = None) -> None:
         ack = self._acks.pop(mid, None)
+        if not self._acks:
+            self.client.on_publish = None
         if ack is not None and not ack.done():
             if getattr(reason, "is_failure", False):
                 ack.set_exception(DeliveryFailed(f"MQTT broker refused the message: {reason}"))
@@ -167,6 +205,8 @@ class _Connection:
                 raise DeliveryFailed(f"MQTT broker {self.host}:{self.port} did not accept the connection") from None
 
     async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        if qos > 0:
+            self.client.on_publish = self._on_publish  # before the publish: its PUBACK must find it
         info = self.client.publish(topic, payload, qos=qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self.connected.clear()
@@ -184,6 +224,8 @@ class _Connection:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         if self._started:
+            self._flush()
+            vars(self.client).pop("_sock_send", None)  # paho's own send: it closes the socket right after
             self.client.disconnect()
             self.client.loop_write()  # sends DISCONNECT, and paho closes the socket after it
 
@@ -197,15 +239,7 @@ class MqttSender:
         self._connector = ThreadPoolExecutor(CONNECTS_AT_ONCE, thread_name_prefix="mqtt-connect")
 
     async def send(self, endpoint: Endpoint, notification: RenderedNotification) -> None:
-        parts = urlsplit(endpoint.uri)
-        default_port = 8883 if parts.scheme == "mqtts" else 1883
-        key: ClientKey = (
-            parts.scheme, parts.hostname or "localhost", parts.port or default_port,
-            unquote(parts.username) if parts.username else None,
-            unquote(parts.password) if parts.password else None,
-            endpoint.notifier_info.get("MQTT-Version", "mqtt3.1.1"),
-        )
-        topic = unquote(parts.path[1:])
+        key, topic = _target(endpoint.uri, endpoint.notifier_info.get("MQTT-Version", "mqtt3.1.1"))
         qos = int(endpoint.notifier_info.get("MQTT-QoS", "0"))
         connection = self._connections.get(key)
         if connection is None:
@@ -220,3 +254,17 @@ class MqttSender:
             with contextlib.suppress(Exception):
                 connection.close()
         self._connector.shutdown(wait=False, cancel_futures=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(uri: str, version: str) -> tuple[ClientKey, str]:
+    """The client an endpoint URI publishes with (broker, credentials, protocol version) and its topic."""
+    parts = urlsplit(uri)
+    default_port = 8883 if parts.scheme == "mqtts" else 1883
+    key: ClientKey = (
+        parts.scheme, parts.hostname or "localhost", parts.port or default_port,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password else None,
+        version,
+    )  # fmt: skip
+    return key, unquote(parts.path[1:])
