@@ -83,7 +83,7 @@ class BatchService:
         transaction = store.write_transaction if single else store.pipelined_transaction
         async with pool.connection() as conn, transaction(conn):
             if single:
-                current: dict[str, StoredEntity | None] = dict(await store.lock_entities(conn, ids))
+                current: dict[str, StoredEntity | None] = {ids[0]: await store.lock_entity(conn, ids[0])}
             else:
                 current = dict(await store.fetch_entities(conn, ids, for_update=True))
             existing = {k for k, v in current.items() if v is not None}

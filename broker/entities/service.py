@@ -151,7 +151,7 @@ class EntityService:
         pool = await self.databases.pool(tenant, create=False)
         now = datetime.now(UTC)
         async with pool.connection() as conn, store.write_transaction(conn):
-            current = (await store.lock_entities(conn, [entity_id])).get(entity_id)
+            current = await store.lock_entity(conn, entity_id)
             if current is None:
                 raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
             before = StoredEntity(current.id, current.types, current.scope,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg import AsyncClientCursor, AsyncConnection, errors, pq, sql
 from psycopg.types.json import Jsonb
 
@@ -81,7 +82,7 @@ async def write_transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnect
     """The transaction of one single-entity write, in as few messages to PostgreSQL as possible.
 
     The connection runs in autocommit mode and the transaction is explicit: BEGIN travels in the
-    same message as the first statement (`lock_entities` or `begin`), each write is one prepared
+    same message as the first statement (`lock_entity` or `begin`), each write is one prepared
     statement, COMMIT (ROLLBACK on an error) is one more. Each message is a send() that wakes the
     server; psycopg's pipeline mode sent one per statement plus syncs (7 for an attribute update)
     and its bookkeeping cost the broker about a third more CPU per request than these 3 messages.
@@ -92,7 +93,8 @@ async def write_transaction(conn: AsyncConnection) -> AsyncIterator[AsyncConnect
         await conn.commit()  # COMMIT if a transaction is open (a simple-protocol message, no cursor)
     except BaseException:
         if not conn.closed:
-            await conn.rollback()
+            with suppress(psycopg.Error):  # a broken connection: closed below, the error that broke it raised
+                await conn.rollback()
         raise
     finally:
         if conn.info.transaction_status == pq.TransactionStatus.IDLE:
@@ -114,26 +116,23 @@ async def begin(conn: AsyncConnection) -> None:
     await conn.execute("BEGIN")
 
 
-async def lock_entities(conn: AsyncConnection, entity_ids: list[str]) -> dict[str, StoredEntity]:
-    """Open the transaction of `write_transaction` and lock and read `entity_ids`, in one message.
+async def lock_entity(conn: AsyncConnection, entity_id: str) -> StoredEntity | None:
+    """Open the transaction of `write_transaction` and lock and read the entity, in one message.
 
-    Simple query protocol with the parameters bound by psycopg (two statements cannot share an
-    extended-protocol message); one entity is read by the statement prepared in SESSION_STATEMENTS.
+    Simple query protocol with the parameter bound by psycopg (two statements cannot share an
+    extended-protocol message), executing the statement prepared by `prepare_session_statements`.
     """
     cursor = AsyncClientCursor(conn)
-    if len(entity_ids) == 1:
-        try:
-            await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_ids[0],))
-        except errors.InvalidSqlStatementName:
-            # psycopg deallocates all prepared statements of a connection after any ROLLBACK on it.
-            await conn.rollback()
-            await prepare_session_statements(conn)
-            await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_ids[0],))
-    else:
-        await cursor.execute(f"BEGIN; SELECT {COLUMNS} FROM current_entities WHERE id = ANY(%s)"
-                             " ORDER BY id FOR UPDATE", (entity_ids,))
+    try:
+        await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_id,))
+    except errors.InvalidSqlStatementName:
+        # psycopg deallocates all prepared statements of a connection after any ROLLBACK on it.
+        await conn.rollback()
+        await prepare_session_statements(conn)
+        await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_id,))
     cursor.nextset()
-    return {row[0]: row_to_entity(row) for row in await cursor.fetchall()}
+    row = await cursor.fetchone()
+    return row_to_entity(row) if row else None
 
 
 async def fetch_entity(conn: AsyncConnection, entity_id: str, *, for_update: bool = False) -> StoredEntity | None:
