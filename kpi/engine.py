@@ -24,12 +24,12 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from kpi.catalogue import Observations, Series
 from kpi.definitions import DefinitionSet, KpiDefinition
-from kpi.entities import KpiEntity, calculate_kpi
+from kpi.entities import KpiEntity, calculate_kpi, prepared
 from kpi.history import History, parse_time, read_history
 from kpi.intake import HttpIntake, MqttIntake
 from kpi.observations import SourceObservations, from_micros
@@ -42,8 +42,8 @@ from smart_data_models.models import KPI_CONTEXT
 
 log = logging.getLogger(__name__)
 
-JobKey = tuple[str, str, str]
-"""(definition id, source entity id, window label)."""
+JobKey = tuple[str, str, datetime]
+"""(definition id, source entity id, window start): a definition has one window kind."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,12 @@ class Job:
 
     @property
     def key(self) -> JobKey:
-        return (self.definition.id, self.source_id, self.window.label)
+        return (self.definition.id, self.source_id, self.window.start)
+
+    def span(self) -> tuple[datetime, datetime]:
+        """The observations the job's window depends on."""
+        shared = prepared(self.definition)
+        return shared.calculator.span(shared.params, self.window, shared.tz)
 
 
 @dataclass
@@ -143,6 +148,7 @@ class KpiEngine:
         self._seed_requests: dict[tuple[str, str | None], list[SeedRequest]] = {}
         self._seed_batches: dict[tuple[str, str | None], asyncio.Task[None]] = {}
         self._notified_attributes = sorted({a for d in definitions if d.trigger.on_change for a in d.source.attributes})
+        self._live_by_source: dict[tuple[str, str], list[KpiDefinition]] = {}
         self._trimmed_hour: dict[str, int] = {}
         # Two write lanes, so that hourly and daily KPIs never wait behind a batch of yearly ones.
         self._outgoing: dict[str, list[KpiEntity]] = {"short": [], "long": []}
@@ -192,6 +198,10 @@ class KpiEngine:
             await asyncio.wait_for(self.drained(), drain_timeout)
         except TimeoutError:
             log.warning("kpi engine stopped with %d entities still queued", len(self._pending))
+        try:
+            await self.writer.flush_history()
+        except NgsiError as error:
+            log.warning("kpi history of the current windows not brought up to date: %s", error)
         for task in self._workers:
             task.cancel()
         for task in self._write_tasks:
@@ -270,19 +280,31 @@ class KpiEngine:
     def changed(self, source_id: str, entity_type: str, entity: dict[str, Any]) -> None:
         """Queue the windows of every on-change definition that a change of `source_id` affects."""
         short_type = entity_type.rsplit("/", 1)[-1].rsplit("#", 1)[-1]
-        recorded: SourceObservations | None = None
-        for definition in self.definitions.for_source(short_type):
-            if not definition.trigger.on_change or not definition.source.stations.matches(source_id):
-                continue
-            if recorded is None:
-                recorded = self._record(source_id, entity)
-            moments = observed_moments(entity, definition.source.attributes)
+        definitions = self._live_definitions(short_type, source_id)
+        if not definitions:
+            return
+        self._record(source_id, entity)
+        moments_of = {name: observed_moments(entity, (name,)) for name in self._notified_attributes}
+        windows: dict[tuple[str, datetime, tzinfo], list[Window]] = {}
+        for definition in definitions:
+            moments = set().union(*(moments_of.get(name, ()) for name in definition.source.attributes))
             if not moments:
                 continue
             latest = max(moments)
             self._latest_seen[source_id] = max(latest, self._latest_seen.get(source_id, latest))
-            for window in self.affected_windows(definition, moments, self._latest_seen[source_id]):
+            for window in self.affected_windows(definition, moments, self._latest_seen[source_id], windows):
                 self.enqueue(Job(definition, source_id, window))
+
+    def _live_definitions(self, entity_type: str, source_id: str) -> list[KpiDefinition]:
+        """The on-change definitions of a source entity (remembered per source: selectors are regular expressions)."""
+        key = (entity_type, source_id)
+        found = self._live_by_source.get(key)
+        if found is None:
+            found = self._live_by_source[key] = [
+                d for d in self.definitions.for_source(entity_type)
+                if d.trigger.on_change and d.source.stations.matches(source_id)
+            ]  # fmt: skip
+        return found
 
     def _record(self, source_id: str, entity: dict[str, Any]) -> SourceObservations:
         """Put the notified values into the source's observations (kept even before they are seeded)."""
@@ -317,8 +339,7 @@ class KpiEngine:
             return state
         latest = from_micros(state.latest) if state.latest is not None else max(job.window.start for job in jobs)
         # What the windows of the latest observation need, and what the jobs at hand need (they may be older).
-        spans = [job.definition.calculator_impl.span(job.definition.params, job.window, job.definition.tz)
-                 for job in jobs]  # fmt: skip
+        spans = [job.span() for job in jobs]
         start = min([self.needed_from(entity_type, source_id, latest), *(span[0] for span in spans)])
         end = max(latest, datetime.now(UTC)) + timedelta(days=1)
         # Sources that need a seed at about the same time (a start, a burst of new stations) share a read.
@@ -365,19 +386,31 @@ class KpiEngine:
         self._trimmed_hour[source_id] = hour
         state.forget_before(self.needed_from(entity_type, source_id, from_micros(state.latest)))
 
-    def affected_windows(self, definition: KpiDefinition, moments: set[datetime], latest: datetime) -> list[Window]:
-        windows: dict[str, Window] = {}
-        calculator = definition.calculator_impl
+    def affected_windows(
+        self, definition: KpiDefinition, moments: set[datetime], latest: datetime,
+        known: dict[tuple[str, datetime, tzinfo], list[Window]] | None = None,
+    ) -> list[Window]:
+        """The windows of `definition` that observations at `moments` change (`known`: windows already
+        worked out for this notification, by kind, moment and time zone)."""
+        windows: dict[datetime, Window] = {}
+        shared = prepared(definition)
+        kind = definition.window.kind
+        following = 0
         for moment in moments:
-            window = window_at(definition.window.kind, moment, definition.tz, custom=definition.custom_bounds)
-            if definition.window.kind == "custom" and not window.contains(moment):
-                continue
-            windows[window.label] = window
-            for _ in range(calculator.affected_windows(definition.params, window, definition.tz) - 1):
-                window = window.following()
-                if window.start > latest:
-                    break
-                windows[window.label] = window
+            cache_key = (kind, moment, shared.tz)
+            chain = known.get(cache_key) if known is not None and kind != "custom" else None
+            if chain is None:
+                window = window_at(kind, moment, shared.tz, custom=definition.custom_bounds)
+                if kind == "custom" and not window.contains(moment):
+                    continue
+                chain = [window]
+                if known is not None and kind != "custom":
+                    known[cache_key] = chain
+            following = following or shared.calculator.affected_windows(shared.params, chain[0], shared.tz)
+            while len(chain) < following and chain[-1].following().start <= latest:
+                chain.append(chain[-1].following())
+            for window in chain[:following]:
+                windows[window.start] = window
         return list(windows.values())
 
     def enqueue(self, job: Job) -> None:
@@ -441,7 +474,7 @@ class KpiEngine:
             long_work: list[tuple[Job, Observations]] = []
             from_api: list[Job] = []
             for job in group:
-                start, end = job.definition.calculator_impl.span(job.definition.params, job.window, job.definition.tz)
+                start, end = job.span()
                 if state is None or not job.definition.trigger.on_change or not state.covers(start):
                     from_api.append(job)
                     continue
@@ -464,8 +497,7 @@ class KpiEngine:
     ) -> list[KpiEntity]:
         """Jobs whose data memory does not hold: read once per distinct span from the temporal API."""
         attributes = sorted({a for job in jobs for a in job.definition.source.attributes})
-        spans = [job.definition.calculator_impl.span(job.definition.params, job.window, job.definition.tz)
-                 for job in jobs]  # fmt: skip
+        spans = [job.span() for job in jobs]
         history: History = {}
         for start, end in _merged_spans(spans):
             self.stats.reads += 1
@@ -489,18 +521,32 @@ class KpiEngine:
             self._idle.clear()
 
     async def _write_loop(self, lane: str) -> None:
-        """One writer per lane for every source: what the workers produced in the last few ms goes in one batch."""
+        """One writer per lane for every source: what the workers produced in the last few ms goes in one batch.
+
+        Every `kpi_history_sync_s` the lane also brings the history instances of its current
+        windows up to their latest value (the writer's `flush_history`), in the same loop, so a
+        replacement never races a write of the same entity.
+        """
         wanted = self._write_wanted[lane]
+        series = lane == "short"
+        synced = time.monotonic()
         while True:
-            await wanted.wait()
-            await asyncio.sleep(self.settings.kpi_write_coalesce_s)
-            wanted.clear()
+            try:
+                await asyncio.wait_for(wanted.wait(), self.settings.kpi_history_sync_s)
+            except TimeoutError:
+                pass
+            if wanted.is_set():
+                await asyncio.sleep(self.settings.kpi_write_coalesce_s)
+                wanted.clear()
             batch, self._outgoing[lane] = self._outgoing[lane], []
             self._writing.add(lane)
             try:
                 size = self.settings.kpi_write_batch
                 for first in range(0, len(batch), size):
                     await self.writer.write(batch[first : first + size])
+                if time.monotonic() - synced >= self.settings.kpi_history_sync_s:
+                    synced = time.monotonic()
+                    await self.writer.flush_history(series=series)
             except Exception as error:  # a failed write must not stop the engine
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(error).__name__}: {error}"

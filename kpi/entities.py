@@ -10,10 +10,10 @@ an entity depends on the clock, so recomputing a window yields the same entity.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from kpi.catalogue import KpiResult, Observations, latest_observation
+from kpi.catalogue import Calculator, KpiResult, Observations, latest_observation
 from kpi.definitions import KpiDefinition
 from kpi.windows import SERIES_KINDS, Window
 from smart_data_models import format_timestamp, sanitise_id_part
@@ -93,24 +93,31 @@ def measured_attributes(definition: KpiDefinition, window: Window, result: KpiRe
     return measured
 
 
-def kpi_entity(
-    definition: KpiDefinition,
-    source_id: str,
-    window: Window,
-    result: KpiResult,
-    *,
-    latest_observation: datetime | None,
-) -> KpiEntity:
-    """The KeyPerformanceIndicator entity of one definition, source entity and window."""
-    entity_id = kpi_entity_id(definition, source_id, window)
-    station = station_name(source_id)
-    next_window = window.following()
-    measured = measured_attributes(definition, window, result)
-    kpi_value = measured["kpiValue"]
-    entity: dict[str, Any] = {
-        "id": entity_id,
+@dataclass(frozen=True, slots=True)
+class PreparedDefinition:
+    """What every entity of one definition shares, read once: the definition's properties are slow to
+    reach (pydantic private attributes) and the live engine builds thousands of entities a second."""
+
+    definition: KpiDefinition
+    calculator: Calculator
+    params: Any
+    tz: tzinfo
+    static: dict[str, Any]
+    """The attributes that never change, but for the station-specific ones."""
+    provenance: dict[str, Any]
+    """`provenance` without the window and the sources."""
+
+
+_PREPARED: dict[int, PreparedDefinition] = {}
+
+
+def prepared(definition: KpiDefinition) -> PreparedDefinition:
+    """The definition's shared parts (cached per definition object)."""
+    found = _PREPARED.get(id(definition))
+    if found is not None and found.definition is definition:
+        return found
+    static: dict[str, Any] = {
         "type": KPI_TYPE,
-        "name": _prop(f"{definition.name} — {station}"),
         "description": _prop(definition.description or definition.name),
         "category": _prop(list(definition.category)),
         "organization": _prop(definition.organization),
@@ -120,16 +127,45 @@ def kpi_entity(
         "calculationFrequency": _prop(definition.frequency),
         "calculationFormula": _prop(definition.formula),
         "aggregatedData": _prop([{"entityType": definition.source.type, "attrs": list(definition.source.attributes)}]),
+    }
+    provenance = {
+        "definition": definition.id,
+        "version": str(definition.version),
+        "calculator": definition.calculator,
+        "parameters": definition.parameters_json,
+    }
+    found = PreparedDefinition(
+        definition, definition.calculator_impl, definition.params, definition.tz, static, provenance
+    )  # fmt: skip
+    _PREPARED[id(definition)] = found
+    return found
+
+
+def kpi_entity(
+    definition: KpiDefinition,
+    source_id: str,
+    window: Window,
+    result: KpiResult,
+    *,
+    latest_observation: datetime | None,
+) -> KpiEntity:
+    """The KeyPerformanceIndicator entity of one definition, source entity and window."""
+    shared = prepared(definition)
+    entity_id = kpi_entity_id(definition, source_id, window)
+    station = station_name(source_id)
+    next_window = window.following()
+    measured = measured_attributes(definition, window, result)
+    entity: dict[str, Any] = {
+        "id": entity_id,
+        **shared.static,
+        "name": _prop(f"{definition.name} — {station}"),
         "area": _prop(station),
         "refSourceEntity": {"type": "Relationship", "object": source_id},
-        "kpiValue": kpi_value,
+        "kpiValue": measured["kpiValue"],
         "calculationPeriod": _prop({"from": window.first_day.isoformat(), "to": window.last_day.isoformat()}),
         "dateNextCalculation": _prop({"@type": "Date", "@value": next_window.first_day.isoformat()}),
         "provenance": _prop({
-            "definition": definition.id,
-            "version": str(definition.version),
-            "calculator": definition.calculator,
-            "parameters": definition.parameters_json,
+            **shared.provenance,
             "window": {"kind": window.kind, "start": window.start.isoformat(), "end": window.end.isoformat(),
                        "label": window.label},
             "sources": [source_id],
@@ -148,6 +184,7 @@ def calculate_kpi(
     definition: KpiDefinition, source_id: str, observations: Observations, window: Window
 ) -> KpiEntity:
     """Evaluate `definition` on one source entity's observations over `window` and build its entity."""
-    result = definition.calculator_impl.evaluate(definition.params, observations, window, definition.tz)
+    shared = prepared(definition)
+    result = shared.calculator.evaluate(shared.params, observations, window, shared.tz)
     latest = latest_observation(observations, window.start, window.end)
     return kpi_entity(definition, source_id, window, result, latest_observation=latest)

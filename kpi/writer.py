@@ -1,18 +1,35 @@
-"""Writes KPI entities to the broker: batched, in time order, and never the same window value twice.
+"""Writes KPI entities to the broker: batched, in time order, one history instance per window, no value twice.
+
+Every window's attribute instances (`kpiValue`, `currentStanding`, `coverage`, `kpiDetails`) carry
+an instanceId derived from the KPI entity, the attribute and the window's `observedAt`
+(`history_instance_id`), so a window has exactly one instance in the entity's history.
 
 For each KPI entity the writer knows the newest `kpiValue.observedAt` it holds (read once from
 the broker per entity and process). A newer window is upserted (whole the first time this
 process writes the entity, only its changing attributes afterwards), which also adds it to the
-entity's history. An older window (late data, a replayed change) must not push the current
-value back: it is appended to the history instead, unless the history already has that window
-with the same value (a restart recomputing what was written), in which case nothing is written.
+entity's history; when one batch holds several new windows of an entity, they go out in as many
+batch upserts, oldest first, so each one is the entity's current value in turn. A window
+rewritten with a new value REPLACES its history instance (GS CIM 009 5.6.19, PATCH of the
+instance): at once for an older window (late data, a day that completed after the next began);
+for the current window, whose updates the broker keeps out of the history (its instanceId is
+the current state's), when a newer window supersedes it or the writer is flushed (the engine
+does so every `kpi_history_sync_s` and when it stops): a window rewritten on every change
+(today's daily mean) costs one batch entity per change, not four extra requests. An
+older window the history does not have yet is appended (5.6.12). A window whose history already
+holds the same value (a restart recomputing what was written) is not written at all.
+
+Brokers that ignore client instanceIds (Orion-LD): a PATCH of the derived id finds nothing, so
+the writer reads the instance ids stored at that `observedAt` from the temporal API and patches
+those.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -20,28 +37,63 @@ import orjson
 
 from kpi.entities import DYNAMIC_ATTRIBUTES, KPI_TYPE, KpiEntity
 from kpi.history import parse_time
+from kpi.windows import SERIES_KINDS
 from ngsi.client import AsyncBrokerClient
-from ngsi.errors import ResourceNotFound
+from ngsi.errors import NonexistentTenant, ResourceNotFound
 from smart_data_models import format_timestamp
 from smart_data_models.models import KPI_CONTEXT
 
 log = logging.getLogger(__name__)
 
 HISTORY_ATTRIBUTES = ("kpiValue", "coverage", "currentStanding", "kpiDetails")
-"""Attributes of an older window that go to the history (all carry the window's observedAt)."""
+"""Attributes a window adds to the history (all carry the window's observedAt)."""
 _NOT_READ = ""
 APPEND_CONCURRENCY = 8
-"""History appends of different entities in flight at once."""
+"""History appends and instance replacements of different entities in flight at once."""
 NEWEST_QUERY_IDS = 50
 """Entity ids per query for the stored newest values (keeps the URL well under server limits)."""
+
+
+def history_instance_id(entity_id: str, attribute: str, observed_at: str) -> str:
+    """The instanceId of one window's instance of `attribute`: the same for every rewrite of that window."""
+    digest = hashlib.blake2b(f"{entity_id}\n{attribute}\n{observed_at}".encode(), digest_size=16).hexdigest()
+    return f"urn:ngsi-ld:attribute-instance:kpi:{digest}"
+
+
+def with_instance_ids(kpi: KpiEntity) -> KpiEntity:
+    """The KPI entity with the window's instanceIds on its history attributes."""
+    stamp = value_time(kpi)
+    entity = dict(kpi.entity)
+    for name in HISTORY_ATTRIBUTES:
+        if name in entity:
+            entity[name] = {**entity[name], "instanceId": history_instance_id(kpi.id, name, stamp)}
+    return KpiEntity(kpi.id, entity)
 
 
 def _fingerprint(entity: dict[str, Any]) -> bytes:
     return orjson.dumps({k: entity.get(k) for k in DYNAMIC_ATTRIBUTES}, option=orjson.OPT_SORT_KEYS)
 
 
+def _history_fingerprint(entity: dict[str, Any]) -> bytes:
+    return orjson.dumps({k: entity.get(k) for k in HISTORY_ATTRIBUTES}, option=orjson.OPT_SORT_KEYS)
+
+
+def is_series(kpi: KpiEntity) -> bool:
+    """Whether the entity is of a short window (one entity, one history value per window) rather than a period."""
+    return kpi.entity["provenance"]["value"]["window"]["kind"] in SERIES_KINDS
+
+
 def value_time(kpi: KpiEntity) -> str:
     return str(kpi.entity["kpiValue"]["observedAt"])
+
+
+@dataclass
+class _Stored:
+    """What the broker holds of one window: nothing, the same value, or another value (with its instance ids)."""
+
+    exists: bool = False
+    same: bool = False
+    instance_ids: dict[str, list[str]] = field(default_factory=dict)
 
 
 class KpiWriter:
@@ -50,10 +102,18 @@ class KpiWriter:
     def __init__(self, client: AsyncBrokerClient) -> None:
         self.client = client
         self._written: dict[tuple[str, str], bytes] = {}
+        """(entity, window observedAt) → fingerprint of what was last sent for it (current state or history)."""
+        self._history: dict[tuple[str, str], bytes] = {}
+        """(entity, window observedAt) → fingerprint of the history instances the broker holds for it."""
+        self._history_attributes: dict[tuple[str, str], frozenset[str]] = {}
+        """(entity, window observedAt) → which attributes have an instance there (absent: not known)."""
+        self._current: dict[str, KpiEntity] = {}
+        """entity → the window last upserted as its current value (its history may lag, see the docstring)."""
         self._newest: dict[str, str] = {}
         self._full_written: set[str] = set()
         self.writes = 0
         self.skipped = 0
+        self.replaced = 0
 
     async def _newest_stored(self, entity_id: str) -> str:
         """observedAt of the stored entity's kpiValue ("" when there is none)."""
@@ -62,7 +122,7 @@ class KpiWriter:
                 stored = await self.client.get_entity(entity_id, attrs="kpiValue")
                 value = stored.get("kpiValue")
                 self._newest[entity_id] = str(value.get("observedAt", "")) if isinstance(value, dict) else ""
-            except ResourceNotFound:
+            except (ResourceNotFound, NonexistentTenant):
                 self._newest[entity_id] = _NOT_READ
         return self._newest[entity_id]
 
@@ -71,39 +131,51 @@ class KpiWriter:
         unknown = [entity_id for entity_id in entity_ids if entity_id not in self._newest]
         for first in range(0, len(unknown), NEWEST_QUERY_IDS):
             chunk = unknown[first : first + NEWEST_QUERY_IDS]
-            found = await self.client.query_entities(
-                type=KPI_TYPE, id=chunk, attrs="kpiValue", limit=len(chunk)
-            )  # fmt: skip
             for entity_id in chunk:
                 self._newest[entity_id] = _NOT_READ
+            try:
+                found = await self.client.query_entities(
+                    type=KPI_TYPE, id=chunk, attrs="kpiValue", limit=len(chunk)
+                )  # fmt: skip
+            except NonexistentTenant:  # nothing written in this tenant yet: the first upsert creates it
+                return
             for stored in found.items:
                 value = stored.get("kpiValue")
                 if isinstance(value, dict) and isinstance(stored.get("id"), str):
                     self._newest[stored["id"]] = str(value.get("observedAt", ""))
 
-    async def _in_history(self, kpi: KpiEntity) -> bool:
+    async def _stored_window(self, kpi: KpiEntity, attributes: Sequence[str] = ("kpiValue",)) -> _Stored:
+        """The history instances of `attributes` at the window's observedAt (read from the temporal API)."""
         moment = parse_time(value_time(kpi))
         try:
             stored = await self.client.get_temporal_entity(
-                kpi.id, attrs="kpiValue", timerel="between", time_at=format_timestamp(moment),
-                end_time_at=format_timestamp(moment + timedelta(milliseconds=1)), options="temporalValues",
+                kpi.id, attrs=list(attributes), timerel="between", time_at=format_timestamp(moment),
+                end_time_at=format_timestamp(moment + timedelta(milliseconds=1)),
             )  # fmt: skip
         except ResourceNotFound:
-            return False
-        attribute = stored.get("kpiValue")
-        datasets = attribute if isinstance(attribute, list) else [attribute]
-        wanted = kpi.entity["kpiValue"]["value"]
-        return any(
-            pair[0] == wanted for dataset in datasets if isinstance(dataset, dict) for pair in dataset.get("values", [])
-        )
+            return _Stored()
+        found = _Stored()
+        for name in attributes:
+            instances = stored.get(name)
+            for instance in instances if isinstance(instances, list) else [instances]:
+                if not isinstance(instance, dict):
+                    continue
+                found.exists = True
+                if isinstance(instance.get("instanceId"), str):
+                    found.instance_ids.setdefault(name, []).append(instance["instanceId"])
+                if name == "kpiValue" and instance.get("value") == kpi.entity["kpiValue"]["value"]:
+                    found.same = True
+        return found
 
     async def write(self, kpis: Sequence[KpiEntity]) -> int:
-        """Write what is new; returns how many entities or history appends were sent."""
+        """Write what is new; returns how many entities, history appends and replacements were sent."""
         by_id: dict[str, list[KpiEntity]] = {}
         for kpi in kpis:
             by_id.setdefault(kpi.id, []).append(kpi)
-        upserts: list[KpiEntity] = []
-        appends: dict[str, list[KpiEntity]] = {}
+        rounds: list[list[KpiEntity]] = []
+        """Upserts: round k holds each entity's k-th new window (oldest first)."""
+        older: dict[str, list[KpiEntity]] = {}
+        """Windows older than the entity's current one: appended, or replaced in the history."""
         stored: set[str] = set()
         await self._load_newest(list(by_id))
         for entity_id, versions in by_id.items():
@@ -111,74 +183,175 @@ class KpiWriter:
             if newest:
                 stored.add(entity_id)
             latest_per_time: dict[str, KpiEntity] = {value_time(k): k for k in versions}
+            rank = 0
             for stamp, kpi in sorted(latest_per_time.items()):
+                key = (entity_id, stamp)
                 fingerprint = _fingerprint(kpi.entity)
-                known = self._written.get((entity_id, stamp))
-                if known == fingerprint:
+                if self._written.get(key) == fingerprint:
                     self.skipped += 1
                     continue
-                if known is None and stamp <= newest and await self._in_history(kpi):
-                    self._written[(entity_id, stamp)] = fingerprint
-                    self.skipped += 1
-                    continue
+                if key not in self._written and key not in self._history and stamp <= newest:
+                    found = await self._stored_window(kpi)
+                    if found.same:
+                        self._written[key] = fingerprint
+                        self._remember_history(kpi)
+                        self.skipped += 1
+                        continue
+                    if found.exists:
+                        self._history[key] = b"?"  # another value: replace it
                 if stamp >= newest:
-                    if upserts and upserts[-1].id == entity_id:
-                        appends.setdefault(entity_id, []).append(upserts.pop())
-                    upserts.append(kpi)
+                    if rank == len(rounds):
+                        rounds.append([])
+                    rounds[rank].append(kpi)
+                    rank += 1
                     newest = stamp
                 else:
-                    appends.setdefault(entity_id, []).append(kpi)
+                    older.setdefault(entity_id, []).append(kpi)
         sent = 0
         # Older windows reach the history before the current value moves on, so that whoever
         # sees the newer value also finds every older one (entities that do not exist yet get
         # their history after the upsert creates them).
-        sent += await self._append_all({e: appends.pop(e) for e in [e for e in appends if e in stored]})
-        if upserts:
-            payload = [kpi.dynamic() if kpi.id in self._full_written else kpi.entity for kpi in upserts]
-            result = await self.client.batch_upsert(payload, mode="update")
-            failed = {error.entity_id for error in result.errors}
-            for error in result.errors:
-                log.warning("kpi write failed entity=%s reason=%s", error.entity_id, error.error)
-            for kpi in upserts:
-                if kpi.id not in failed:
-                    self._remember(kpi)
-                    self._full_written.add(kpi.id)
-            sent += len(upserts) - len(failed)
-        sent += await self._append_all(appends)
+        sent += await self._write_older({e: older.pop(e) for e in [e for e in older if e in stored]})
+        for upserts in rounds:
+            sent += await self._upsert(upserts)
+        sent += await self._write_older(older)
         self.writes += sent
         return sent
 
-    async def _append_all(self, appends: dict[str, list[KpiEntity]]) -> int:
-        """The older windows of many entities, a few requests at a time (each entity's in one request)."""
-        if not appends:
+    async def _upsert(self, upserts: list[KpiEntity]) -> int:
+        """One batch upsert; the current windows it supersedes get their final value into the history."""
+        superseded = []
+        for kpi in upserts:
+            previous = self._current.get(kpi.id)
+            if previous is not None and value_time(previous) < value_time(kpi) and self._history_lags(previous):
+                superseded.append(previous)
+        payload = [
+            with_instance_ids(kpi).dynamic() if kpi.id in self._full_written else with_instance_ids(kpi).entity
+            for kpi in upserts
+        ]
+        result = await self.client.batch_upsert(payload, mode="update")
+        failed = {error.entity_id for error in result.errors}
+        for error in result.errors:
+            log.warning("kpi write failed entity=%s reason=%s", error.entity_id, error.error)
+        for kpi in upserts:
+            if kpi.id in failed:
+                continue
+            key = (kpi.id, value_time(kpi))
+            self._written[key] = _fingerprint(kpi.entity)
+            # A new window's upsert adds its instances to the history; a rewrite of the current
+            # window does not (the broker keeps an instanceId the current state holds out of it).
+            if key not in self._history:
+                self._remember_history(kpi)
+            if kpi.id not in self._current or value_time(self._current[kpi.id]) <= key[1]:
+                self._current[kpi.id] = kpi
+            if key[1] >= self._newest.get(kpi.id, ""):
+                self._newest[kpi.id] = key[1]
+            self._full_written.add(kpi.id)
+        await self._concurrently([(kpi.id, [kpi]) for kpi in superseded if kpi.id not in failed])
+        return len(upserts) - len(failed)
+
+    def _history_lags(self, kpi: KpiEntity) -> bool:
+        return self._history.get((kpi.id, value_time(kpi))) != _history_fingerprint(kpi.entity)
+
+    async def flush_history(self, *, series: bool | None = None) -> int:
+        """Bring the history instances of the current windows up to their last written value.
+
+        `series`: only the entities of short windows (True) or of periods (False); None: all.
+        """
+        lagging = [
+            (kpi.id, [kpi]) for kpi in list(self._current.values())
+            if self._history_lags(kpi) and (series is None or is_series(kpi) == series)
+        ]  # fmt: skip
+        return await self._concurrently(lagging)
+
+    async def _write_older(self, older: dict[str, list[KpiEntity]]) -> int:
+        return await self._concurrently(list(older.items()))
+
+    async def _concurrently(self, work: list[tuple[str, list[KpiEntity]]]) -> int:
+        """Older windows of many entities, a few requests at a time (each entity's appends in one request)."""
+        if not work:
             return 0
         limit = asyncio.Semaphore(APPEND_CONCURRENCY)
 
-        async def one(entity_id: str, older: list[KpiEntity]) -> int:
+        async def one(entity_id: str, windows: list[KpiEntity]) -> int:
             async with limit:
-                return await self._append(entity_id, older)
+                return await self._to_history(entity_id, windows)
 
-        return sum(await asyncio.gather(*(one(e, older) for e, older in appends.items())))
+        return sum(await asyncio.gather(*(one(e, windows) for e, windows in work)))
 
-    async def _append(self, entity_id: str, older: Sequence[KpiEntity]) -> int:
-        await self.append_history(entity_id, older)
-        for kpi in older:
-            self._remember(kpi, newest=False)
-        return len(older)
+    async def _to_history(self, entity_id: str, windows: Sequence[KpiEntity]) -> int:
+        """Append the windows the history lacks, replace those it holds with another value."""
+        held = [kpi for kpi in windows if (kpi.id, value_time(kpi)) in self._history]
+        new = [kpi for kpi in windows if (kpi.id, value_time(kpi)) not in self._history]
+        if new:
+            await self.append_history(entity_id, new)
+        for kpi in held:
+            await self.replace_history(kpi)
+        for kpi in windows:
+            self._written[(kpi.id, value_time(kpi))] = _fingerprint(kpi.entity)
+            self._remember_history(kpi)
+        return len(windows)
 
-    def _remember(self, kpi: KpiEntity, *, newest: bool = True) -> None:
-        stamp = value_time(kpi)
-        self._written[(kpi.id, stamp)] = _fingerprint(kpi.entity)
-        if newest and stamp >= self._newest.get(kpi.id, ""):
-            self._newest[kpi.id] = stamp
+    def _remember_history(self, kpi: KpiEntity) -> None:
+        key = (kpi.id, value_time(kpi))
+        self._history[key] = _history_fingerprint(kpi.entity)
+        self._history_attributes[key] = frozenset(name for name in HISTORY_ATTRIBUTES if name in kpi.entity)
 
     async def append_history(self, entity_id: str, kpis: Sequence[KpiEntity]) -> None:
         """Add the values of older windows to an entity's history (GS CIM 009 5.6.12)."""
         body: dict[str, Any] = {}
         for name in HISTORY_ATTRIBUTES:
-            instances = [kpi.entity[name] for kpi in kpis if name in kpi.entity]
+            instances = [with_instance_ids(kpi).entity[name] for kpi in kpis if name in kpi.entity]
             if instances:
                 body[name] = instances
         if body:
             body["@context"] = [KPI_CONTEXT]
             await self.client.temporal_append(entity_id, body)
+
+    async def replace_history(self, kpi: KpiEntity) -> None:
+        """Make the history hold this window's value, once (GS CIM 009 5.6.19: PATCH each instance).
+
+        An attribute the new value lacks (no standing for `insufficientData`) loses its instance;
+        one it gains is appended.
+        """
+        self.replaced += 1
+        stamp = value_time(kpi)
+        entity = with_instance_ids(kpi).entity
+        had = self._history_attributes.get((kpi.id, stamp), frozenset(HISTORY_ATTRIBUTES))
+        missing: list[str] = []
+        for name in HISTORY_ATTRIBUTES:
+            if name not in entity and name not in had:
+                continue
+            instance_id = history_instance_id(kpi.id, name, stamp)
+            try:
+                if name in entity:
+                    await self.client.update_temporal_instance(kpi.id, name, instance_id, entity[name])
+                else:
+                    await self.client.delete_temporal_instance(kpi.id, name, instance_id)
+            except ResourceNotFound:
+                missing.append(name)
+        if missing:
+            await self._replace_by_stored_ids(kpi, entity, missing)
+
+    async def _replace_by_stored_ids(self, kpi: KpiEntity, entity: dict[str, Any], names: list[str]) -> None:
+        """For a broker that gave the instances ids of its own (or an attribute the window never had)."""
+        found = await self._stored_window(kpi, names)
+        gained: dict[str, Any] = {}
+        for name in names:
+            ids = found.instance_ids.get(name, [])
+            if not ids:
+                if name in entity:
+                    gained[name] = [entity[name]]
+                continue
+            keep, *extra = ids
+            if name in entity:
+                await self.client.update_temporal_instance(kpi.id, name, keep, entity[name])
+            else:
+                extra = ids
+            for instance_id in extra:  # duplicates at one observedAt (written before instanceIds)
+                try:
+                    await self.client.delete_temporal_instance(kpi.id, name, instance_id)
+                except ResourceNotFound:
+                    pass
+        if gained:
+            await self.client.temporal_append(kpi.id, {**gained, "@context": [KPI_CONTEXT]})

@@ -1,0 +1,121 @@
+"""The KPI writer keeps exactly one history instance per window, holding the window's latest value.
+
+Real broker over HTTP; the KPI entities come from the shipped daily-mean definition and its
+calculator on synthetic hourly PM2.5 values.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from kpi.definitions import load_definitions
+from kpi.entities import KpiEntity, calculate_kpi
+from kpi.windows import window_at
+from kpi.writer import KpiWriter
+from ngsi.client import AsyncBrokerClient
+from smart_data_models import format_timestamp
+from smart_data_models.models import KPI_CONTEXT
+
+BEIJING = ZoneInfo("Asia/Shanghai")
+DAY = datetime(2016, 3, 15, tzinfo=BEIJING)
+DAILY = load_definitions().get("pm25-daily-mean")
+
+
+def daily_kpi(station_id: str, day: int, hours: int) -> KpiEntity:
+    """The daily PM2.5 mean of day `day` (0 = 15 March) over its first `hours` hours."""
+    start = DAY + timedelta(days=day)
+    series = [((start + timedelta(hours=h)).astimezone(UTC), 10.0 + h) for h in range(hours)]
+    return calculate_kpi(DAILY, station_id, {"pm25": series}, window_at("day", start, BEIJING))
+
+
+@pytest.fixture
+async def client(broker_url: str, tenant: str) -> AsyncIterator[AsyncBrokerClient]:
+    async with AsyncBrokerClient(broker_url, tenant=tenant, context=KPI_CONTEXT) as client:
+        yield client
+
+
+@pytest.fixture
+def station_id() -> str:
+    return f"urn:ngsi-ld:AirQualityObserved:beijing:Writer{uuid.uuid4().hex[:8]}"
+
+
+async def history(client: AsyncBrokerClient, entity_id: str, attribute: str) -> list[tuple[str, Any]]:
+    """(observedAt, value) of every instance of `attribute` in the entity's history, in time order."""
+    entity = await client.get_temporal_entity(
+        entity_id, attrs=attribute, timerel="after", time_at="2000-01-01T00:00:00Z", options="temporalValues"
+    )
+    found = entity.get(attribute, {"values": []})
+    values = found["values"] if isinstance(found, dict) else [v for dataset in found for v in dataset["values"]]
+    return sorted(((stamp, value) for value, stamp in values), key=lambda pair: pair[0])
+
+
+def day_start(day: int) -> str:
+    return format_timestamp((DAY + timedelta(days=day)).astimezone(UTC))
+
+
+async def test_a_window_rewritten_once_complete_replaces_its_history_instance(
+    client: AsyncBrokerClient, station_id: str
+) -> None:
+    writer = KpiWriter(client)
+    partial, complete = daily_kpi(station_id, 0, 23), daily_kpi(station_id, 0, 24)
+    assert partial.entity["kpiValue"]["value"] != complete.entity["kpiValue"]["value"]
+    await writer.write([partial])  # 15 March with 23 hours: the current value
+    await writer.write([daily_kpi(station_id, 1, 1)])  # 16 March begins
+    await writer.write([complete])  # 15 March completes: now an older window
+
+    values = await history(client, partial.id, "kpiValue")
+    assert values == [(day_start(0), complete.entity["kpiValue"]["value"]), (day_start(1), "insufficientData")]
+    coverage = await history(client, partial.id, "coverage")
+    assert [c["valid"] for _, c in coverage] == [24, 1]
+    current = await client.get_entity(partial.id)
+    assert current["kpiValue"]["observedAt"] == day_start(1)
+
+
+async def test_the_current_window_rewritten_reaches_the_history_when_superseded_or_flushed(
+    client: AsyncBrokerClient, station_id: str
+) -> None:
+    writer = KpiWriter(client)
+    for hours in (1, 12, 18, 20):  # the day fills up: the same window, a new value each time
+        await writer.write([daily_kpi(station_id, 0, hours)])
+    entity_id = daily_kpi(station_id, 0, 1).id
+    assert (await client.get_entity(entity_id))["kpiValue"]["value"] == daily_kpi(station_id, 0, 20).entity[
+        "kpiValue"
+    ]["value"]
+    await writer.write([daily_kpi(station_id, 1, 5)])  # 16 March supersedes it
+    assert await history(client, entity_id, "kpiValue") == [
+        (day_start(0), daily_kpi(station_id, 0, 20).entity["kpiValue"]["value"]),
+        (day_start(1), "insufficientData"),
+    ]
+    await writer.write([daily_kpi(station_id, 1, 19)])
+    await writer.flush_history()  # what a stopping engine does
+    values = await history(client, entity_id, "kpiValue")
+    assert values[-1] == (day_start(1), daily_kpi(station_id, 1, 19).entity["kpiValue"]["value"])
+    assert len(values) == 2
+    # The standing appears with the value (insufficientData has none): one instance per window.
+    standings = await history(client, entity_id, "currentStanding")
+    assert [stamp for stamp, _ in standings] == [day_start(0), day_start(1)]
+
+
+async def test_history_written_without_instance_ids_is_replaced_by_the_stored_ids(
+    client: AsyncBrokerClient, station_id: str
+) -> None:
+    """What a broker that ignores client instanceIds (Orion-LD) leaves: the writer reads the ids and patches."""
+    old = daily_kpi(station_id, 0, 23)
+    await client.batch_upsert([daily_kpi(station_id, 1, 2).entity], mode="update")
+    await client.temporal_append(old.id, {
+        name: [old.entity[name]] for name in ("kpiValue", "coverage", "currentStanding") if name in old.entity
+    })  # fmt: skip
+    writer = KpiWriter(client)  # a new process: knows nothing of what is stored
+    complete = daily_kpi(station_id, 0, 24)
+    await writer.write([complete])
+    values = await history(client, old.id, "kpiValue")
+    assert values == [(day_start(0), complete.entity["kpiValue"]["value"]), (day_start(1), "insufficientData")]
+    # Written again by yet another process: the history has this value, nothing is sent.
+    again = KpiWriter(client)
+    assert await again.write([complete]) == 0
