@@ -24,7 +24,7 @@ from broker.contexts.service import UserContextService
 from broker.csource import RegistrationService, csource_router
 from broker.discovery.routes import discovery_router
 from broker.discovery.service import DiscoveryService
-from broker.entities.routes import entities_router
+from broker.entities.routes import AttributeUpdateFastLane, AttributeUpdates, entities_router
 from broker.entities.service import EntityService
 from broker.negotiation import problem_response
 from broker.settings import BrokerSettings
@@ -179,7 +179,8 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
             "version": BROKER_VERSION,
         }
 
-    app.include_router(entities_router(entity_service, contexts, settings), prefix=API_PREFIX)
+    attribute_updates = AttributeUpdates(entity_service, contexts, settings)
+    app.include_router(entities_router(entity_service, contexts, settings, attribute_updates), prefix=API_PREFIX)
     batch_endpoints = BatchEndpoints(batch_service, contexts, settings)
     app.include_router(batch_router(batch_endpoints), prefix=API_PREFIX)
     app.include_router(discovery_router(discovery_service, contexts), prefix=API_PREFIX)
@@ -188,6 +189,7 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
     app.include_router(csource_router(RegistrationService(databases), contexts, settings), prefix=API_PREFIX)
     app.include_router(subscriptions_router(subscription_service, settings), prefix=API_PREFIX)
     app.add_middleware(BatchFastLane, endpoints=batch_endpoints, prefix=API_PREFIX)
+    app.add_middleware(AttributeUpdateFastLane, updates=attribute_updates, prefix=API_PREFIX)
     app.add_middleware(TrailingSlashTolerance)  # added last: runs first, so the fast lane sees clean paths
     return app
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.entities.representation import check_uri
 from broker.entities.service import EntityQuery, EntityService, RenderOptions, render
@@ -14,14 +17,17 @@ from broker.negotiation import (
     JSON,
     accepted_media_type,
     json_response,
+    problem_response,
     query_context,
     read_payload,
 )
 from broker.query.types import parse_ids
 from broker.settings import BrokerSettings
 from ngsi.contexts import ContextStore, TermMap
-from ngsi.errors import BadRequestData, TooManyResults
+from ngsi.errors import BadRequestData, InternalError, NgsiError, TooManyResults
 from ngsi.forms import Form, to_geojson_feature, to_geojson_feature_collection
+
+log = logging.getLogger(__name__)
 
 FORMS = {"keyValues", "concise", "normalized"}
 MAX_OFFSET = 2**63 - 1
@@ -56,7 +62,61 @@ def render_options(options: str | None, format_: str | None, attrs: str | None,
                          pick=split_list(pick), omit=split_list(omit), lang=lang)
 
 
-def entities_router(service: EntityService, contexts: ContextStore, settings: BrokerSettings) -> APIRouter:
+class AttributeUpdates:
+    """PATCH /entities/{entityId}/attrs (GS CIM 009 6.6.3.3), the most frequent single-entity write of
+    dashboards and notification sources, served by the FastAPI route and by `AttributeUpdateFastLane`."""
+
+    def __init__(self, service: EntityService, contexts: ContextStore, settings: BrokerSettings) -> None:
+        self.service = service
+        self.contexts = contexts
+        self.max_bytes = settings.max_payload_bytes
+
+    async def answer(self, request: Request, entity_id: str, tenant: str | None) -> Response:
+        check_uri(entity_id, "Entity id")
+        payload = await read_payload(request, self.max_bytes, allow_merge_patch=True)
+        terms = await self.contexts.term_map(payload.context)
+        not_found = await self.service.update_attributes(tenant, entity_id, payload.body, terms)
+        if not_found:
+            return partial_result(payload.body, not_found, "Attribute does not exist")
+        return Response(status_code=204)
+
+
+class AttributeUpdateFastLane:
+    """ASGI middleware serving `PATCH <prefix>/entities/{entityId}/attrs` straight from `AttributeUpdates`,
+    without FastAPI's routing and parameter machinery (see broker.batch.routes.BatchFastLane).
+
+    The paths are matched as the FastAPI routes match them, in the same order: a path that
+    `PATCH .../entities/{entityId}/attrs/{attr}` matches goes on to FastAPI.
+    """
+
+    def __init__(self, app: ASGIApp, *, updates: AttributeUpdates, prefix: str) -> None:
+        self.app = app
+        self.updates = updates
+        self.attribute_path = re.compile(f"^{re.escape(prefix)}/entities/(.*)/attrs/([^/]+)$")
+        self.attributes_path = re.compile(f"^{re.escape(prefix)}/entities/(.*)/attrs$")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "PATCH":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        match = self.attributes_path.match(path)
+        if match is None or self.attribute_path.match(path):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await self.updates.answer(request, match.group(1), request.headers.get("ngsild-tenant"))
+        except NgsiError as error:
+            response = problem_response(error)
+        except Exception as error:
+            log.exception("unexpected error method=PATCH path=%s", path)
+            response = problem_response(InternalError(f"{type(error).__name__}: {error}"))
+        await response(scope, receive, send)
+
+
+def entities_router(service: EntityService, contexts: ContextStore, settings: BrokerSettings,
+                    attribute_updates: AttributeUpdates) -> APIRouter:
     """The /entities routes bound to `service`."""
     router = APIRouter()
     max_bytes = settings.max_payload_bytes
@@ -236,14 +296,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
     @router.patch("/entities/{entity_id:path}/attrs")
     async def patch_attributes(request: Request, entity_id: str,
                                ngsild_tenant: str | None = Header(None)) -> Response:
-        check_uri(entity_id, "Entity id")
-        payload = await read_payload(request, max_bytes, allow_merge_patch=True)
-        not_found = await service.update_attributes(
-            ngsild_tenant, entity_id, payload.body, await terms_for(payload.context)
-        )
-        if not_found:
-            return partial_result(payload.body, not_found, "Attribute does not exist")
-        return Response(status_code=204)
+        return await attribute_updates.answer(request, entity_id, ngsild_tenant)
 
     @router.put("/entities/{entity_id:path}")
     async def put_entity(request: Request, entity_id: str, ngsild_tenant: str | None = Header(None)) -> Response:
