@@ -55,7 +55,9 @@ def _definitions(settings: KpiSettings, paths: list[Path] | None, only: list[str
 @kpi_app.command("run")
 def run(
     since: Annotated[
-        str | None, typer.Option(help="Backfill from this date/date-time (ISO 8601) instead of running live.")
+        str | None,
+        typer.Option(help="Backfill from this date/date-time (ISO 8601) instead of running live (source history from"
+                          " CLIMABOROUGH_KPI_DATABASE_URL's TRoE tables when set, else the temporal API)."),
     ] = None,
     until: Annotated[str | None, typer.Option(help="End of the backfill (exclusive; default: now).")] = None,
     kpi: Annotated[list[str] | None, typer.Option(help="Only these KPI ids (repeatable).")] = None,
@@ -86,6 +88,7 @@ def run(
     console.print(
         f"backfilled {len(chosen)} KPIs for {report.sources} source entities: {report.windows} windows, "
         f"{report.entities_written} entities written, {report.history_instances} history values added"
+        + (f" ({report.replaced} replacing stored values that differed)" if report.replaced else "")
     )
 
 
