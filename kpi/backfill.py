@@ -16,18 +16,17 @@ history, a few large requests in flight. An older window carries `kpiValue` (wit
 and, where the calculator has a coverage rule, `coverage`: what a user of the history needs.
 `currentStanding` follows from `kpiValue` and the definition's thresholds, and `kpiDetails` (band,
 dominant pollutant, concentrations) from the source's own history; the entity's current value
-carries both. Each appended instance has an instanceId derived from (entity, attribute,
-observedAt) (`history_instance_id`; ids that sort by time cost PostgreSQL less than hashes). A
-window already in the history with the same value is not sent again; one stored with another
-value is replaced (its stored instances at that time are deleted, then the new ones appended),
-so running a backfill twice leaves the same history and a recomputed window never leaves two
-values at one time.
+carries both. Each appended instance has the instanceId the live writer gives that window
+(`kpi.writer.history_instance_id` of entity, attribute and observedAt), so either one finds
+and replaces what the other wrote. A window already in the history with the same value is not
+sent again; one stored with another value is replaced (its stored instances at that time are
+deleted, then the new ones appended), so running a backfill twice leaves the same history and a
+recomputed window never leaves two values at one time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,6 +55,7 @@ from kpi.history import (
 from kpi.observations import SourceObservations, from_micros, to_micros
 from kpi.vectorised import SeriesValues, hour_windows, period_results, series_values, vectorised
 from kpi.windows import Window, window_at, windows_between
+from kpi.writer import history_instance_id
 from ngsi.client import AsyncBrokerClient
 from ngsi.errors import ResourceNotFound
 from smart_data_models import format_timestamp
@@ -69,30 +69,8 @@ READ_SLICE_HOURS = 999
 """Hours of history per temporal request: hourly data fits the broker's 1000 instances per attribute
 (a broker that still cuts an answer is followed where it stopped; slices the broker would cut cost
 it more than the extra requests)."""
-HISTORY_ATTRIBUTES = ("kpiValue", "coverage")
-"""What the backfill writes for an older window of a series KPI (see the module docstring)."""
 STORED_ATTRIBUTES = ("kpiValue", "coverage", "currentStanding", "kpiDetails")
 """What a replaced window loses from the history (the live engine writes all four)."""
-INSTANCE_ID_PREFIX = "urn:ngsi-ld:kpi:"
-
-
-def instance_id_prefix(entity_id: str) -> str:
-    """The part of `history_instance_id` that depends on the entity only: 16 hex digits of its BLAKE2b hash."""
-    return INSTANCE_ID_PREFIX + hashlib.blake2b(entity_id.encode(), digest_size=8).hexdigest() + ":"
-
-
-def history_instance_id(entity_id: str, attribute: str, observed_at: str, *, prefix: str | None = None) -> str:
-    """The instanceId of a KPI entity's `attribute` at `observedAt` (as written: UTC, milliseconds, Z).
-
-    `urn:ngsi-ld:kpi:<16 hex digits of the entity id's BLAKE2b>:<attribute>:<observedAt digits>`, e.g.
-    `urn:ngsi-ld:kpi:3fa2c1d97b0e4a11:kpiValue:20160315T030000000Z`. Deterministic, so that a resend
-    is recognised by the broker and a recomputed window can be replaced; one entity's ids sort by
-    time, so PostgreSQL adds a backfill's rows at the end of its primary-key index, not all over it.
-    """
-    stamp = observed_at.replace("-", "").replace(":", "").replace(".", "")
-    return f"{prefix or instance_id_prefix(entity_id)}{attribute}:{stamp}"
-
-
 @dataclass
 class BackfillReport:
     """What a backfill did."""
@@ -297,13 +275,12 @@ async def backfill(
 def history_instances(definition: KpiDefinition, entity_id: str, older: SeriesValues) -> dict[str, list[Any]]:
     """The temporal-append body (without @context) of the older windows: attribute → instances."""
     unit = definition.unit
-    prefix = instance_id_prefix(entity_id)
     kpi_values: list[dict[str, Any]] = []
     coverages: list[dict[str, Any]] = []
     for stamp, value, coverage in zip(older.observed_at, older.values, older.coverages, strict=True):
         instance: dict[str, Any] = {
             "type": "Property", "value": NO_VALUE if value is None else value, "observedAt": stamp,
-            "instanceId": history_instance_id(entity_id, "kpiValue", stamp, prefix=prefix),
+            "instanceId": history_instance_id(entity_id, "kpiValue", stamp),
         }  # fmt: skip
         if unit and isinstance(value, int | float) and not isinstance(value, bool):
             instance["unitCode"] = unit
@@ -311,7 +288,7 @@ def history_instances(definition: KpiDefinition, entity_id: str, older: SeriesVa
         if coverage is not None:
             coverages.append({
                 "type": "Property", "value": coverage.as_value(), "observedAt": stamp,
-                "instanceId": history_instance_id(entity_id, "coverage", stamp, prefix=prefix),
+                "instanceId": history_instance_id(entity_id, "coverage", stamp),
             })  # fmt: skip
     body: dict[str, list[Any]] = {"kpiValue": kpi_values}
     if coverages:

@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from kpi.backfill import backfill, evaluate_windows, history_instance_id
+from kpi.backfill import backfill, evaluate_windows
 from kpi.definitions import DefinitionSet, KpiDefinition, load_definitions
 from kpi.engine import KpiEngine
 from kpi.entities import NO_VALUE
 from kpi.history import history_arrays, read_history, read_history_troe, tenant_database_url
 from kpi.observations import SourceObservations, to_micros
 from kpi.settings import KpiSettings
+from kpi.writer import history_instance_id
 from ngsi.client import AsyncBrokerClient
 from smart_data_models import format_timestamp
 from smart_data_models.models import ENVIRONMENT_CONTEXT, KPI_CONTEXT
@@ -119,7 +120,7 @@ async def test_a_backfill_run_twice_leaves_one_value_per_window_with_its_coverag
     by_time = {v["observedAt"]: v["value"] for v in values}
     assert len(values) == len(by_time) == 72
     assert by_time == expected_values(chosen, "eea-air-quality-index", loaded)
-    # Older windows carry their deterministic instanceId (the newest one is the broker's, from the upsert).
+    # Older windows carry the instanceId the live writer gives them.
     first_hour = format_timestamp(SINCE.astimezone(UTC))
     assert {v["instanceId"] for v in values if v["observedAt"] == first_hour} == {
         history_instance_id(EEA_ID, "kpiValue", first_hour)
