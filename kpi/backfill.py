@@ -71,6 +71,8 @@ READ_SLICE_HOURS = 999
 it more than the extra requests)."""
 STORED_ATTRIBUTES = ("kpiValue", "coverage", "currentStanding", "kpiDetails")
 """What a replaced window loses from the history (the live engine writes all four)."""
+
+
 @dataclass
 class BackfillReport:
     """What a backfill did."""
