@@ -149,6 +149,7 @@ async def run_engine_child(broker_url: str, mqtt_url: str, report_path: str) -> 
         "written": [[*key, at] for key, at in engine.written.items()],
         "errors": engine.stats.errors, "reads": engine.stats.reads, "last_error": engine.stats.last_error,
         "jobs": engine.stats.jobs, "writes": engine.writer.writes, "skipped": engine.writer.skipped,
+        "replaced": engine.writer.replaced_by_kind,
     }  # fmt: skip
     await asyncio.to_thread(Path(report_path).write_bytes, orjson.dumps(report))
 
@@ -279,7 +280,8 @@ def engine_process(
         if profile is not None:
             py_spy = Path(sys.executable).parent / "py-spy"
             kind = "raw" if profile.suffix == ".txt" else "flamegraph"
-            profiler = subprocess.Popen([str(py_spy), "record", "--pid", str(process.pid), "--format", kind,
+            profiler = subprocess.Popen([str(py_spy), "record", "--nonblocking", "--pid", str(process.pid),
+                                         "--format", kind,
                                          "-o", str(profile)], stdout=subprocess.DEVNULL)  # fmt: skip
         yield process
     finally:
@@ -374,6 +376,7 @@ async def measure_latency(
         "engine_jobs": report["jobs"],
         "engine_writes": report["writes"],
         "engine_writes_skipped": report["skipped"],
+        "engine_history_replacements": report["replaced"],
         "engine_last_error": report["last_error"],
         # Where the time goes (p50, EEA index): report acked → engine notified → entity written → notification seen.
         "stage_report_to_engine_ms": _stage_ms(notified, acked_at),

@@ -107,6 +107,9 @@ SeedRequest = tuple[str, datetime, datetime, "asyncio.Future[dict[str, Series]]"
 SEED_SLICE_HOURS = 24 * 400
 """A seed reads up to a year and a bit in one request (a broker that cuts the answer is followed)."""
 
+WRITES_IN_FLIGHT = 3
+"""Batches of one write lane sent at once."""
+
 LONG_SPAN = timedelta(days=2)
 """Windows whose data span is longer than this are evaluated in a thread (a year is ~10^4 values)."""
 
@@ -153,7 +156,8 @@ class KpiEngine:
         # Two write lanes, so that hourly and daily KPIs never wait behind a batch of yearly ones.
         self._outgoing: dict[str, list[KpiEntity]] = {"short": [], "long": []}
         self._write_wanted = {lane: asyncio.Event() for lane in self._outgoing}
-        self._writing: set[str] = set()
+        self._writing: set[asyncio.Task[None]] = set()
+        """Batches being written (up to `WRITES_IN_FLIGHT` per lane, never two holding the same entity)."""
         self._write_tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -198,15 +202,16 @@ class KpiEngine:
             await asyncio.wait_for(self.drained(), drain_timeout)
         except TimeoutError:
             log.warning("kpi engine stopped with %d entities still queued", len(self._pending))
-        try:
-            await self.writer.flush_history()
-        except NgsiError as error:
-            log.warning("kpi history of the current windows not brought up to date: %s", error)
         for task in self._workers:
             task.cancel()
         for task in self._write_tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, *self._schedules, *self._write_tasks, return_exceptions=True)
+        await asyncio.gather(*self._workers, *self._schedules, *self._write_tasks, *self._writing,
+                             return_exceptions=True)
+        try:
+            await self.writer.flush_history()
+        except NgsiError as error:
+            log.warning("kpi history of the current windows not brought up to date: %s", error)
         for client in self._clients.values():
             await client.aclose()
 
@@ -321,10 +326,11 @@ class KpiEngine:
         for definition in self.definitions.for_source(entity_type):
             if not definition.trigger.on_change or not definition.source.stations.matches(source_id):
                 continue
-            window = window_at(definition.window.kind, latest, definition.tz, custom=definition.custom_bounds)
+            shared = prepared(definition)
+            window = window_at(definition.window.kind, latest, shared.tz, custom=definition.custom_bounds)
             if definition.window.kind == "custom" and not window.contains(latest):
                 continue
-            start, _ = definition.calculator_impl.span(definition.params, window, definition.tz)
+            start, _ = shared.calculator.span(shared.params, window, shared.tz)
             earliest = min(earliest, start)
         return earliest
 
@@ -523,37 +529,69 @@ class KpiEngine:
     async def _write_loop(self, lane: str) -> None:
         """One writer per lane for every source: what the workers produced in the last few ms goes in one batch.
 
-        Every `kpi_history_sync_s` the lane also brings the history instances of its current
-        windows up to their latest value (the writer's `flush_history`), in the same loop, so a
-        replacement never races a write of the same entity.
+        Up to `WRITES_IN_FLIGHT` batches of a lane are written at once, so one slow request does
+        not hold back the next batch; an entity in a batch still in flight waits for the one after
+        (its windows reach the broker in order). Every `kpi_history_sync_s` (periods:
+        `kpi_period_history_sync_s`) the lane also brings the history instances of its current
+        windows up to their latest value (the writer's `flush_history`), when none of its batches
+        is in flight, so a replacement never races a write of the same entity.
         """
         wanted = self._write_wanted[lane]
         series = lane == "short"
+        sync_every = self.settings.kpi_history_sync_s if series else self.settings.kpi_period_history_sync_s
         synced = time.monotonic()
+        slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        in_flight: set[str] = set()
+        lane_tasks: set[asyncio.Task[None]] = set()
         while True:
             try:
-                await asyncio.wait_for(wanted.wait(), self.settings.kpi_history_sync_s)
+                await asyncio.wait_for(wanted.wait(), sync_every)
             except TimeoutError:
                 pass
             if wanted.is_set():
                 await asyncio.sleep(self.settings.kpi_write_coalesce_s)
                 wanted.clear()
-            batch, self._outgoing[lane] = self._outgoing[lane], []
-            self._writing.add(lane)
-            try:
-                size = self.settings.kpi_write_batch
-                for first in range(0, len(batch), size):
-                    await self.writer.write(batch[first : first + size])
-                if time.monotonic() - synced >= self.settings.kpi_history_sync_s:
-                    synced = time.monotonic()
+            if self._outgoing[lane]:
+                await slots.acquire()
+                batch = [kpi for kpi in self._outgoing[lane] if kpi.id not in in_flight]
+                self._outgoing[lane] = [kpi for kpi in self._outgoing[lane] if kpi.id in in_flight]
+                if not batch:  # all wait for batches in flight; their end wakes this loop
+                    slots.release()
+                    continue
+                ids = {kpi.id for kpi in batch}
+                in_flight.update(ids)
+                task = asyncio.create_task(self._write_batch(lane, batch))
+                lane_tasks.add(task)
+                self._writing.add(task)
+
+                def finished(done: asyncio.Task[None], ids: set[str] = ids) -> None:
+                    in_flight.difference_update(ids)
+                    lane_tasks.discard(done)
+                    self._writing.discard(done)
+                    slots.release()
+                    if self._outgoing[lane]:
+                        wanted.set()
+                    self._update_idle()
+
+                task.add_done_callback(finished)
+            elif not lane_tasks and time.monotonic() - synced >= sync_every:
+                synced = time.monotonic()
+                try:
                     await self.writer.flush_history(series=series)
-            except Exception as error:  # a failed write must not stop the engine
-                self.stats.errors += 1
-                self.stats.last_error = f"{type(error).__name__}: {error}"
-                log.exception("kpi write failed entities=%d", len(batch))
-            finally:
-                self._writing.discard(lane)
-                self._update_idle()
+                except Exception as error:  # a failed write must not stop the engine
+                    self.stats.errors += 1
+                    self.stats.last_error = f"{type(error).__name__}: {error}"
+                    log.exception("kpi history catch-up failed")
+
+    async def _write_batch(self, lane: str, batch: list[KpiEntity]) -> None:
+        try:
+            size = self.settings.kpi_write_batch
+            for first in range(0, len(batch), size):
+                await self.writer.write(batch[first : first + size])
+        except Exception as error:  # a failed write must not stop the engine
+            self.stats.errors += 1
+            self.stats.last_error = f"{type(error).__name__}: {error}"
+            log.exception("kpi write failed lane=%s entities=%d", lane, len(batch))
 
     # -- schedules -------------------------------------------------------------------------------
 

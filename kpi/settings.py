@@ -34,8 +34,10 @@ class KpiSettings(BaseSettings):
     kpi_write_batch: int = 500
     """Most KPI entities per batch upsert."""
     kpi_request_timeout_s: float = 30.0
-    kpi_history_sync_s: float = 10.0
-    """How often the history instance of a current window catches up with its value when that changes
-    without a new window (today's daily mean, this year's counts): at most this late."""
+    kpi_history_sync_s: float = 30.0
+    """How often the history instance of a current hour/day window catches up with its value when that
+    changes without a new window (today's daily mean): at most this late (each catch-up is 4 requests)."""
+    kpi_period_history_sync_s: float = 300.0
+    """The same for month/year/custom period entities (this year's counts), whose value changes often."""
     kpi_database_url: str | None = None
     """The broker's PostgreSQL (TRoE history tables): when set, a backfill reads source history straight from it."""

@@ -114,6 +114,7 @@ class KpiWriter:
         self.writes = 0
         self.skipped = 0
         self.replaced = 0
+        self.replaced_by_kind: dict[str, int] = {}
 
     async def _newest_stored(self, entity_id: str) -> str:
         """observedAt of the stored entity's kpiValue ("" when there is none)."""
@@ -315,6 +316,8 @@ class KpiWriter:
         one it gains is appended.
         """
         self.replaced += 1
+        kind = kpi.entity["provenance"]["value"]["window"]["kind"]
+        self.replaced_by_kind[kind] = self.replaced_by_kind.get(kind, 0) + 1
         stamp = value_time(kpi)
         entity = with_instance_ids(kpi).entity
         had = self._history_attributes.get((kpi.id, stamp), frozenset(HISTORY_ATTRIBUTES))

@@ -64,7 +64,10 @@ def station_id() -> str:
 
 @pytest.fixture
 def settings(broker_url: str, mqtt_url: str, tenant: str) -> KpiSettings:
-    return KpiSettings(broker_url=broker_url, mqtt_url=mqtt_url, tenant=tenant, kpi_client_id=f"kpi-{tenant}")
+    # The history of a current window catches up every 2 s (30 s by default): the tests read it.
+    return KpiSettings(
+        broker_url=broker_url, mqtt_url=mqtt_url, tenant=tenant, kpi_client_id=f"kpi-{tenant}", kpi_history_sync_s=2
+    )
 
 
 @pytest.fixture
