@@ -8,6 +8,7 @@ stdin, one per line: `watch <tenant|->` (a tenant database got its first notific
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -35,6 +36,11 @@ async def serve(settings: BrokerSettings) -> None:
     await UserContextService(databases, contexts).load()
     notifier = Notifier(databases, contexts, SubscriptionRegistry(contexts))
     await notifier.start()
+    # What start-up built (modules, settings, pools, contexts) lives as long as the process. Frozen,
+    # a full collection no longer walks it: unfrozen, each one (every ~20 s at 200 updates/s) held
+    # the loop for ~70 ms of CPU, and every notification on its way waited for it (the p99 tail).
+    gc.collect()
+    gc.freeze()
     tell_ready()
     loop = asyncio.get_running_loop()
     hints = asyncio.StreamReader()
