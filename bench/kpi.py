@@ -150,6 +150,7 @@ async def run_engine_child(broker_url: str, mqtt_url: str, report_path: str) -> 
         "errors": engine.stats.errors, "reads": engine.stats.reads, "last_error": engine.stats.last_error,
         "jobs": engine.stats.jobs, "writes": engine.writer.writes, "skipped": engine.writer.skipped,
         "replaced": engine.writer.replaced_by_kind,
+        "upserts": engine.writer.upserts, "upserted": engine.writer.upserted,
     }  # fmt: skip
     await asyncio.to_thread(Path(report_path).write_bytes, orjson.dumps(report))
 
@@ -377,6 +378,9 @@ async def measure_latency(
         "engine_writes": report["writes"],
         "engine_writes_skipped": report["skipped"],
         "engine_history_replacements": report["replaced"],
+        "engine_batch_upserts": report["upserts"],
+        "engine_entities_per_upsert": round(report["upserted"] / max(1, report["upserts"]), 1),
+        "engine_entities_per_report": round(report["upserted"] / max(1, len(acked_at)), 2),
         "engine_last_error": report["last_error"],
         # Where the time goes (p50, EEA index): report acked → engine notified → entity written → notification seen.
         "stage_report_to_engine_ms": _stage_ms(notified, acked_at),

@@ -6,8 +6,8 @@ an instanceId derived from the KPI entity, the attribute and the window's `obser
 
 For each KPI entity the writer knows the newest `kpiValue.observedAt` it holds (read once from
 the broker per entity and process). A newer window is upserted (whole the first time this
-process writes the entity, only its changing attributes afterwards), which also adds it to the
-entity's history; when one batch holds several new windows of an entity, they go out in as many
+process writes the entity, afterwards only the attributes whose value changed), which also adds
+it to the entity's history; when one batch holds several new windows of an entity, they go out in as many
 batch upserts, oldest first, so each one is the entity's current value in turn. A window
 rewritten with a new value REPLACES its history instance (GS CIM 009 5.6.19, PATCH of the
 instance): at once for an older window (late data, a day that completed after the next began);
@@ -74,6 +74,10 @@ def _fingerprint(entity: dict[str, Any]) -> bytes:
     return orjson.dumps({k: entity.get(k) for k in DYNAMIC_ATTRIBUTES}, option=orjson.OPT_SORT_KEYS)
 
 
+def _attribute_bytes(attribute: Any) -> bytes:
+    return orjson.dumps(attribute, option=orjson.OPT_SORT_KEYS)
+
+
 def _history_fingerprint(entity: dict[str, Any]) -> bytes:
     return orjson.dumps({k: entity.get(k) for k in HISTORY_ATTRIBUTES}, option=orjson.OPT_SORT_KEYS)
 
@@ -111,9 +115,14 @@ class KpiWriter:
         """entity → the window last upserted as its current value (its history may lag, see the docstring)."""
         self._newest: dict[str, str] = {}
         self._full_written: set[str] = set()
+        self._sent: dict[str, dict[str, bytes]] = {}
+        """entity → attribute → what the current state holds (as this process last upserted it)."""
         self.writes = 0
         self.skipped = 0
         self.replaced = 0
+        self.upserts = 0
+        """Batch upsert requests sent (`upserted`: the entities in them)."""
+        self.upserted = 0
         self.replaced_by_kind: dict[str, int] = {}
 
     async def _newest_stored(self, entity_id: str) -> str:
@@ -226,10 +235,9 @@ class KpiWriter:
             previous = self._current.get(kpi.id)
             if previous is not None and value_time(previous) < value_time(kpi) and self._history_lags(previous):
                 superseded.append(previous)
-        payload = [
-            with_instance_ids(kpi).dynamic() if kpi.id in self._full_written else with_instance_ids(kpi).entity
-            for kpi in upserts
-        ]
+        payload = [self._changed_part(kpi) for kpi in upserts]
+        self.upserts += 1
+        self.upserted += len(payload)
         result = await self.client.batch_upsert(payload, mode="update")
         failed = {error.entity_id for error in result.errors}
         for error in result.errors:
@@ -248,8 +256,23 @@ class KpiWriter:
             if key[1] >= self._newest.get(kpi.id, ""):
                 self._newest[kpi.id] = key[1]
             self._full_written.add(kpi.id)
+            self._sent[kpi.id] = {name: _attribute_bytes(kpi.entity[name]) for name in DYNAMIC_ATTRIBUTES
+                                  if name in kpi.entity}  # fmt: skip
         await self._concurrently([(kpi.id, [kpi]) for kpi in superseded if kpi.id not in failed])
         return len(upserts) - len(failed)
+
+    def _changed_part(self, kpi: KpiEntity) -> dict[str, Any]:
+        """What an upsert must send: the whole entity the first time, then only the attributes whose
+        value differs from what the current state holds (each one sent is a history row more)."""
+        entity = with_instance_ids(kpi).entity
+        if kpi.id not in self._full_written:
+            return entity
+        sent = self._sent.get(kpi.id, {})
+        part: dict[str, Any] = {k: entity[k] for k in ("id", "type", "@context") if k in entity}
+        for name in DYNAMIC_ATTRIBUTES:
+            if name in kpi.entity and sent.get(name) != _attribute_bytes(kpi.entity[name]):
+                part[name] = entity[name]
+        return part
 
     def _history_lags(self, kpi: KpiEntity) -> bool:
         return self._history.get((kpi.id, value_time(kpi))) != _history_fingerprint(kpi.entity)
