@@ -347,6 +347,13 @@ class DatabaseWorker:
         if sub is None or not sub.is_active:
             lane.to_backlog()  # deleted (its rows went with it) or paused: resumes on update or sweep
             return False
+        if len(lane.queue) == 1 and lane.queue[0].attempts == 0:
+            # The steady state: one change, one notification. Sent right here, without the task,
+            # slot and waits that keep several entities' notifications in order.
+            row = lane.queue.popleft()
+            if row.seq not in lane.read_from_outbox and not await self._send_one(sub, row):
+                lane.to_backlog()
+            return True
 
         def arrived() -> Iterator[store.OutboxRow]:
             while lane.live and lane.queue:
@@ -377,6 +384,20 @@ class DatabaseWorker:
         lane.read_from_outbox = {row.seq for row in rows}
         if not await self._send_in_order(sub, iter(rows)):
             lane.to_backlog()
+        return True
+
+    async def _send_one(self, sub: Subscription, row: store.OutboxRow) -> bool:
+        """Send one first-attempt row (what `_send_in_order` does with a single row); False after a failure."""
+        terms = await self._notifier.contexts.term_map(sub.context)
+        try:
+            data = self._render_data(sub, row, terms)
+            await self._notifier.sender_for(sub).send(
+                sub.endpoint, render(sub, row.notification_id, data, self._notified_at())
+            )
+        except DeliveryFailed as error:
+            await self._failed(sub, row.seq, row.attempts + 1, str(error))
+            return False
+        self._acks.add(sub.id, row.seq)
         return True
 
     async def _send_in_order(self, sub: Subscription, rows: Iterator[store.OutboxRow]) -> bool:
