@@ -23,6 +23,10 @@ failure, new entries go to the outbox behind the older ones (the `OutboxRelay` d
 entries of a batch that failed are put there too, marked uncertain when the broker may have
 applied them (the relay then reads the current state before resending, see agents/outbox.py).
 Once the outbox is empty and the broker answers again, entries go straight through again.
+
+Shutdown within a bound: `stop()` sends what was put; if the broker does not answer in time,
+`give_up()` cancels the batch upsert in flight and commits its entries to the outbox, marked
+uncertain (the broker may still apply the request it received), so every producer is answered.
 """
 
 from __future__ import annotations
@@ -64,13 +68,15 @@ class HandOff:
         self._wake = asyncio.Event()
         self._stopping = False
         self._sequence = itertools.count(-1, -1)  # direct items are not in the outbox: negative numbers
+        self._delivery: asyncio.Future[DeliveryReport] | None = None
+        self._gave_up = False
 
     async def put(self, entries: Sequence[OutboxEntry]) -> None:
         """Return once every entry is durable: accepted or quarantined by the broker, or in the outbox."""
         if not entries:
             return
         if self._stopping:
-            await self.outbox.put(entries)
+            await self.outbox.put(entries, force=self._gave_up)
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((entries, done))
@@ -81,6 +87,15 @@ class HandOff:
     def stop(self) -> None:
         """Send what was put, then return from `run` (later `put`s go to the outbox)."""
         self._stopping = True
+        self._wake.set()
+
+    def give_up(self) -> None:
+        """Stop waiting for the broker: the batch in flight and everything after it go to the outbox (uncertain)."""
+        self._stopping = True
+        self._gave_up = True
+        self.outbox.admit_all()
+        if self._delivery is not None and not self._delivery.done():
+            self._delivery.cancel()
         self._wake.set()
 
     async def run(self) -> None:
@@ -115,10 +130,13 @@ class HandOff:
                 for _, done in taken:
                     if not done.done():
                         done.set_result(None)
-            if self._waiting:
+            if self._waiting or self._stopping:
                 self._wake.set()
 
     async def _hand_over(self, entries: list[OutboxEntry]) -> None:
+        if self._gave_up:
+            await self.outbox.put(entries, force=True)  # shutting down: no room to wait for
+            return
         if self.outbox.pending or not self.relay.available:
             await self.outbox.put(entries)  # nothing overtakes what waits in the outbox
             return
@@ -133,8 +151,18 @@ class HandOff:
         if self.outbox.pending or not self.relay.available:
             await self.outbox.put(list(entries.values()))  # an earlier lane of this batch just failed
             return
+        if self._gave_up:
+            await self.outbox.put(list(entries.values()), force=True)
+            return
+        self._delivery = asyncio.ensure_future(self.relay.deliver(items))
         try:
-            report = await self.relay.deliver(items)
+            report = await self._delivery
+        except asyncio.CancelledError:
+            if not self._gave_up or not self._delivery.cancelled():
+                raise  # the hand-off itself is cancelled
+            # give_up(): the request may have reached the broker, which may still apply it.
+            await self.outbox.put(list(entries.values()), uncertain=True, force=True)
+            return
         except DeliveryUnavailable as error:
             self.relay.note_unavailable(str(error))
             await self.outbox.put(list(entries.values()), uncertain=error.uncertain)

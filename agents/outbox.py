@@ -152,16 +152,18 @@ class Outbox:
 
     def close(self) -> None:
         """Close the file (entries stay on disk for the next start)."""
-        self._db.close()
+        with self._lock:  # a settle of a cancelled delivery may still be running in its thread
+            self._db.close()
 
-    async def put(self, entries: Sequence[OutboxEntry], *, uncertain: bool = False) -> None:
+    async def put(self, entries: Sequence[OutboxEntry], *, uncertain: bool = False, force: bool = False) -> None:
         """Commit entries durably, waiting first for room when `max_pending` is reached.
 
         `uncertain`: a delivery of these entries failed in a way that may have applied them.
+        `force`: commit without waiting for room (an agent shutting down, whose relay has stopped).
         """
         if not entries:
             return
-        if self.max_pending is not None:
+        if self.max_pending is not None and not force:
             while self._pending > 0 and self._pending + len(entries) > self.max_pending:
                 self._room.clear()
                 await self._room.wait()
@@ -228,6 +230,11 @@ class Outbox:
             self._db.execute("COMMIT")
         self._pending -= len(seqs)
 
+    def admit_all(self) -> None:
+        """Stop applying `max_pending`: an agent shutting down commits what it holds rather than wait for room."""
+        self.max_pending = None
+        self._room.set()
+
     def after_settle(self) -> None:
         """Tell waiting producers there may be room (call on the event loop)."""
         self._room.set()
@@ -273,11 +280,18 @@ class OutboxRelay:
         self._resume_at = 0.0
         self._busy_seqs: set[int] = set()
         self._busy_keys: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         """Finish the batches in flight, then return from `run`."""
         self._stop.set()
         self.outbox._changed.set()
+
+    def give_up(self) -> None:
+        """Stop now: cancel the batches in flight; they stay in the outbox, marked uncertain (see `_send`)."""
+        self.stop()
+        for task in self._tasks:
+            task.cancel()
 
     @property
     def available(self) -> bool:
@@ -286,10 +300,10 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Deliver until stopped."""
-        tasks: set[asyncio.Task[None]] = set()
+        tasks = self._tasks
         while not self._stop.is_set():
             self.outbox._changed.clear()
-            while len(tasks) < self.concurrency and time.monotonic() >= self._resume_at:
+            while len(tasks) < self.concurrency and time.monotonic() >= self._resume_at and not self._stop.is_set():
                 # Adaptive batching: a second batch goes out only when a full one is waiting; otherwise
                 # entries gather while the first is in flight, so batches grow with the load.
                 if tasks and self.outbox.pending - len(self._busy_seqs) < self.batch_size:
@@ -311,6 +325,7 @@ class OutboxRelay:
             tasks -= done
         if tasks:
             await asyncio.wait(tasks)
+        tasks.clear()
 
     def _failed(self, seqs: list[int], *, uncertain: bool, reason: str) -> None:
         self.outbox.mark_attempt(seqs, uncertain=uncertain)
@@ -342,6 +357,9 @@ class OutboxRelay:
         try:
             try:
                 report = await self.deliver(batch)
+            except asyncio.CancelledError:
+                self.outbox.mark_attempt(seqs, uncertain=True)  # give_up(): the broker may still apply them
+                raise
             except DeliveryUnavailable as error:
                 await asyncio.to_thread(self._failed, seqs, uncertain=error.uncertain, reason=str(error))
                 return
@@ -413,7 +431,9 @@ class BrokerUpsert:
         report = DeliveryReport()
         try:
             if any(item.uncertain for item in batch):
-                applied = await self._already_applied(client, [item for item in batch if item.uncertain])
+                uncertain = [item for item in batch if item.uncertain]
+                applied = await self._already_applied(client, uncertain)
+                log.info("uncertain entries checked entries=%d applied=%d", len(uncertain), len(applied))
                 report.delivered.extend(applied)
                 batch = [item for item in batch if item.seq not in set(applied)]
             if batch:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,6 +115,8 @@ class MqttIntake:
 
     def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
         assert self._loop is not None
+        if self._stopping:
+            return  # not acknowledged: the server delivers it again to this session
         self._arrived.append(
             _Delivery(message.topic, bytes(message.payload), message.mid, message.qos, datetime.now(UTC))
         )
@@ -159,7 +162,8 @@ class MqttIntake:
             await previous
 
     async def _next_batch(self) -> list[_Delivery] | None:
-        while not self._arrived:
+        # Stopping takes nothing more, however much arrived: a backlog stays with the server.
+        while not self._arrived or self._stopping:
             if self._stopping:
                 return None
             self._arrival.clear()
@@ -217,12 +221,19 @@ class MqttIntake:
         return known
 
     async def stop(self) -> None:
-        """Finish what was taken, then disconnect (the session keeps the rest on the server)."""
+        """Take no more messages (`run` finishes the batches it took); the session keeps the rest on the server."""
         self._stopping = True
         self._arrived.clear()  # not acknowledged: the server delivers them again to the session
         self._arrival.set()
 
-    def disconnect(self) -> None:
-        """Close the connection and stop paho's thread."""
-        self._client.disconnect()
+    async def disconnect(self, *, timeout_s: float = 5.0) -> None:
+        """Send the acknowledgements still queued, then DISCONNECT, and stop paho's thread.
+
+        paho's `loop_stop` right after `disconnect` may end its thread before it wrote the queued
+        PUBACKs: the server would then deliver those messages again, after they were handed over.
+        """
+        closed = threading.Event()
+        self._client.on_disconnect = lambda *_: closed.set()
+        if self._client.disconnect() == paho.MQTT_ERR_SUCCESS:
+            await asyncio.to_thread(closed.wait, timeout_s)  # paho's thread writes the DISCONNECT last
         self._client.loop_stop()

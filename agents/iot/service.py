@@ -107,22 +107,48 @@ class IotAgent:
             )  # fmt: skip
             await self._stop.wait()
         finally:
-            if self.mqtt is not None:
-                await self.mqtt.stop()
-                if intake is not None:
-                    await intake
-                self.mqtt.disconnect()
-            for server in (self.north, self.south):
-                server.should_exit = True
-            await asyncio.gather(*servers, return_exceptions=True)
-            self.hand_off.stop()
+            await self._shut_down(intake, hand_off, relay, servers)
+
+    async def _shut_down(
+        self, intake: asyncio.Task[None] | None, hand_off: asyncio.Task[None], relay: asyncio.Task[None],
+        servers: list[asyncio.Task[None]],
+    ) -> None:
+        """Stop within `iot_shutdown_timeout_s` (plus a few disk writes), losing nothing.
+
+        What the agent took is handed over: to the broker if it answers in time, else to the outbox
+        (marked uncertain when a request is left in flight), and only then acknowledged. What it did
+        not take stays with the MQTT server for this client's persistent session.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.iot_shutdown_timeout_s
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        for server in (self.north, self.south):
+            server.should_exit = True
+        self.relay.stop()  # nothing new leaves the outbox, so nothing there overtakes the hand-off's last batch
+        self.hand_off.stop()
+        if not await _finished(hand_off, deadline - loop.time()):
+            log.warning("the broker did not answer in time: what is in flight goes to the outbox")
+            self.hand_off.give_up()
             await hand_off
-            self.relay.stop()
+        if intake is not None:
+            await intake  # acknowledges what it took, now that all of it is durable
+        if self.mqtt is not None:
+            await self.mqtt.disconnect()
+        await asyncio.gather(*servers, return_exceptions=True)
+        if not await _finished(relay, deadline - loop.time()):
+            self.relay.give_up()  # its batches stay in the outbox, marked uncertain
             await relay
-            await self.destination.aclose()
-            self.outbox.close()
-            self.registry.close()
-            self.quarantine.close()
+        await self.destination.aclose()
+        self.outbox.close()
+        self.registry.close()
+        self.quarantine.close()
+
+
+async def _finished(task: asyncio.Task[None], timeout_s: float) -> bool:
+    """Whether `task` finished within `timeout_s` (it keeps running if not)."""
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, timeout_s))
+    return bool(done)
 
 
 async def run_iot_agent(settings: IotAgentSettings, *, north_access: Sequence[Any] = ()) -> None:

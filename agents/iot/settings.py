@@ -43,6 +43,8 @@ class IotAgentSettings(BaseSettings):
     iot_coalesce_delay_s: float = 0.005
     iot_delivery_concurrency: int = 2
     iot_broker_timeout_s: float = 10.0
+    iot_shutdown_timeout_s: float = 5.0
+    """How long SIGTERM waits for the broker to answer what is in flight before it goes to the outbox instead."""
 
     @property
     def agent_dir(self) -> Path:

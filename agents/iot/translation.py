@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -119,12 +120,34 @@ def _variables(measure: Measure, profile: DeviceProfile) -> dict[str, Any]:
     return variables
 
 
-def _attribute(name: str, declared: str, value: Any, observed_at: str, unit: str | None) -> dict[str, Any]:
+def instance_id(entity_id: str, name: str, observed_at: str, value: Any) -> str:
+    """The history instance id of an observed value: a measure delivered twice gets the same id both times.
+
+    MQTT QoS 1 is at least once: a message the agent handed over but could not acknowledge (it
+    stopped, it crashed) comes again, and a batch upsert left in flight at shutdown is resent
+    from the outbox. The broker writes no second history row for an instanceId it holds already
+    (docs/internals.md), so such a measure stays one observation. Two different values observed
+    at the same instant stay two instances.
+    """
+    key = f"{entity_id}\0{name}\0{observed_at}\0{value!r}".encode()
+    return f"urn:ngsi-ld:attribute:instance:{hashlib.blake2b(key, digest_size=16).hexdigest()}"
+
+
+def _attribute(
+    entity_id: str, name: str, declared: str, value: Any, observed_at: str, unit: str | None
+) -> dict[str, Any]:
     if declared in _GEO_TYPES:
-        return {"type": "GeoProperty", "value": _geo_point(value, name), "observedAt": observed_at}
+        point = _geo_point(value, name)
+        return {"type": "GeoProperty", "value": point, "observedAt": observed_at,
+                "instanceId": instance_id(entity_id, name, observed_at, point)}  # fmt: skip
     if declared == "Relationship":
-        return {"type": "Relationship", "object": str(value), "observedAt": observed_at}
-    attribute: dict[str, Any] = {"type": "Property", "value": value, "observedAt": observed_at}
+        target = str(value)
+        return {"type": "Relationship", "object": target, "observedAt": observed_at,
+                "instanceId": instance_id(entity_id, name, observed_at, target)}  # fmt: skip
+    attribute: dict[str, Any] = {
+        "type": "Property", "value": value, "observedAt": observed_at,
+        "instanceId": instance_id(entity_id, name, observed_at, value),
+    }  # fmt: skip
     if isinstance(value, int | float) and not isinstance(value, bool):
         unit = unit or default_unit_code(name)
         if unit:
@@ -151,8 +174,9 @@ def translate_measure(measure: Measure, profile: DeviceProfile, received_at: dat
     """One measure as a normalized NGSI-LD entity fragment, ready for a batch upsert (update mode).
 
     Every measured attribute gets `observedAt` (the measure's own time, else the time it was
-    received) and its `unitCode` (provisioned, else the Smart Data Models default); `dateObserved`
-    is always set to that time. Raises MappingError when nothing can be mapped or a value is wrong.
+    received), its `unitCode` (provisioned, else the Smart Data Models default) and an
+    `instanceId` derived from what was observed (`instance_id`); `dateObserved` is always set to
+    that time. Raises MappingError when nothing can be mapped or a value is wrong.
     """
     observed = _utc_text(measure.observed_at or received_at)
     variables: dict[str, Any] | None = None
@@ -173,7 +197,9 @@ def translate_measure(measure: Measure, profile: DeviceProfile, received_at: dat
                 value = evaluate_expression(mapping.expression, variables)
             except ExpressionError as error:
                 raise MappingError(f"attribute {mapping.name!r}: {error}") from error
-        entity[mapping.name] = _attribute(mapping.name, mapping.type, value, observed, mapping.unit_code())
+        entity[mapping.name] = _attribute(
+            profile.entity_id, mapping.name, mapping.type, value, observed, mapping.unit_code()
+        )
     if len(entity) == 2:
         raise MappingError(
             f"no attribute of the measure {sorted(measure.values)} is provisioned for device {profile.device_id!r}"
@@ -181,5 +207,8 @@ def translate_measure(measure: Measure, profile: DeviceProfile, received_at: dat
     for static in profile.static_attributes:
         entity.setdefault(static.name, _static(static))
     # Smart Data Models: `dateObserved` is always set, to the observation time of the measure.
-    entity["dateObserved"] = {"type": "Property", "value": {"@type": "DateTime", "@value": observed}}
+    entity["dateObserved"] = {
+        "type": "Property", "value": {"@type": "DateTime", "@value": observed},
+        "instanceId": instance_id(profile.entity_id, "dateObserved", observed, observed),
+    }  # fmt: skip
     return entity
