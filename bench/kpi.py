@@ -442,7 +442,9 @@ async def measure_backfill(broker: Any, files: list[Path]) -> dict[str, Any]:
     instances = await load_beijing(broker_url, files)
     load_s = time.perf_counter() - started
     log(f"loaded {instances} instances in {load_s:.1f}s; backfilling")
-    settings = KpiSettings(broker_url=broker_url, kpi_client_id="bench-backfill")
+    # Source history straight from the TRoE tables (as `kpi run` does with CLIMABOROUGH_KPI_DATABASE_URL);
+    # `python -m bench.kpi_backfill --read api` measures the temporal-API read.
+    settings = KpiSettings(broker_url=broker_url, kpi_client_id="bench-backfill", kpi_database_url=broker.database_url)
     engine = KpiEngine(settings, air_quality_definitions())
     # One temporal query first: the broker builds its history indexes on the first one, and
     # concurrent first queries race there (reported to the temporal slice).
