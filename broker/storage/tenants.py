@@ -37,10 +37,15 @@ def tenant_database_name(default_database: str, tenant: str | None) -> str:
 
 
 async def configure_connection(conn: AsyncConnection) -> None:
-    """JSON in and out of jsonb with orjson (`doc` columns are the hot path of every request), and the
-    server-side prepared statements of the write path."""
+    """JSON in and out of jsonb with orjson: `doc` columns are the hot path of every request."""
     set_json_loads(orjson.loads, conn)
     set_json_dumps(orjson_dumps, conn)
+
+
+async def configure_pooled_connection(conn: AsyncConnection) -> None:
+    """`configure_connection` plus the server-side prepared statements of the write path (broker.entities.store),
+    for the pools of `TenantDatabases`, which open a database only once it is migrated."""
+    await configure_connection(conn)
     await prepare_session_statements(conn)
     await conn.commit()
 
@@ -98,7 +103,7 @@ class TenantDatabases:
             max_size=self._settings.pool_max_size if is_default else self._settings.tenant_pool_max_size,
             open=False,
             name=f"broker-{database}",
-            configure=configure_connection,
+            configure=configure_pooled_connection,
         )
         await pool.open(wait=True, timeout=30)
         self._pools[database] = pool
