@@ -36,7 +36,7 @@ from kpi.observations import SourceObservations, from_micros
 from kpi.settings import KpiSettings
 from kpi.windows import SERIES_KINDS, Window, window_at
 from kpi.writer import KpiWriter
-from ngsi.client import AsyncBrokerClient
+from ngsi.client import AsyncBrokerClient, BrokerUnavailable
 from ngsi.errors import AlreadyExists, NgsiError
 from smart_data_models.models import KPI_CONTEXT
 
@@ -109,6 +109,8 @@ SEED_SLICE_HOURS = 24 * 400
 
 WRITES_IN_FLIGHT = 3
 """Batches of one write lane sent at once."""
+WRITE_RETRY_S = 1.0
+"""Wait before a batch the broker did not answer is sent again."""
 
 LONG_SPAN = timedelta(days=2)
 """Windows whose data span is longer than this are evaluated in a thread (a year is ~10^4 values)."""
@@ -584,10 +586,18 @@ class KpiEngine:
                     log.exception("kpi history catch-up failed")
 
     async def _write_batch(self, lane: str, batch: list[KpiEntity]) -> None:
+        """Write one batch; when the broker cannot be reached, the batch goes back to the lane after
+        `WRITE_RETRY_S` (writes are idempotent: what went out already is skipped)."""
         try:
             size = self.settings.kpi_write_batch
             for first in range(0, len(batch), size):
                 await self.writer.write(batch[first : first + size])
+        except BrokerUnavailable as error:
+            self.stats.errors += 1
+            self.stats.last_error = f"{type(error).__name__}: {error}"
+            log.warning("kpi write failed, retried in %.0f s: %s", WRITE_RETRY_S, error)
+            await asyncio.sleep(WRITE_RETRY_S)
+            self._outgoing[lane][:0] = batch
         except Exception as error:  # a failed write must not stop the engine
             self.stats.errors += 1
             self.stats.last_error = f"{type(error).__name__}: {error}"
