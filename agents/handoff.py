@@ -71,16 +71,12 @@ class HandOff:
         self._delivery: asyncio.Future[DeliveryReport] | None = None
         self._gave_up = False
 
-    async def put(self, entries: Sequence[OutboxEntry], *, uncertain: bool = False) -> None:
-        """Return once every entry is durable: accepted or quarantined by the broker, or in the outbox.
-
-        `uncertain` entries may have been delivered before (a redelivered MQTT message): they go
-        through the outbox, whose relay checks the broker's current state before sending them.
-        """
+    async def put(self, entries: Sequence[OutboxEntry]) -> None:
+        """Return once every entry is durable: accepted or quarantined by the broker, or in the outbox."""
         if not entries:
             return
-        if self._stopping or uncertain:
-            await self.outbox.put(entries, uncertain=uncertain, force=self._gave_up)
+        if self._stopping:
+            await self.outbox.put(entries, force=self._gave_up)
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((entries, done))

@@ -108,7 +108,7 @@ def _parse(raw: RawMeasure) -> list[Measure]:
 class EntrySink(typing.Protocol):
     """Where mapped entries go: `put` returns once they are durable (agents.handoff.HandOff, agents.outbox.Outbox)."""
 
-    async def put(self, entries: Sequence[OutboxEntry], *, uncertain: bool = False) -> None: ...
+    async def put(self, entries: Sequence[OutboxEntry]) -> None: ...
 
 
 class MeasureIngestor:
@@ -183,12 +183,8 @@ class MeasureIngestor:
         except AlreadyProvisioned:
             pass
 
-    async def ingest(self, raws: Sequence[RawMeasure], *, uncertain: bool = False) -> list[IngestResult]:
-        """Hand over what maps, quarantine the rest; returns once both are durable (broker, outbox, quarantine).
-
-        `uncertain`: the messages may have been handed over before (MQTT redelivery, DUP flag): their
-        entries are sent only if the broker does not hold them yet (agents/outbox.py).
-        """
+    async def ingest(self, raws: Sequence[RawMeasure]) -> list[IngestResult]:
+        """Hand over what maps, quarantine the rest; returns once both are durable (broker, outbox, quarantine)."""
         results = [self.translate(raw) for raw in raws]
         refused = [(raw, result) for raw, result in zip(raws, results, strict=True) if result.error is not None]
         if refused:
@@ -201,7 +197,7 @@ class MeasureIngestor:
                     for raw, result in refused
                 ],
             )
-        await self.sink.put([entry for result in results for entry in result.entries], uncertain=uncertain)
+        await self.sink.put([entry for result in results for entry in result.entries])
         return results
 
 

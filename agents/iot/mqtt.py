@@ -44,7 +44,6 @@ class _Delivery:
     mid: int
     qos: int
     received_at: datetime
-    redelivered: bool
 
 
 class MqttIntake:
@@ -119,9 +118,7 @@ class MqttIntake:
         if self._stopping:
             return  # not acknowledged: the server delivers it again to this session
         self._arrived.append(
-            _Delivery(
-                message.topic, bytes(message.payload), message.mid, message.qos, datetime.now(UTC), bool(message.dup)
-            )
+            _Delivery(message.topic, bytes(message.payload), message.mid, message.qos, datetime.now(UTC))
         )
         if not self._wake_scheduled:
             self._wake_scheduled = True
@@ -180,7 +177,6 @@ class MqttIntake:
 
     async def _ingest(self, batch: list[_Delivery], *, after: asyncio.Task[None] | None) -> None:
         raws: list[RawMeasure] = []
-        redelivered: list[RawMeasure] = []
         for delivery in batch:
             try:
                 topic = self._topic(delivery.topic)
@@ -190,7 +186,7 @@ class MqttIntake:
                     payload=delivery.payload, reason=str(error), metadata={"topic": delivery.topic},
                 )  # fmt: skip
                 continue
-            (redelivered if delivery.redelivered else raws).append(
+            raws.append(
                 RawMeasure(
                     transport="mqtt",
                     source=f"mqtt:{delivery.topic}",
@@ -202,10 +198,6 @@ class MqttIntake:
                     attribute=topic.attribute,
                 )
             )
-        if redelivered:
-            # MQTT 4.3.2: the DUP flag marks a message sent again, e.g. after the agent stopped before its
-            # PUBACK reached the server: it may be in the broker already.
-            await self.ingestor.ingest(redelivered, uncertain=True)
         await self.ingestor.ingest(raws)
         if after is not None:
             await after
