@@ -127,8 +127,7 @@ class EntityService:
                 for name in sorted(after.touched):
                     if name in after.doc:
                         for instance in after.doc[name]:
-                            if "instanceId" in instance and _holds_instance(before, name, instance["instanceId"]):
-                                continue  # the same instance sent again (a client's retry): history has it
+                            # An instance with a client-given instanceId replaces the history row with that id.
                             rows.add_attribute(op, after.id, name, instance, now)
                     else:
                         rows.add_attribute_deletion(after.id, name, None, now)
@@ -374,7 +373,3 @@ def _types_of(payload: Any) -> list[str]:
         return value if isinstance(value, list) else [value]
     return []
 
-
-def _holds_instance(entity: StoredEntity | None, name: str, instance_id: Any) -> bool:
-    """Whether the entity's current state holds an instance of `name` with this (client-given) instanceId."""
-    return entity is not None and any(i.get("instanceId") == instance_id for i in entity.doc.get(name, ()))

@@ -98,6 +98,8 @@ class HistoryRows:
         self.entities: list[tuple[Any, ...]] = []
         self.attributes: list[tuple[Any, ...]] = []
         self.sub_attributes: list[tuple[Any, ...]] = []
+        self.given: list[tuple[str, str, str]] = []
+        """(instanceId, entity id, attribute) of instances whose client gave the id: they replace history rows."""
         self._prefix = f"urn:ngsi-ld:attribute:instance:{uuid.uuid4()}-"
         self._counter = 0
         self._times: dict[Any, datetime | None] = {}
@@ -133,8 +135,12 @@ class HistoryRows:
     def add_attribute(self, op: OpMode, entity_id: str, name: str, instance: dict[str, Any],
                       at: datetime) -> None:
         ts = self._ts(at)
-        own = instance.get("instanceId")  # a client's own instanceId is kept (idempotent resends)
-        instance_id = own if isinstance(own, str) else self._instance_id()
+        own = instance.get("instanceId")  # a client's own instanceId is kept: a resend replaces, never duplicates
+        if isinstance(own, str):
+            instance_id = own
+            self.given.append((own, entity_id, name))
+        else:
+            instance_id = self._instance_id()
         subs = sub_attribute_names(instance)
         value_type, text, boolean, number, moment, compound = route_value(instance)
         self.attributes.append((
@@ -206,13 +212,28 @@ WITH_HISTORY = (
 )
 
 
+# Instances that bring their own instanceId replace the history rows of the same entity and attribute
+# with that id (and their sub-attribute rows): a client's resend, or a value it recomputed, is one row.
+# Another entity's instance with that id is never touched.
+REPLACED_INSTANCES_DELETE = (
+    "WITH gone AS (DELETE FROM attributes a USING unnest(%s::text[], %s::text[], %s::text[]) AS g(i, e, n)"
+    " WHERE a.instanceId = g.i AND a.entityId = g.e AND a.id = g.n RETURNING a.instanceId)"
+    " DELETE FROM subAttributes s USING gone WHERE s.attrInstanceId = gone.instanceId"
+)
+
+
 async def write_history(conn: AsyncConnection, rows: HistoryRows, *, chunk_rows: int = INSERT_CHUNK_ROWS,
                         along_with: tuple[str, Sequence[Any]] | None = None) -> None:
     """Write the collected rows inside the caller's transaction (pipelined or not), one INSERT per table and chunk.
 
     `along_with` is a statement and its parameters (without RETURNING) that runs first: when the rows
     fit one chunk per table, it and the history travel as one statement, one message to the server.
+    Rows with a client-given instanceId first remove what the history holds under that id for the
+    same entity and attribute (the caller holds the entities' locks, so no other write interleaves).
     """
+    if rows.given:
+        ids, entity_ids, names = (list(column) for column in zip(*rows.given, strict=True))
+        await conn.execute(REPLACED_INSTANCES_DELETE, (ids, entity_ids, names))
     tables = (
         (rows.entities, ENTITY_INSERT),
         (rows.attributes, ATTRIBUTE_INSERT),

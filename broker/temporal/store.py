@@ -330,6 +330,7 @@ class TemporalStore:
             async with conn.cursor() as cur, cur.copy(f"COPY attributes {ATTRIBUTE_COLUMNS} FROM STDIN") as stream:
                 for start in range(0, len(copy.lines), COPY_CHUNK_LINES):
                     await stream.write("".join(copy.lines[start : start + COPY_CHUNK_LINES]))
+        rows.given.clear()  # appending keeps what the history holds (the service dropped those): nothing to replace
         await write_history(conn, rows)
 
     async def update_instance(
