@@ -49,7 +49,6 @@ from bench._harness import (
     running_broker,
 )
 from broker.embedded_postgres import free_port
-from kpi.backfill import backfill
 from kpi.definitions import DefinitionSet, load_definitions
 from kpi.engine import KpiEngine
 from kpi.settings import KpiSettings
@@ -446,43 +445,6 @@ async def load_beijing(broker_url: str, files: list[Path], chunk: int = 2000) ->
     return total
 
 
-async def measure_backfill(broker: Any, files: list[Path]) -> dict[str, Any]:
-    broker_url = broker.base_url
-    started = time.perf_counter()
-    instances = await load_beijing(broker_url, files)
-    load_s = time.perf_counter() - started
-    log(f"loaded {instances} instances in {load_s:.1f}s; backfilling")
-    # Source history straight from the TRoE tables (as `kpi run` does with CLIMABOROUGH_KPI_DATABASE_URL);
-    # `python -m bench.kpi_backfill --read api` measures the temporal-API read.
-    settings = KpiSettings(broker_url=broker_url, kpi_client_id="bench-backfill", kpi_database_url=broker.database_url)
-    engine = KpiEngine(settings, air_quality_definitions())
-    # One temporal query first: the broker builds its history indexes on the first one, and
-    # concurrent first queries race there (reported to the temporal slice).
-    await engine.client_for(ENVIRONMENT_CONTEXT).temporal_query(type=AQO, attrs="no2", last_n=1, limit=1)
-    started = time.perf_counter()
-    cpu_before = (process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid),
-                  cpu_seconds(os.getpid()))  # fmt: skip
-    report = await backfill(
-        engine, datetime(2013, 3, 1, tzinfo=BEIJING_TIME), datetime(2017, 3, 1, tzinfo=BEIJING_TIME)
-    )
-    elapsed = time.perf_counter() - started
-    cpu_after = (process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid),
-                 cpu_seconds(os.getpid()))  # fmt: skip
-    await engine.stop()
-    return {
-        "kpi_backfill_s": round(elapsed, 1),
-        "backfill_kpis": len(engine.definitions),
-        "backfill_sources": report.sources,
-        "backfill_windows": report.windows,
-        "backfill_history_values": report.history_instances,
-        "history_load_s": round(load_s, 1),
-        "history_instances": instances,
-        "backfill_cpu_broker_s": round(cpu_after[0] - cpu_before[0], 1),
-        "backfill_cpu_postgres_s": round(cpu_after[1] - cpu_before[1], 1),
-        "backfill_cpu_engine_s": round(cpu_after[2] - cpu_before[2], 1),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of PRSA_Data_*.csv (UCI Beijing)")
@@ -508,6 +470,8 @@ def main() -> None:
             files = sorted(args.data.glob("PRSA_Data_*.csv"))
             if not files:
                 raise SystemExit(f"no PRSA_Data_*.csv in {args.data} (give --data)")
+            from bench.kpi_backfill import measure_backfill  # it uses this module's loaders
+
             with running_broker() as broker:
                 result.update(asyncio.run(measure_backfill(broker, files)))
     result["machine"] = machine_info()
