@@ -100,6 +100,10 @@ class HistoryRows:
         self.sub_attributes: list[tuple[Any, ...]] = []
         self.given: list[tuple[str, str, str]] = []
         """(instanceId, entity id, attribute) of instances whose client gave the id: they replace history rows."""
+        # Where each given instance's rows are (attribute row, sub-attribute rows): the same instance twice in
+        # one transaction (a batch holding a device's resend) keeps the later one only.
+        self._given_at: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+        self._dropped_subs = False
         self._prefix = f"urn:ngsi-ld:attribute:instance:{uuid.uuid4()}-"
         self._counter = 0
         self._times: dict[Any, datetime | None] = {}
@@ -136,18 +140,28 @@ class HistoryRows:
                       at: datetime) -> None:
         ts = self._ts(at)
         own = instance.get("instanceId")  # a client's own instanceId is kept: a resend replaces, never duplicates
-        if isinstance(own, str):
-            instance_id = own
-            self.given.append((own, entity_id, name))
-        else:
-            instance_id = self._instance_id()
+        instance_id = own if isinstance(own, str) else self._instance_id()
         subs = sub_attribute_names(instance)
         value_type, text, boolean, number, moment, compound = route_value(instance)
-        self.attributes.append((
+        row = (
             instance_id, name, op, entity_id, self._observed(instance.get("observedAt")), bool(subs),
             instance.get("unitCode"), instance.get("datasetId"), value_type, text, boolean, number,
             moment, compound, ts,
-        ))  # fmt: skip
+        )  # fmt: skip
+        given = (instance_id, entity_id, name) if isinstance(own, str) else None
+        earlier = self._given_at.get(given) if given is not None else None
+        if earlier is None:
+            position = len(self.attributes)
+            self.attributes.append(row)
+            if given is not None:
+                self.given.append(given)
+        else:
+            position = earlier[0]
+            self.attributes[position] = row
+            for index in range(earlier[1], earlier[2]):
+                self.sub_attributes[index] = None  # type: ignore[call-overload]
+                self._dropped_subs = True
+        first_sub = len(self.sub_attributes)
         for sub_name in subs:
             for sub in instance[sub_name]:
                 if not isinstance(sub, dict):
@@ -158,6 +172,14 @@ class HistoryRows:
                     self._observed(sub.get("observedAt")), sub.get("unitCode"), s_type, s_text, s_bool,
                     s_number, s_moment, s_compound, ts,
                 ))  # fmt: skip
+        if given is not None:
+            self._given_at[given] = (position, first_sub, len(self.sub_attributes))
+
+    def compact(self) -> None:
+        """Drop the sub-attribute rows of given instances replaced within this transaction."""
+        if self._dropped_subs:
+            self.sub_attributes = [row for row in self.sub_attributes if row is not None]
+            self._dropped_subs = False
 
     def add_attribute_deletion(self, entity_id: str, name: str, dataset_id: str | None,
                                at: datetime) -> None:
@@ -214,11 +236,16 @@ WITH_HISTORY = (
 
 # Instances that bring their own instanceId replace the history rows of the same entity and attribute
 # with that id (and their sub-attribute rows): a client's resend, or a value it recomputed, is one row.
-# Another entity's instance with that id is never touched.
+# Another entity's instance with that id is never touched. The rows are found by instanceId alone
+# (the primary key): given the entity and attribute too, the planner picks the (entity, attribute,
+# time) index and walks the attribute's whole history, which grows with every write.
 REPLACED_INSTANCES_DELETE = (
-    "WITH gone AS (DELETE FROM attributes a USING unnest(%s::text[], %s::text[], %s::text[]) AS g(i, e, n)"
-    " WHERE a.instanceId = g.i AND a.entityId = g.e AND a.id = g.n RETURNING a.instanceId)"
-    " DELETE FROM subAttributes s USING gone WHERE s.attrInstanceId = gone.instanceId"
+    "WITH held AS MATERIALIZED (SELECT ctid AS row, instanceId, entityId, id FROM attributes"
+    " WHERE instanceId = ANY(%s::text[])),"
+    " gone AS (DELETE FROM attributes a WHERE a.ctid = ANY(ARRAY(SELECT h.row FROM held h"
+    " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS g(i, e, n) ON h.instanceId = g.i AND h.entityId = g.e"
+    " AND h.id = g.n)) RETURNING a.instanceId)"
+    " DELETE FROM subAttributes s WHERE s.attrInstanceId = ANY(ARRAY(SELECT instanceId FROM gone))"
 )
 
 
@@ -231,9 +258,10 @@ async def write_history(conn: AsyncConnection, rows: HistoryRows, *, chunk_rows:
     Rows with a client-given instanceId first remove what the history holds under that id for the
     same entity and attribute (the caller holds the entities' locks, so no other write interleaves).
     """
+    rows.compact()
     if rows.given:
         ids, entity_ids, names = (list(column) for column in zip(*rows.given, strict=True))
-        await conn.execute(REPLACED_INSTANCES_DELETE, (ids, entity_ids, names))
+        await conn.execute(REPLACED_INSTANCES_DELETE, (ids, ids, entity_ids, names))
     tables = (
         (rows.entities, ENTITY_INSERT),
         (rows.attributes, ATTRIBUTE_INSERT),

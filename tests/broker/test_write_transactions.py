@@ -96,3 +96,28 @@ async def test_an_instance_sent_again_with_its_instance_id_replaces_its_history_
     assert rows[0]["quality"]["value"] == "checked 42"  # its sub-property is the replacing row's, once
     # Another entity's instance under the same id is never touched.
     assert [row["value"] for row in await history_of(other)] == [41]
+
+
+async def test_one_batch_holding_the_same_instance_twice_keeps_the_later_one(
+    http: httpx.AsyncClient, tenant: str
+) -> None:
+    """A coalesced batch may carry a device's measure and its resend: one row, the later value, no error."""
+    headers = {"NGSILD-Tenant": tenant}
+    entity_id = f"urn:ngsi-ld:Station:{uuid.uuid4().hex[:10]}"
+    instance_id = f"urn:ngsi-ld:instance:{uuid.uuid4().hex}"
+
+    def measured(value: float) -> dict:
+        return {"id": entity_id, "type": "Station", "no2": {
+            "type": "Property", "value": value, "observedAt": "2026-01-01T10:00:00.000Z", "instanceId": instance_id,
+            "quality": {"type": "Property", "value": f"checked {value}"},
+        }}
+
+    written = await http.post(f"{API}/entityOperations/upsert", json=[measured(40), measured(41)], headers=headers)
+    assert written.status_code == 201, written.text
+    got = await http.get(f"{API}/temporal/entities/{entity_id}", params={"attrs": "no2"}, headers=headers)
+    assert got.status_code == 200, got.text
+    rows = got.json()["no2"]
+    rows = rows if isinstance(rows, list) else [rows]
+    assert [(row["value"], row["instanceId"], row["quality"]["value"]) for row in rows] == [
+        (41, instance_id, "checked 41")
+    ]
