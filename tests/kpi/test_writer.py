@@ -77,6 +77,22 @@ async def test_a_window_rewritten_once_complete_replaces_its_history_instance(
     assert current["kpiValue"]["observedAt"] == day_start(1)
 
 
+async def test_a_day_completed_in_the_same_write_that_begins_the_next_keeps_its_complete_value(
+    client: AsyncBrokerClient, station_id: str
+) -> None:
+    """Under load one write holds both: the completed day (an older window now) and the next day's first hour."""
+    writer = KpiWriter(client)
+    partial, complete = daily_kpi(station_id, 0, 17), daily_kpi(station_id, 0, 24)
+    assert partial.entity["kpiValue"]["value"] == "insufficientData"
+    await writer.write([partial])  # 15 March with 17 hours: the current value
+    await writer.write([complete, daily_kpi(station_id, 1, 1)])
+
+    values = await history(client, partial.id, "kpiValue")
+    assert values == [(day_start(0), complete.entity["kpiValue"]["value"]), (day_start(1), "insufficientData")]
+    await writer.flush_history()  # nothing older may come back
+    assert await history(client, partial.id, "kpiValue") == values
+
+
 async def test_the_current_window_rewritten_reaches_the_history_when_superseded_or_flushed(
     client: AsyncBrokerClient, station_id: str
 ) -> None:
