@@ -98,11 +98,10 @@ class HistoryRows:
         self.entities: list[tuple[Any, ...]] = []
         self.attributes: list[tuple[Any, ...]] = []
         self.sub_attributes: list[tuple[Any, ...]] = []
-        self.given: list[tuple[str, str, str]] = []
-        """(instanceId, entity id, attribute) of instances whose client gave the id: they replace history rows."""
-        # Where each given instance's rows are (attribute row, sub-attribute rows): the same instance twice in
-        # one transaction (a batch holding a device's resend) keeps the later one only.
-        self._given_at: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+        self.given: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+        """(instanceId, entity id, attribute) of instances whose client gave the id — they replace history
+        rows — and where their rows are (attribute row, first and end sub-attribute row): the same instance
+        twice in one transaction (a batch holding a device's resend) keeps the later one only."""
         self._dropped_subs = False
         self._prefix = f"urn:ngsi-ld:attribute:instance:{uuid.uuid4()}-"
         self._counter = 0
@@ -149,12 +148,10 @@ class HistoryRows:
             moment, compound, ts,
         )  # fmt: skip
         given = (instance_id, entity_id, name) if isinstance(own, str) else None
-        earlier = self._given_at.get(given) if given is not None else None
+        earlier = self.given.get(given) if given is not None else None
         if earlier is None:
             position = len(self.attributes)
             self.attributes.append(row)
-            if given is not None:
-                self.given.append(given)
         else:
             position = earlier[0]
             self.attributes[position] = row
@@ -173,7 +170,7 @@ class HistoryRows:
                     s_number, s_moment, s_compound, ts,
                 ))  # fmt: skip
         if given is not None:
-            self._given_at[given] = (position, first_sub, len(self.sub_attributes))
+            self.given[given] = (position, first_sub, len(self.sub_attributes))
 
     def compact(self) -> None:
         """Drop the sub-attribute rows of given instances replaced within this transaction."""
