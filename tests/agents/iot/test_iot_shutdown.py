@@ -104,13 +104,22 @@ async def assert_exactly_once(broker_url: str, tenant: str) -> None:
     assert not twice, f"measures in history twice: {twice}"
 
 
+def provisioned_agent(
+    start_private_broker: Callable[[], ServiceProcess], start_agent: AgentFactory, mqtt_server: MqttServer,
+    tenant: str, name: str,
+) -> tuple[ServiceProcess, AgentProcess]:
+    """A private broker and an agent on it with the flood group, in the tenant's shared subscription."""
+    broker = start_private_broker()
+    agent = start_agent(broker_url_of(broker), mqtt=mqtt_server, iot_instance=f"{name}-{tenant}", iot_mqtt_group=tenant)
+    provision(agent, tenant, groups=[GROUP])
+    return broker, agent
+
+
 async def test_sigterm_with_a_backlog_at_the_mqtt_server_stops_in_time_and_loses_nothing(
     start_private_broker: Callable[[], ServiceProcess], start_agent: AgentFactory, mqtt_server: MqttServer,
     tenant: str,
 ) -> None:
-    broker = start_private_broker()
-    agent = start_agent(broker_url_of(broker), mqtt=mqtt_server, iot_instance=f"flood-{tenant}", iot_mqtt_group=tenant)
-    provision(agent, tenant, groups=[GROUP])
+    broker, agent = provisioned_agent(start_private_broker, start_agent, mqtt_server, tenant, "flood")
     await asyncio.to_thread(flood, mqtt_server, f"device-{tenant}")
     taken = health(agent)["mqttReceived"]
     assert taken < TOTAL, "no backlog: the agent kept up with the flood"
@@ -127,9 +136,7 @@ async def test_sigterm_while_the_broker_hangs_stops_in_time_and_loses_nothing(
     start_private_broker: Callable[[], ServiceProcess], start_agent: AgentFactory, mqtt_server: MqttServer,
     tenant: str,
 ) -> None:
-    broker = start_private_broker()
-    agent = start_agent(broker_url_of(broker), mqtt=mqtt_server, iot_instance=f"hang-{tenant}", iot_mqtt_group=tenant)
-    provision(agent, tenant, groups=[GROUP])
+    broker, agent = provisioned_agent(start_private_broker, start_agent, mqtt_server, tenant, "hang")
     flooding = asyncio.create_task(asyncio.to_thread(flood, mqtt_server, f"device-{tenant}"))
 
     async def some_delivered() -> None:
