@@ -138,7 +138,9 @@ class KpiEngine:
         self.definitions = definitions
         self.stats = EngineStats()
         self._clients: dict[str | None, AsyncBrokerClient] = {}
-        self.writer = KpiWriter(self.client_for(KPI_CONTEXT))
+        self.writer = KpiWriter(
+            self.client_for(KPI_CONTEXT), upsert_replaces_history=settings.kpi_upsert_replaces_history
+        )  # fmt: skip
         self._intake: MqttIntake | HttpIntake | None = None
         self._pending: dict[str, dict[JobKey, Job]] = {}
         self._queued: set[str] = set()

@@ -39,5 +39,9 @@ class KpiSettings(BaseSettings):
     changes without a new window (today's daily mean): at most this late (each catch-up is 4 requests)."""
     kpi_period_history_sync_s: float = 300.0
     """The same for month/year/custom period entities (this year's counts), whose value changes often."""
+    kpi_upsert_replaces_history: bool | None = None
+    """Whether the broker replaces a history row when an entity write carries its instanceId again (this
+    project's broker: yes; Orion-LD: no, the writer then brings rewritten windows' history up to date with
+    PATCHes). None: ask the broker's GET /version at the first write."""
     kpi_database_url: str | None = None
     """The broker's PostgreSQL (TRoE history tables): when set, a backfill reads source history straight from it."""

@@ -21,6 +21,14 @@ holds the same value (a restart recomputing what was written) is not written at 
 Brokers that ignore client instanceIds (Orion-LD): a PATCH of the derived id finds nothing, so
 the writer reads the instance ids stored at that `observedAt` from the temporal API and patches
 those.
+
+This project's broker replaces the history row of an entity and attribute whose instanceId an
+entity write carries again (docs/internals.md, History), so there every rewrite of the current
+window is in the history at once and the catch-up PATCHes above are never needed: the writer asks
+the broker's `GET /version` once (`upsert_replaces_history`; Orion-LD answers with its own
+version) and skips them there. Older windows are still PATCHed (the temporal append keeps what the
+history holds), and so is a window whose rewrite lost an attribute (an upsert cannot remove its
+instance).
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ APPEND_CONCURRENCY = 8
 """History appends and instance replacements of different entities in flight at once."""
 NEWEST_QUERY_IDS = 50
 """Entity ids per query for the stored newest values (keeps the URL well under server limits)."""
+REPLACING_BROKER_VERSION = "climaborough-"
+"""How this project's broker begins its `GET /version` "Orion-LD version" (it replaces history rows by instanceId)."""
 
 
 @functools.lru_cache(maxsize=65536)
@@ -115,8 +125,12 @@ class _Stored:
 class KpiWriter:
     """Idempotent writes of KeyPerformanceIndicator entities (see the module docstring)."""
 
-    def __init__(self, client: AsyncBrokerClient) -> None:
+    def __init__(self, client: AsyncBrokerClient, *, upsert_replaces_history: bool | None = None) -> None:
         self.client = client
+        self.upsert_replaces_history = upsert_replaces_history
+        """Whether an upsert carrying a window's instanceIds replaces that window's history rows (this
+        project's broker) rather than adding rows or keeping ids of its own (Orion-LD); None: asked at
+        the first write (`replacing_broker`)."""
         self._written: dict[tuple[str, str], bytes] = {}
         """(entity, window observedAt) → fingerprint of what was last sent for it (current state or history)."""
         self._history: dict[tuple[str, str], bytes] = {}
@@ -136,6 +150,19 @@ class KpiWriter:
         """Batch upsert requests sent (`upserted`: the entities in them)."""
         self.upserted = 0
         self.replaced_by_kind: dict[str, int] = {}
+
+    async def replacing_broker(self) -> bool:
+        """Whether upserts replace history rows by instanceId: the broker's `GET /version` says (once)."""
+        if self.upsert_replaces_history is None:
+            response = await self.client.request("GET", "/version", api=False)
+            try:
+                version = response.json() if response.status_code == 200 else {}
+            except ValueError:
+                version = {}
+            name = version.get("Orion-LD version") if isinstance(version, dict) else None
+            self.upsert_replaces_history = isinstance(name, str) and name.startswith(REPLACING_BROKER_VERSION)
+            log.info("kpi writer: upserts %s history rows", "replace" if self.upsert_replaces_history else "add")
+        return self.upsert_replaces_history
 
     async def _newest_stored(self, entity_id: str) -> str:
         """observedAt of the stored entity's kpiValue ("" when there is none)."""
@@ -242,6 +269,7 @@ class KpiWriter:
 
     async def _upsert(self, upserts: list[KpiEntity]) -> int:
         """One batch upsert; the current windows it supersedes get their final value into the history."""
+        replacing = await self.replacing_broker()
         superseded = []
         for kpi in upserts:
             previous = self._current.get(kpi.id)
@@ -260,8 +288,10 @@ class KpiWriter:
             key = (kpi.id, value_time(kpi))
             self._written[key] = _fingerprint(kpi.entity)
             # A new window's upsert adds its instances to the history; a rewrite of the current
-            # window does not (the broker keeps an instanceId the current state holds out of it).
-            if key not in self._history:
+            # window replaces them on a replacing broker (unless it lost an attribute, whose
+            # instance only a catch-up removes), elsewhere it leaves the history behind.
+            held = self._history_attributes.get(key)
+            if key not in self._history or (replacing and held is not None and held <= kpi.entity.keys()):
                 self._remember_history(kpi)
             if kpi.id not in self._current or value_time(self._current[kpi.id]) <= key[1]:
                 self._current[kpi.id] = kpi

@@ -93,10 +93,13 @@ async def test_a_day_completed_in_the_same_write_that_begins_the_next_keeps_its_
     assert await history(client, partial.id, "kpiValue") == values
 
 
+@pytest.mark.parametrize("replacing", [None, False], ids=["broker-replaces-rows", "catch-up-as-for-orion-ld"])
 async def test_the_current_window_rewritten_reaches_the_history_when_superseded_or_flushed(
-    client: AsyncBrokerClient, station_id: str
+    client: AsyncBrokerClient, station_id: str, replacing: bool | None
 ) -> None:
-    writer = KpiWriter(client)
+    """Our broker (asked, None) replaces the rows under the window's instanceIds at each upsert; with
+    `False` (what a broker that does not gets) the writer's catch-up PATCHes bring the history there."""
+    writer = KpiWriter(client, upsert_replaces_history=replacing)
     for hours in (1, 12, 18, 20):  # the day fills up: the same window, a new value each time
         await writer.write([daily_kpi(station_id, 0, hours)])
     entity_id = daily_kpi(station_id, 0, 1).id
@@ -116,6 +119,31 @@ async def test_the_current_window_rewritten_reaches_the_history_when_superseded_
     # The standing appears with the value (insufficientData has none): one instance per window.
     standings = await history(client, entity_id, "currentStanding")
     assert [stamp for stamp, _ in standings] == [day_start(0), day_start(1)]
+    if replacing is None:  # asked: no request beyond the upserts was needed
+        assert writer.upsert_replaces_history is True
+        assert writer.replaced == 0
+    else:
+        assert writer.replaced == 2
+
+
+async def test_a_rewrite_that_loses_an_attribute_removes_its_instance_also_on_a_replacing_broker(
+    client: AsyncBrokerClient, station_id: str
+) -> None:
+    """A window's value that becomes `insufficientData` has no standing: an upsert cannot remove the
+    standing's instance, the catch-up does (when superseded)."""
+    writer = KpiWriter(client)
+    valid = daily_kpi(station_id, 0, 20)
+    lost = KpiEntity(valid.id, {
+        **{k: v for k, v in valid.entity.items() if k != "currentStanding"},
+        "kpiValue": {**valid.entity["kpiValue"], "value": "insufficientData"},
+    })  # fmt: skip
+    await writer.write([valid])
+    await writer.write([lost])
+    await writer.write([daily_kpi(station_id, 1, 20)])
+    assert [stamp for stamp, _ in await history(client, valid.id, "currentStanding")] == [day_start(1)]
+    assert await history(client, valid.id, "kpiValue") == [
+        (day_start(0), "insufficientData"), (day_start(1), daily_kpi(station_id, 1, 20).entity["kpiValue"]["value"])
+    ]  # fmt: skip
 
 
 async def test_history_written_without_instance_ids_is_replaced_by_the_stored_ids(
