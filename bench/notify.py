@@ -14,8 +14,9 @@ processes so that no measuring code shares an interpreter (or a GIL) with anothe
 Latency = receiver's stamp - load generator's acknowledgement stamp (same machine, same clock;
 a notification that arrives before the acknowledgement counts as 0). 10 subscriptions match
 every update (5 HTTP, 5 MQTT). `achieved_rate_per_s` is acknowledged updates per second from the
-first request to the last acknowledgement; CPU per update is split between the broker's API
-process and its notifier process. Afterwards it queues 100,000 notifications for a dead receiver
+first request to the last acknowledgement; CPU per update (and `cpu_ms_per_notification`, the
+same divided by the 10 notifications of each update) is split between the broker's API process,
+its notifier process and PostgreSQL. Afterwards it queues 100,000 notifications for a dead receiver
 and reads the resident memory of both broker processes while the broker keeps taking writes
 (`--no-backlog` skips that part). Prints one JSON line.
 `--profile out.txt` records the broker with py-spy during the load (if py-spy is installed).
@@ -393,6 +394,7 @@ def run(seconds: float, rate: float, profile: Path | None, log: IO[str], *, back
 
 def _result(acked: dict[int, float], sent: dict[str, Any], http_ms: list[float], mqtt_ms: list[float],
             cpu: tuple[float, float, float], rate: float) -> dict[str, Any]:
+    notifications = max(len(acked) * 2 * SUBSCRIPTIONS_PER_KIND, 1)
     return {
         "notify_http_p50_ms": round(percentile(http_ms, 0.5), 2),
         "notify_http_p99_ms": round(percentile(http_ms, 0.99), 2),
@@ -411,6 +413,12 @@ def _result(acked: dict[int, float], sent: dict[str, Any], http_ms: list[float],
         "api_process_cpu_ms_per_update": round(cpu[0] * 1000 / max(len(acked), 1), 2),
         "notifier_process_cpu_ms_per_update": round((cpu[1] - cpu[0]) * 1000 / max(len(acked), 1), 2),
         "postgres_cpu_ms_per_update": round(cpu[2] * 1000 / max(len(acked), 1), 2),
+        # Every update notifies every subscription: CPU of each process per notification sent.
+        "cpu_ms_per_notification": {
+            "broker_api_process": round(cpu[0] * 1000 / notifications, 3),
+            "notifier_process": round((cpu[1] - cpu[0]) * 1000 / notifications, 3),
+            "postgres": round(cpu[2] * 1000 / notifications, 3),
+        },
     }
 
 
