@@ -22,3 +22,6 @@ class BrokerSettings(BaseSettings):
     pool_min_size: int = 1
     pool_max_size: int = 10
     tenant_pool_max_size: int = 4
+    # Concurrent single-entity writes of a tenant share one transaction, up to this many
+    # (broker/entities/write_groups.py).
+    group_commit_max_writes: int = 64

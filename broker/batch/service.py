@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
 from broker.changes import ChangeSink
 from broker.entities import store
 from broker.entities.representation import check_uri, expand_entity
@@ -17,12 +20,17 @@ from broker.entities.stored import (
     merge_patch_attributes,
     update_attributes,
 )
+from broker.entities.write_groups import Write
 from broker.storage.history import OpMode
 from broker.storage.tenants import TenantDatabases
 from ngsi.contexts import TermMap
 from ngsi.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFound
 
 BatchKind = Literal["create", "upsert", "update", "delete", "merge"]
+
+# A large batch is expanded, applied and sent in chunks of this many entities: PostgreSQL stores one
+# chunk while this process prepares the next.
+CHUNK_ENTITIES = 100
 
 
 @dataclass
@@ -38,9 +46,14 @@ class BatchResult:
                             "error": error.to_problem()})
 
 
-def copy_entity(entity: StoredEntity) -> StoredEntity:
-    return StoredEntity(entity.id, list(entity.types), entity.scope, {k: list(v) for k, v in entity.doc.items()},
-                        entity.created_at, entity.modified_at)
+def item_id(kind: BatchKind, item: Any) -> Any:
+    """The entity id an item of the payload names (unchecked)."""
+    return item if kind == "delete" else item.get("id") if isinstance(item, dict) else None
+
+
+def merged(refused: BatchResult, applied: BatchResult) -> BatchResult:
+    """One BatchOperationResult: the entities refused before the transaction first, then the others."""
+    return BatchResult(success=applied.success, created=applied.created, errors=refused.errors + applied.errors)
 
 
 class BatchService:
@@ -62,54 +75,102 @@ class BatchService:
             return result
         now = datetime.now(UTC)
         stamp = iso_ms(now)
+        items = list(zip(payload, per_item, strict=True))
+        chunks = [items[first:first + CHUNK_ENTITIES] for first in range(0, len(items), CHUNK_ENTITIES)]
+        refused = BatchResult()  # entities refused before the transaction: reported first, in payload order
+        parsed = self.parse(kind, chunks[0], stamp, refused)
+        ready = 1
+        while not parsed and ready < len(chunks):  # a batch of refused entities alone touches no database
+            parsed = self.parse(kind, chunks[ready], stamp, refused)
+            ready += 1
+        if not parsed:
+            return refused
+        pool = await self.databases.pool(tenant, create=kind in ("create", "upsert"))
+        if len(parsed) == 1 and ready == len(chunks) and kind != "delete":
+            # What IoT agents and most clients send: one entity, in a group with the writes of other
+            # requests that wait at the same time (broker/entities/write_groups.py).
+            await self.run_grouped(kind, tenant, pool, parsed[0], now, stamp, options, result)
+            return merged(refused, result)
+        ids = sorted({entity_id for item, _ in items if isinstance(entity_id := item_id(kind, item), str)})
+        # Pipelined, chunk by chunk: each statement leaves as soon as it is issued, so PostgreSQL stores
+        # one chunk's states and history while this process expands and applies the next (two cores at
+        # work, not one after the other).
+        async with pool.connection() as conn, store.pipelined_transaction(conn):
+            current: dict[str, StoredEntity | None] = dict(await store.fetch_entities(conn, ids, for_update=True))
+            stored = {k for k, v in current.items() if v is not None}  # ids whose row the table holds now
+            while True:
+                await self.store_chunk(kind, conn, tenant, parsed, current, stored, now, stamp, options, result)
+                if ready == len(chunks):
+                    break
+                parsed = self.parse(kind, chunks[ready], stamp, refused)
+                ready += 1
+        return merged(refused, result)
+
+    @staticmethod
+    def parse(kind: BatchKind, chunk: list[tuple[Any, TermMap]], stamp: str, refused: BatchResult
+              ) -> list[tuple[str, Any]]:
+        """The entities of a chunk expanded (instances stamped `stamp`); the refused ones go into `refused`."""
         parsed: list[tuple[str, Any]] = []
-        for item, item_terms in zip(payload, per_item, strict=True):
+        for item, item_terms in chunk:
             try:
                 if kind == "delete":
                     parsed.append((check_uri(item, "Entity id"), None))
                 else:
-                    expanded = expand_entity(item, item_terms, stamp)  # instances stamped `stamp` already
+                    expanded = expand_entity(item, item_terms, stamp)
                     parsed.append((expanded[0], expanded))
             except NgsiError as error:
-                result.fail(item.get("id") if isinstance(item, dict) else item, error)
-        if not parsed:
-            return result
-        pool = await self.databases.pool(tenant, create=kind in ("create", "upsert"))
-        ids = sorted({entity_id for entity_id, _ in parsed})
-        single = len(ids) == 1
-        # One entity: the fewest messages (store.write_transaction). More: pipelined, each statement leaves
-        # as soon as it is issued, so PostgreSQL stores the current state while this process builds the
-        # history rows and change events (two cores at work, not one).
-        transaction = store.write_transaction if single else store.pipelined_transaction
-        async with pool.connection() as conn, transaction(conn):
-            if single:
-                current: dict[str, StoredEntity | None] = {ids[0]: await store.lock_entity(conn, ids[0])}
-            else:
-                current = dict(await store.fetch_entities(conn, ids, for_update=True))
-            existing = {k for k, v in current.items() if v is not None}
-            writes: list[tuple[StoredEntity | None, StoredEntity | None, OpMode]] = []
-            for entity_id, expanded in parsed:
-                before = current.get(entity_id)
-                try:
-                    after, op = self.apply(kind, before, expanded, now, stamp, options)
-                except NgsiError as error:
-                    result.fail(entity_id, error)
-                    continue
-                current[entity_id] = after
-                writes.append((before, after, op))  # `apply` never changes `before`: it works on a copy
-                result.success.append(entity_id)
-                if op == "Create":
-                    result.created.append(entity_id)
-            to_save = [e for e in current.values() if e is not None and (e.touched or e.id not in existing)]
-            deleted = [k for k, v in current.items() if v is None and k in existing]
-            if single and len(to_save) == 1 and not deleted:
-                await self.entities.record(conn, tenant, writes, now, saving=to_save[0])
-                return result
-            await store.save_entities(conn, to_save)
-            if deleted:
-                await store.delete_entities(conn, deleted)
-            await self.entities.record(conn, tenant, writes, now)
-        return result
+                refused.fail(item.get("id") if isinstance(item, dict) else item, error)
+        return parsed
+
+    async def store_chunk(self, kind: BatchKind, conn: AsyncConnection, tenant: str | None,
+                          parsed: list[tuple[str, Any]], current: dict[str, StoredEntity | None], stored: set[str],
+                          now: datetime, stamp: str, options: set[str], result: BatchResult) -> None:
+        """Apply a chunk's entities in order and send their states, deletions and history (without waiting)."""
+        writes: list[Write] = []
+        touched: set[str] = set()
+        for entity_id, expanded in parsed:
+            before = current.get(entity_id)
+            try:
+                after, op = self.apply(kind, before, expanded, now, stamp, options)
+            except NgsiError as error:
+                result.fail(entity_id, error)
+                continue
+            current[entity_id] = after
+            writes.append((before, after, op, now))  # `apply` never changes `before`: it works on a copy
+            if after is None or after.touched or entity_id not in stored:
+                touched.add(entity_id)
+            result.success.append(entity_id)
+            if op == "Create":
+                result.created.append(entity_id)
+        to_save = [entity for entity_id in sorted(touched) if (entity := current[entity_id]) is not None]
+        deleted = [entity_id for entity_id in sorted(touched) if current[entity_id] is None and entity_id in stored]
+        if deleted:
+            await store.delete_entities(conn, deleted)
+            stored.difference_update(deleted)
+        if writes:
+            await self.entities.record(conn, tenant, writes, to_save)
+            stored.update(entity.id for entity in to_save)
+
+    async def run_grouped(self, kind: BatchKind, tenant: str | None, pool: AsyncConnectionPool,
+                          parsed: tuple[str, Any], now: datetime, stamp: str, options: set[str],
+                          result: BatchResult) -> None:
+        """A batch of one entity as one write of a group; its outcome goes into `result`."""
+        entity_id, expanded = parsed
+
+        def apply(before: StoredEntity | None) -> tuple[StoredEntity | None, OpMode | None, Any]:
+            try:
+                after, op = self.apply(kind, before, expanded, now, stamp, options)
+            except NgsiError as error:
+                return before, None, error  # an entity's error is part of the batch's answer (207)
+            return after, op, op
+
+        outcome = await self.entities.groups.write(tenant, pool, entity_id, now, apply)
+        if isinstance(outcome, NgsiError):
+            result.fail(entity_id, outcome)
+            return
+        result.success.append(entity_id)
+        if outcome == "Create":
+            result.created.append(entity_id)
 
     @staticmethod
     def apply(kind: BatchKind, before: StoredEntity | None, expanded: Any, now: datetime, stamp: str,
@@ -126,7 +187,7 @@ class BatchService:
             return StoredEntity(entity_id, types, scope, doc, now, now, touched=set(doc)), "Create"
         if before is None:
             raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
-        after = copy_entity(before)
+        after = before.copy()
         after.modified_at = now
         if kind == "upsert" and "update" not in options:
             after.types, after.scope, after.doc = types, scope, doc

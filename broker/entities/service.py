@@ -21,6 +21,7 @@ from broker.entities.stored import (
     stamp_doc,
     update_attributes,
 )
+from broker.entities.write_groups import Write, WriteGroups
 from broker.query.geo import (
     GeoQuery,
     compile_geo_prefilter,
@@ -86,6 +87,7 @@ class EntityService:
         self.databases = databases
         self.sink = sink
         self.settings = settings
+        self.groups = WriteGroups(self.record, max_group=settings.group_commit_max_writes)
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -94,27 +96,25 @@ class EntityService:
         entity_id, types, scope, doc = expand_entity(payload, terms)
         now = datetime.now(UTC)
         stamp_doc(doc, iso_ms(now))
-        entity = StoredEntity(entity_id, types, scope, doc, now, now, touched=set(doc))
         pool = await self.databases.pool(tenant, create=True)
-        async with pool.connection() as conn, store.write_transaction(conn):
-            await store.begin(conn)
-            if not await store.insert_entity(conn, entity):
+
+        def create(before: StoredEntity | None) -> tuple[StoredEntity, OpMode, str]:
+            if before is not None:
                 raise AlreadyExists(f"Entity {entity_id!r} already exists", entityId=entity_id)
-            await self.record(conn, tenant, [(None, entity, "Create")], now)
-        return entity_id
+            return StoredEntity(entity_id, types, scope, doc, now, now, touched=set(doc)), "Create", entity_id
 
-    async def record(
-        self, conn: AsyncConnection, tenant: str | None,
-        writes: list[tuple[StoredEntity | None, StoredEntity | None, OpMode]], now: datetime,
-        *, saving: StoredEntity | None = None,
-    ) -> None:
-        """History rows and change events of `(before, after, opMode)` writes, in `conn`'s transaction.
+        created: str = await self.groups.write(tenant, pool, entity_id, now, create)
+        return created
 
-        `saving` is a current state to store in the same statement as the history rows.
+    async def record(self, conn: AsyncConnection, tenant: str | None, writes: list[Write],
+                     saving: list[StoredEntity] | None = None) -> None:
+        """History rows and change events of `(before, after, opMode, at)` writes, in `conn`'s transaction.
+
+        `saving` are current states (distinct ids) to store in the same statement as the history rows.
         """
         rows = HistoryRows()
         changes = []
-        for before, after, op in writes:
+        for before, after, op, now in writes:
             current = after or before
             assert current is not None
             if op == "Create" or op == "Replace":
@@ -142,25 +142,26 @@ class EntityService:
                 after=after.as_change_state() if after else None,
                 attributes=frozenset(current.touched or current.doc),
             ))  # fmt: skip
-        await write_history(conn, rows, along_with=store.save_statement(saving) if saving is not None else None)
+        await write_history(conn, rows, along_with=store.save_statement(saving) if saving else None)
         await self.sink.record(conn, changes)
 
     async def _change(self, tenant: str | None, entity_id: str, op: OpMode, change: Any) -> Any:
-        """Run `change(entity, now_iso)` on a locked entity and save it; ResourceNotFound if absent."""
+        """Run `change(entity, now_iso)` on the entity in a group of writes; ResourceNotFound if absent."""
         pool = await self.databases.pool(tenant, create=False)
         now = datetime.now(UTC)
-        async with pool.connection() as conn, store.write_transaction(conn):
-            current = await store.lock_entity(conn, entity_id)
-            if current is None:
+        stamp = iso_ms(now)
+
+        def apply(before: StoredEntity | None) -> tuple[StoredEntity | None, OpMode | None, Any]:
+            if before is None:
                 raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
-            before = StoredEntity(current.id, current.types, current.scope,
-                                  {k: list(v) for k, v in current.doc.items()},
-                                  current.created_at, current.modified_at)
-            result = change(current, iso_ms(now))
-            if current.touched:
-                current.modified_at = now
-                await self.record(conn, tenant, [(before, current, op)], now, saving=current)
-            return result
+            after = before.copy()
+            result = change(after, stamp)
+            if not after.touched:
+                return before, None, result
+            after.modified_at = now
+            return after, op, result
+
+        return await self.groups.write(tenant, pool, entity_id, now, apply)
 
     async def replace(self, tenant: str | None, entity_id: str, payload: Any, terms: TermMap) -> None:
         """GS CIM 009 5.6.18: replace all attributes (and the type) of an entity."""
@@ -267,7 +268,7 @@ class EntityService:
             deleted = await store.delete_entities(conn, [entity_id])
             if not deleted:
                 raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)
-            await self.record(conn, tenant, [(deleted[0], None, "Delete")], now)
+            await self.record(conn, tenant, [(deleted[0], None, "Delete", now)])
 
     @staticmethod
     def fragment(payload: Any, terms: TermMap, entity_id: str) -> dict[str, list[dict[str, Any]]]:

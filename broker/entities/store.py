@@ -41,8 +41,12 @@ UPSERT_ENTITIES = (
 # Prepared once on every pooled connection (broker/storage/tenants.py), for the statement that carries
 # BEGIN in a simple-protocol message: there it would otherwise be parsed and planned on every write.
 LOCK_ENTITY = "lock_entity"
+LOCK_ENTITIES = "lock_entities"
 SESSION_STATEMENTS = (
     f"PREPARE {LOCK_ENTITY} (text) AS SELECT {COLUMNS} FROM current_entities WHERE id = $1 FOR UPDATE",
+    # The ids sorted: two transactions locking overlapping sets take the locks in the same order.
+    f"PREPARE {LOCK_ENTITIES} (text[]) AS SELECT {COLUMNS} FROM current_entities WHERE id = ANY($1)"
+    " ORDER BY id FOR UPDATE",
 )
 
 
@@ -122,17 +126,29 @@ async def lock_entity(conn: AsyncConnection, entity_id: str) -> StoredEntity | N
     Simple query protocol with the parameter bound by psycopg (two statements cannot share an
     extended-protocol message), executing the statement prepared by `prepare_session_statements`.
     """
+    rows = await _begin_and_lock(conn, LOCK_ENTITY, entity_id)
+    return row_to_entity(rows[0]) if rows else None
+
+
+async def lock_entities(conn: AsyncConnection, entity_ids: list[str]) -> dict[str, StoredEntity | None]:
+    """`lock_entity` for several ids (distinct, sorted): every id maps to its locked state or None."""
+    if len(entity_ids) == 1:
+        return {entity_ids[0]: await lock_entity(conn, entity_ids[0])}
+    found = {row[0]: row_to_entity(row) for row in await _begin_and_lock(conn, LOCK_ENTITIES, entity_ids)}
+    return {entity_id: found.get(entity_id) for entity_id in entity_ids}
+
+
+async def _begin_and_lock(conn: AsyncConnection, statement: str, parameter: Any) -> list[tuple[Any, ...]]:
     cursor = AsyncClientCursor(conn)
     try:
-        await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_id,))
+        await cursor.execute(f"BEGIN; EXECUTE {statement}(%s)", (parameter,))
     except errors.InvalidSqlStatementName:
         # psycopg deallocates all prepared statements of a connection after any ROLLBACK on it.
         await conn.rollback()
         await prepare_session_statements(conn)
-        await cursor.execute(f"BEGIN; EXECUTE {LOCK_ENTITY}(%s)", (entity_id,))
+        await cursor.execute(f"BEGIN; EXECUTE {statement}(%s)", (parameter,))
     cursor.nextset()
-    row = await cursor.fetchone()
-    return row_to_entity(row) if row else None
+    return await cursor.fetchall()
 
 
 async def fetch_entity(conn: AsyncConnection, entity_id: str, *, for_update: bool = False) -> StoredEntity | None:
@@ -169,9 +185,23 @@ async def save_entity(conn: AsyncConnection, entity: StoredEntity) -> None:
     await save_entities(conn, [entity])
 
 
-def save_statement(entity: StoredEntity) -> tuple[str, tuple[Any, ...]]:
-    """`save_entity` as a statement and its parameters, to send along with other writes."""
-    return UPSERT_ENTITY, entity_params(entity)
+def save_statement(entities: list[StoredEntity]) -> tuple[str, tuple[Any, ...]]:
+    """`save_entities` as a statement and its parameters, to send along with other writes."""
+    if len(entities) == 1:
+        return UPSERT_ENTITY, entity_params(entities[0])
+    return UPSERT_ENTITIES, (entity_rows_json(entities),)
+
+
+def entity_rows_json(entities: list[StoredEntity]) -> str:
+    """The rows of UPSERT_ENTITIES as one JSON array."""
+    rows = [
+        (entity.id, entity.types, entity.scope, entity.doc, entity.created_at, entity.modified_at,
+         location_bbox(entity.doc))
+        for entity in entities
+    ]  # fmt: skip
+    # orjson writes the whole array (docs and timestamps included) in C; psycopg's executemany spent
+    # tens of microseconds of Python per row binding parameters, PostgreSQL one Bind/Execute per row.
+    return orjson.dumps(rows).decode()
 
 
 async def save_entities(conn: AsyncConnection, entities: list[StoredEntity]) -> None:
@@ -181,17 +211,7 @@ async def save_entities(conn: AsyncConnection, entities: list[StoredEntity]) -> 
     """
     if not entities:
         return
-    if len(entities) == 1:
-        await conn.execute(UPSERT_ENTITY, entity_params(entities[0]))
-        return
-    rows = [
-        (entity.id, entity.types, entity.scope, entity.doc, entity.created_at, entity.modified_at,
-         location_bbox(entity.doc))
-        for entity in entities
-    ]  # fmt: skip
-    # orjson writes the whole array (docs and timestamps included) in C; psycopg's executemany spent
-    # tens of microseconds of Python per row binding parameters, PostgreSQL one Bind/Execute per row.
-    await conn.execute(UPSERT_ENTITIES, (orjson.dumps(rows).decode(),))
+    await conn.execute(*save_statement(entities))
 
 
 async def delete_entities(conn: AsyncConnection, entity_ids: list[str]) -> list[StoredEntity]:

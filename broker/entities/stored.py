@@ -34,6 +34,12 @@ class StoredEntity:
     modified_at: datetime
     touched: set[str] = field(default_factory=set)
 
+    def copy(self) -> StoredEntity:
+        """A copy to change: its own type list, doc and attribute lists (the instances are replaced, never
+        changed in place, by the rules below), nothing touched yet."""
+        return StoredEntity(self.id, list(self.types), self.scope, {k: list(v) for k, v in self.doc.items()},
+                            self.created_at, self.modified_at)
+
     def as_change_state(self) -> dict[str, Any]:
         """The `before`/`after` dict of `broker.changes.EntityChange`."""
         return {

@@ -1,0 +1,173 @@
+"""Group commit: the single-entity writes that wait at the same time for one tenant share one transaction.
+
+Each write of a busy broker paid for its own transaction: three messages to PostgreSQL, statements
+parsed and planned, and a WAL flush at COMMIT. A tenant's writes now go through one queue; one task per
+tenant takes everything queued (up to `max_group` writes) and runs it as one transaction: the entities
+locked in one statement, each write applied in arrival order to the state the previous one left (the
+same entity twice is changed twice, in order), one state upsert with the history rows, one change-sink
+record, one COMMIT. A write that finds the queue idle goes at once; writes queue only while a
+transaction of their tenant is running, and that transaction is what they would have waited for anyway.
+
+Every write keeps its own answer: an error found in Python (a missing entity, an id taken) belongs to
+its write alone. When the group's transaction fails (PostgreSQL refuses a value, a broken geometry),
+each write of the group runs again on its own, so one bad write never fails another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from broker.entities import store
+from broker.entities.stored import StoredEntity
+from broker.storage.history import OpMode
+from ngsi.errors import NgsiError
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 64
+
+Write = tuple[StoredEntity | None, StoredEntity | None, OpMode, datetime]
+"""(before, after, opMode, at) of one write: `before` None on create, `after` None on delete."""
+
+Apply = Callable[[StoredEntity | None], tuple[StoredEntity | None, OpMode | None, Any]]
+"""A write's rule: from the entity's state (None: absent) to (the state after it — built on a copy, `before`
+is never changed; never None: deleting entities is not grouped —, its opMode or None when it changed
+nothing, the request's answer). Raises NgsiError for an error of that request alone. It may run twice
+(alone again after its group failed), so it must not depend on having run before."""
+
+Record = Callable[[AsyncConnection, str | None, list[Write], list[StoredEntity]], Awaitable[None]]
+"""Stores the states and writes the history rows and change events of writes, in the caller's transaction."""
+
+
+@dataclass(slots=True)
+class EntityWrite:
+    """One request's change of one entity, waiting for its group."""
+
+    entity_id: str
+    at: datetime
+    apply: Apply
+    answer: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class Lane:
+    """The writes of one tenant's database waiting for a transaction, and the task that runs them."""
+
+    tenant: str | None
+    pool: AsyncConnectionPool
+    queue: deque[EntityWrite] = field(default_factory=deque)
+    runner: asyncio.Task[None] | None = None
+
+
+class WriteGroups:
+    """Runs single-entity writes in per-tenant groups, one transaction per group, one answer per write."""
+
+    def __init__(self, record: Record, *, max_group: int = MAX_GROUP) -> None:
+        self._record = record
+        self._max_group = max(1, max_group)
+        self._lanes: dict[tuple[str | None, AsyncConnectionPool], Lane] = {}
+
+    async def write(self, tenant: str | None, pool: AsyncConnectionPool, entity_id: str, at: datetime,
+                    apply: Apply) -> Any:
+        """Apply one write in the next transaction of `tenant` and return its answer (or raise its error)."""
+        key = (tenant, pool)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = Lane(tenant, pool)
+        write = EntityWrite(entity_id, at, apply, asyncio.get_running_loop().create_future())
+        lane.queue.append(write)
+        if lane.runner is None:
+            lane.runner = asyncio.create_task(self._run_lane(key, lane))
+        return await write.answer
+
+    async def _run_lane(self, key: tuple[str | None, AsyncConnectionPool], lane: Lane) -> None:
+        try:
+            while lane.queue:
+                group = [lane.queue.popleft() for _ in range(min(len(lane.queue), self._max_group))]
+                await self._run_group(lane, group)
+        finally:
+            lane.runner = None
+            while lane.queue:  # only when cancelled (the broker stops): nobody will run these
+                lane.queue.popleft().answer.cancel()
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    async def _run_group(self, lane: Lane, group: list[EntityWrite]) -> None:
+        try:
+            try:
+                answers = await self._commit(lane, group)
+            except Exception as error:
+                if len(group) == 1:
+                    settle(group[0], Outcome(error=error))
+                    return
+                log.info("group commit failed, running its writes one by one writes=%d error=%s",
+                         len(group), type(error).__name__)
+                for write in group:
+                    try:
+                        outcome = (await self._commit(lane, [write]))[0]
+                    except Exception as alone:
+                        outcome = Outcome(error=alone)
+                    settle(write, outcome)
+                return
+            for write, outcome in zip(group, answers, strict=True):
+                settle(write, outcome)
+        except BaseException:
+            for write in group:
+                if not write.answer.done():
+                    write.answer.cancel()
+            raise
+
+    async def _commit(self, lane: Lane, group: list[EntityWrite]) -> list[Outcome]:
+        """One transaction for the group; its writes' outcomes (an NgsiError for a write refused in Python)."""
+        entity_ids = sorted({write.entity_id for write in group})
+        answers: list[Outcome] = []
+        async with lane.pool.connection() as conn, store.write_transaction(conn):
+            current = await store.lock_entities(conn, entity_ids)
+            writes: list[Write] = []
+            changed: set[str] = set()
+            for write in group:
+                before = current[write.entity_id]
+                try:
+                    after, op, answer = write.apply(before)
+                except NgsiError as error:
+                    answers.append(Outcome(error=error))
+                    continue
+                answers.append(Outcome(answer))
+                if op is None:
+                    continue
+                current[write.entity_id] = after
+                writes.append((before, after, op, write.at))
+                if after is not None and (after.touched or before is None):
+                    changed.add(write.entity_id)
+            if writes:
+                saving = [entity for entity_id in entity_ids if entity_id in changed
+                          if (entity := current[entity_id]) is not None]
+                await self._record(conn, lane.tenant, writes, saving)
+        return answers
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a write's request gets: its answer, or the error it raises."""
+
+    answer: Any = None
+    error: Exception | None = None
+
+
+def settle(write: EntityWrite, outcome: Outcome) -> None:
+    """Hand a write its answer, or raise its error in the request that waits for it."""
+    if write.answer.done():  # the request went away (its task was cancelled)
+        return
+    if outcome.error is not None:
+        write.answer.set_exception(outcome.error)
+    else:
+        write.answer.set_result(outcome.answer)
