@@ -76,10 +76,14 @@ class _Connection:
         self._socket: Any = None
         self._unsent = bytearray()
         setattr(self.client, "_sock_send", self._collect)  # noqa: B010 (a method on the instance)
+        # paho asks for the socket to be watched for writability after each queued packet; a write
+        # is due on the next loop turn instead (no epoll registration and removal per publish).
+        # Only what the socket does not take waits for writability (`_flush`).
+        self._write_due = False
+        self._watching_writable = False
         self.client.on_socket_register_write = (
-            lambda client, userdata, sock: self._in_loop(self._watch_writable, sock))
-        self.client.on_socket_unregister_write = (
-            lambda client, userdata, sock: self._in_loop(self._unwatch_writable, sock))
+            lambda client, userdata, sock: self._in_loop(self._write_soon, sock))
+        self.client.on_socket_unregister_write = None
 
     # ---- the socket in the event loop (paho calls these from the loop, or from the connecting thread)
 
@@ -110,24 +114,40 @@ class _Connection:
     def _unwatch(self, fd: int) -> None:
         self._socket = None
         self._unsent.clear()
+        self._watching_writable = False
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(fd)
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_writer(fd)
 
+    def _write_soon(self, fd: int) -> None:
+        if not self._write_due:
+            self._write_due = True
+            self._loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        """paho's queued packets go to `_unsent` (`_collect`), then to the socket in one send."""
+        self._write_due = False
+        self.client.loop_write()
+        self._flush()
+
     def _watch_writable(self, fd: int) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.add_writer(fd, self._writable)
+        if not self._watching_writable:
+            self._watching_writable = True
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.add_writer(fd, self._writable)
 
     def _unwatch_writable(self, fd: int) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_writer(fd)
+        if self._watching_writable:
+            self._watching_writable = False
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_writer(fd)
 
     def _readable(self) -> None:
         self.client.loop_read()
 
     def _writable(self) -> None:
-        self.client.loop_write()
+        """The socket takes data again: send what it did not take before."""
         self._flush()
 
     def _collect(self, data: bytes | bytearray) -> int:
@@ -150,6 +170,8 @@ class _Connection:
         del self._unsent[:sent]
         if self._unsent:
             self._watch_writable(sock.fileno())
+        else:
+            self._unwatch_writable(sock.fileno())
 
     async def _keep_alive(self) -> None:
         while True:
