@@ -130,6 +130,8 @@ def match_change(
 ) -> list[tuple[Subscription, dict[str, Any]]]:
     """Every live subscription the change notifies, with the entity its notification carries.
 
+    Subscriptions whose notifications carry equal entities get the same dict (not to be mutated).
+
     q and geoQ are not evaluated here: the caller checks them in SQL on the entity as the change
     left it (GS CIM 009 5.11), with the query engine's compiler.
     """
@@ -137,6 +139,8 @@ def match_change(
     if entity is None:
         return []
     matched = []
+    # Subscriptions that ask for the same attributes in the same way get the same (shared) entity.
+    built: dict[tuple[frozenset[str], bool, frozenset[str]], dict[str, Any]] = {}
     for sub in subscriptions:
         if not sub.is_live(now) or sub.time_interval is not None:
             continue
@@ -145,5 +149,9 @@ def match_change(
         fired = fired_attributes(sub, change)
         if fired is None:
             continue
-        matched.append((sub, notification_entity(sub, change, fired)))
+        key = (sub.notify_attributes, sub.show_changes, frozenset(fired))
+        notified = built.get(key)
+        if notified is None:
+            notified = built[key] = notification_entity(sub, change, fired)
+        matched.append((sub, notified))
     return matched

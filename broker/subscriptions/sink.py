@@ -35,25 +35,36 @@ class SubscriptionSink:
     async def record(self, conn: Any, changes: list[EntityChange]) -> None:
         if not changes:
             return
-        subscriptions = await self._registry.all(conn)
-        if not subscriptions:
+        subscriptions = await self._registry.subscriptions(conn)
+        if not subscriptions.entries:
             return
         now = datetime.now(UTC)
         rows: list[tuple[str, str, list[dict[str, Any]]]] = []
         for change in changes:
-            candidates = match_change((sub for sub, _ in subscriptions.values()), change, now)
+            entity = change.after or change.before
+            if entity is None:
+                continue
+            compiled = subscriptions.for_types(entity.get("types") or ())
+            if not compiled:
+                continue
+            candidates = match_change((sub for sub, _ in compiled), change, now)
             if change.after is not None and candidates:
                 # GS CIM 009 5.11: q and geoQ hold on the entity as the change left it.
-                filters = [subscriptions[sub.id][1] for sub, _ in candidates]
-                holds = await store.conditions_hold(conn, change.entity_id, [f.condition for f in filters])
-                candidates = [
-                    pair for pair, entity_filter, q_holds in zip(candidates, filters, holds, strict=True)
-                    if q_holds and entity_filter.geo_holds(change.after)
-                ]
-            for sub, entity in candidates:
+                filters = [subscriptions.entries[sub.id][1] for sub, _ in candidates]
+                if any(f.condition is not None or f.geo is not None for f in filters):
+                    holds = await store.conditions_hold(conn, change.entity_id, [f.condition for f in filters])
+                    candidates = [
+                        pair for pair, entity_filter, q_holds in zip(candidates, filters, holds, strict=True)
+                        if q_holds and entity_filter.geo_holds(change.after)
+                    ]
+            json_safe: dict[int, list[dict[str, Any]]] = {}  # subscriptions given the same entity share one list
+            for sub, notified in candidates:
                 if sub.throttling is not None and self._throttled(conn.info.dbname, sub.id, sub.throttling):
                     continue
-                rows.append((sub.id, new_notification_id(), [_json_safe(entity)]))
+                safe = json_safe.get(id(notified))
+                if safe is None:
+                    safe = json_safe[id(notified)] = [_json_safe(notified)]
+                rows.append((sub.id, new_notification_id(), safe))
         if rows:
             await store.enqueue(conn, rows)
             if self._on_enqueued is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -33,7 +33,8 @@ class OutboxRow:
     attempts: int
     next_attempt_at: datetime
     entities_json: str = ""
-    """`entities` as the outbox holds them: equal for the rows of one change that get the same entities."""
+    """A key for `entities`, equal for the rows of one change that get the same entities: the text
+    the outbox holds, or (for rows read from an announcement) `#<first seq>:<index>`."""
 
 
 async def insert_subscription(
@@ -92,11 +93,21 @@ async def all_subscriptions(conn: AsyncConnection) -> list[dict[str, Any]]:
         return await cur.fetchall()
 
 
-async def subscriptions_version(conn: AsyncConnection) -> tuple[int, datetime | None]:
-    """A cheap fingerprint of the subscription set (count, last modification) for cache checks."""
-    cur = await conn.execute("SELECT count(*), max(modified_at) FROM subscriptions")
+SubscriptionsVersion = tuple[int, int]
+"""How many subscriptions there are and a hash of their ids and modification times."""
+
+
+async def subscriptions_version(conn: AsyncConnection) -> SubscriptionsVersion:
+    """A cheap fingerprint of the subscription set for cache checks.
+
+    It changes when a subscription is created, deleted or modified (each sets `modified_at`), not
+    when deliveries update its counters; the hashes are summed, so the order of rows does not matter.
+    """
+    cur = await conn.execute(
+        "SELECT count(*), coalesce(sum(hashtextextended(id || modified_at::text, 0)), 0)::text FROM subscriptions"
+    )
     row = await cur.fetchone()
-    return (int(row[0]), row[1]) if row else (0, None)
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 async def delete_subscription(conn: AsyncConnection, subscription_id: str) -> bool:
@@ -106,38 +117,86 @@ async def delete_subscription(conn: AsyncConnection, subscription_id: str) -> bo
 
 NOTIFY_PAYLOAD_LIMIT = 7_900
 """PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more."""
+SEQ_TEXT_MAX = 20
+"""Characters a sequence number and its separator take at most in a NOTIFY payload."""
+ANNOUNCED_AT = datetime(1970, 1, 1, tzinfo=UTC)
+"""`next_attempt_at` of rows read from an announcement: first attempts, due at once."""
 
 
 async def enqueue(conn: AsyncConnection, rows: list[tuple[str, str, list[dict[str, Any]]]]) -> None:
     """Add notifications (subscription id, notification id, entities) in the caller's transaction.
 
-    One statement inserts the rows and queues one NOTIFY naming their sequence numbers (or `*`
-    when they do not fit a payload). NOTIFY is delivered to listeners only when the transaction
-    commits, so the notifier never sees a notification of a change that rolled back, and it reads
-    exactly the committed rows, in commit order, without scanning the outbox.
+    One statement inserts the rows and queues one NOTIFY announcing them: their sequence numbers,
+    then (when it fits a payload) a newline and the rows themselves, so that the notifier need
+    not read them back (see `parse_announcement`); `*` when not even the numbers fit. NOTIFY is
+    delivered to listeners only when the transaction commits, so the notifier never sees a
+    notification of a change that rolled back, and it learns exactly the committed rows, in
+    commit order, without scanning the outbox.
     """
     if not rows:
         return
-    # One jsonb parameter (dumped by orjson) is far cheaper to send than three text-format arrays.
+    # jsonb parameters (dumped by orjson) are far cheaper to send than text-format arrays. Rows
+    # that carry the same entities list (one change notified to several subscriptions) send it once.
+    index_of: dict[int, int] = {}
+    distinct: list[list[dict[str, Any]]] = []
+    records = []
+    for sub_id, notification_id, entities in rows:
+        index = index_of.get(id(entities))
+        if index is None:
+            index = index_of[id(entities)] = len(distinct)
+            distinct.append(entities)
+        records.append({"s": sub_id, "n": notification_id, "i": index})
+    distinct_json, records_json = orjson.dumps(distinct), orjson.dumps(records)
+    rows_text = b'\n{"r":' + records_json + b',"e":' + distinct_json + b"}"
+    with_rows_limit = NOTIFY_PAYLOAD_LIMIT - len(rows_text)
+    if with_rows_limit <= SEQ_TEXT_MAX * len(rows):
+        rows_text, with_rows_limit = b"", -1
     await conn.execute(
         "WITH added AS (INSERT INTO subscription_outbox (subscription_id, notification_id, entities)"
-        " SELECT r.s, r.n, r.e FROM jsonb_to_recordset(%s) AS r(s text, n text, e jsonb) RETURNING seq),"
-        " announced AS (SELECT pg_notify(%s, CASE WHEN sum(length(seq::text) + 1) < %s"
-        "   THEN string_agg(seq::text, ' ' ORDER BY seq) ELSE '*' END) FROM added)"
+        " SELECT r.s, r.n, %s::jsonb -> r.i FROM jsonb_to_recordset(%s) AS r(s text, n text, i int) RETURNING seq),"
+        " announced AS (SELECT pg_notify(%s, CASE"
+        "   WHEN sum(length(seq::text) + 1) < %s THEN string_agg(seq::text, ' ' ORDER BY seq) || %s"
+        "   WHEN sum(length(seq::text) + 1) < %s THEN string_agg(seq::text, ' ' ORDER BY seq)"
+        "   ELSE '*' END) FROM added)"
         " SELECT 1 FROM announced",
-        (Jsonb([{"s": sub_id, "n": notification_id, "e": entities} for sub_id, notification_id, entities in rows]),
-         OUTBOX_CHANNEL, NOTIFY_PAYLOAD_LIMIT),
+        (Jsonb(distinct, dumps=lambda _: distinct_json), Jsonb(records, dumps=lambda _: records_json),
+         OUTBOX_CHANNEL, with_rows_limit, rows_text.decode(), NOTIFY_PAYLOAD_LIMIT),
     )
 
 
-def parse_announcement(payload: str) -> list[int] | None:
-    """The sequence numbers an outbox NOTIFY names; None means "some rows, look at every lane"."""
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """What one outbox NOTIFY says: the rows a transaction added, or only their numbers, or neither."""
+
+    seqs: list[int] | None
+    """None: some rows, look at every lane."""
+    rows: list[OutboxRow] | None = None
+    """The rows themselves when they fitted the payload (in `seq` order); None: read them by `seqs`."""
+
+
+def parse_announcement(payload: str) -> Announcement:
+    """The rows (or sequence numbers) an outbox NOTIFY names; a payload it cannot read means "look everywhere"."""
     if payload == "*":
-        return None
+        return Announcement(None)
+    numbers, newline, rows_text = payload.partition("\n")
     try:
-        return [int(seq) for seq in payload.split()]
+        seqs = [int(seq) for seq in numbers.split()]
     except ValueError:
-        return None
+        return Announcement(None)
+    if not newline:
+        return Announcement(seqs)
+    try:
+        announced = orjson.loads(rows_text)
+        records, distinct = announced["r"], announced["e"]
+        # Rows of one change share their entities: one parsed list, one key for its rendering.
+        rows = [
+            OutboxRow(seq, record["s"], record["n"], distinct[record["i"]], 0, ANNOUNCED_AT,
+                      f"#{seqs[0]}:{record['i']}")
+            for seq, record in zip(seqs, records, strict=True)
+        ]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        return Announcement(seqs)  # read them from the outbox instead
+    return Announcement(seqs, rows)
 
 
 OUTBOX_ROW_COLUMNS = "seq, subscription_id, notification_id, entities::text, attempts, next_attempt_at"

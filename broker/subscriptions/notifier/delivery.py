@@ -227,14 +227,18 @@ class DatabaseWorker:
                 except Exception as error:  # the rows stay in the outbox: the sweep hands them over
                     log.warning("notifier could not read announced rows database=%s error=%s", self.database, error)
 
-    async def _hand_over(self, announced: list[list[int] | None]) -> None:
-        if any(seqs is None for seqs in announced):
+    async def _hand_over(self, announced: list[store.Announcement]) -> None:
+        if any(announcement.seqs is None for announcement in announced):
             await self._sweep_once()
-        wanted = [seq for seqs in announced if seqs is not None for seq in seqs]
+        wanted = [seq for announcement in announced if announcement.seqs is not None for seq in announcement.seqs]
         if not wanted:
             return
-        async with self._pool.connection() as conn:
-            rows = {row.seq: row for row in await store.fetch_rows(conn, wanted)}
+        # Most announcements carry their rows; only the others are read (one query for all of them).
+        rows = {row.seq: row for announcement in announced if announcement.rows for row in announcement.rows}
+        unread = [seq for seq in wanted if seq not in rows]
+        if unread:
+            async with self._pool.connection() as conn:
+                rows.update((row.seq, row) for row in await store.fetch_rows(conn, unread))
         woken: dict[str, _Lane] = {}
         for seq in wanted:
             row = rows.get(seq)
