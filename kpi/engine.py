@@ -1,25 +1,26 @@
 """The subscription-driven KPI engine: a change notification → the windows it affects → recomputed KPI entities.
 
-Flow: the engine registers one subscription per source type (deterministic id, so a restart
-reuses it) with MQTT (default) or HTTP notifications. A notification carries the new values and
-their `observedAt`; they go into the source's in-memory observations (`kpi.observations`), and
-each affected (definition, entity, window) becomes a job. The first job of a source seeds its
-observations once from the temporal API, bounded to the spans the loaded definitions need
-around its latest observation; after that, windows are evaluated from memory, and only a window
-older than what memory holds (late data) is read from the temporal API. Jobs of one source entity
-run together and never concurrently; long windows (a year of data) are evaluated in a thread so
-that hourly KPIs never wait behind them. Results of all sources are written together: one batch
-upsert every few milliseconds (`kpi_write_coalesce_s`), not one request per KPI. A job already
-waiting absorbs new changes (coalescing); `trigger.min_interval_s` spaces out recalculations of
-long windows. Scheduled definitions are recomputed every `every_s` for the window that contains
-now (read from the temporal API: nothing notifies them). `stop()` drains the queue and the
-writes, so a graceful restart loses nothing; changes made while the engine is down wait in its
-persistent MQTT session, and a restart seeds again from the history.
+Flow: the engine registers one subscription per source type (deterministic id, so a restart reuses
+it) with MQTT (default) or HTTP notifications. A notification carries the new values and their
+`observedAt`; they go into the source's in-memory observations (`kpi.observations`), and each
+affected (definition, entity, window) becomes a job. The first job of a source seeds its
+observations once from the temporal API, bounded to the spans the loaded definitions need around
+its latest observation; after that, windows are evaluated from memory, and only a window older than
+what memory holds (late data) is read from the temporal API. Jobs of one source entity run together
+and never concurrently; windows of many values (a year of data) are evaluated in a thread so that
+hourly KPIs never wait behind them (their results are queued first). Results of all sources are
+written together: one batch upsert every few milliseconds (`kpi_write_coalesce_s`), not one request
+per KPI. A job already waiting absorbs new changes (coalescing); `trigger.min_interval_s` spaces
+out recalculations of long windows. Scheduled definitions are recomputed every `every_s` for the
+window that contains now (read from the temporal API: nothing notifies them). `stop()` drains the
+queue and the writes, so a graceful restart loses nothing; changes made while the engine is down
+wait in its persistent MQTT session, and a restart seeds again from the history.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -52,7 +53,7 @@ class Job:
     source_id: str
     window: Window
 
-    @property
+    @functools.cached_property
     def key(self) -> JobKey:
         return (self.definition.id, self.source_id, self.window.start)
 
@@ -112,8 +113,9 @@ WRITES_IN_FLIGHT = 3
 WRITE_RETRY_S = 1.0
 """Wait before a batch the broker did not answer is sent again."""
 
-LONG_SPAN = timedelta(days=2)
-"""Windows whose data span is longer than this are evaluated in a thread (a year is ~10^4 values)."""
+LONG_WORK_VALUES = 2000
+"""Windows holding more values than this are evaluated in a thread (a year of hourly values is ~10^4;
+a year that has just begun is evaluated at once, as handing it to a thread would cost more)."""
 
 
 def _calculate_all(work: list[tuple[Job, Observations]], source_id: str) -> list[KpiEntity]:
@@ -294,9 +296,15 @@ class KpiEngine:
             return
         self._record(source_id, entity)
         moments_of = {name: observed_moments(entity, (name,)) for name in self._notified_attributes}
+        moments_by_attributes: dict[tuple[str, ...], set[datetime]] = {}
         windows: dict[tuple[str, datetime, tzinfo], list[Window]] = {}
         for definition in definitions:
-            moments = set().union(*(moments_of.get(name, ()) for name in definition.source.attributes))
+            attributes = definition.source.attributes
+            moments = moments_by_attributes.get(attributes)
+            if moments is None:
+                moments = moments_by_attributes[attributes] = set().union(
+                    *(moments_of.get(name, ()) for name in attributes)
+                )  # fmt: skip
             if not moments:
                 continue
             latest = max(moments)
@@ -425,16 +433,17 @@ class KpiEngine:
 
     def enqueue(self, job: Job) -> None:
         source = job.source_id
+        key = job.key
         interval = job.definition.trigger.min_interval_s
-        if interval > 0 and job.key not in self._pending.get(source, {}):
-            wait = self._last_run.get(job.key, float("-inf")) + interval - time.monotonic()
+        if interval > 0 and key not in self._pending.get(source, {}):
+            wait = self._last_run.get(key, float("-inf")) + interval - time.monotonic()
             if wait > 0:
-                if job.key not in self._deferred:
-                    self._deferred.add(job.key)
+                if key not in self._deferred:
+                    self._deferred.add(key)
                     self._idle.clear()
                     asyncio.get_running_loop().call_later(wait, self._release, job)
                 return
-        self._pending.setdefault(source, {})[job.key] = job
+        self._pending.setdefault(source, {})[key] = job
         self.stats.jobs += 1
         self._idle.clear()
         if source not in self._queued and source not in self._running:
@@ -483,23 +492,29 @@ class KpiEngine:
             state = await self._seeded(source_id, entity_type, context, live) if live else None
             long_work: list[tuple[Job, Observations]] = []
             from_api: list[Job] = []
+            short: list[KpiEntity] = []
             for job in group:
                 start, end = job.span()
                 if state is None or not job.definition.trigger.on_change or not state.covers(start):
                     from_api.append(job)
                     continue
                 observations = state.observations(job.definition.source.attributes, start, end)
-                if end - start > LONG_SPAN:
+                if sum(map(len, observations.values())) > LONG_WORK_VALUES:
                     long_work.append((job, observations))
                 else:
-                    results.append(calculate_kpi(job.definition, source_id, observations, job.window))
+                    short.append(calculate_kpi(job.definition, source_id, observations, job.window))
+            # What is ready goes out now: the hourly KPIs never wait for a year or a read.
+            self._queue_writes(short)
+            results.extend(short)
+            later: list[KpiEntity] = []
             if from_api:
-                results.extend(await self._run_from_history(source_id, entity_type, context, from_api))
+                later.extend(await self._run_from_history(source_id, entity_type, context, from_api))
             if long_work:
-                results.extend(await asyncio.to_thread(_calculate_all, long_work, source_id))
+                later.extend(await asyncio.to_thread(_calculate_all, long_work, source_id))
+            self._queue_writes(later)
+            results.extend(later)
             if state is not None:
                 self._trim(source_id, entity_type, state)
-        self._queue_writes(results)
         return results
 
     async def _run_from_history(

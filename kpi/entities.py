@@ -9,9 +9,12 @@ an entity depends on the clock, so recomputing a window yields the same entity.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
+
+import orjson
 
 from kpi.catalogue import Calculator, KpiResult, Observations, latest_observation
 from kpi.definitions import KpiDefinition
@@ -31,6 +34,7 @@ DYNAMIC_ATTRIBUTES = (
 """Attributes that change from one calculation to the next (the rest is written once)."""
 
 
+@functools.lru_cache(maxsize=65536)
 def station_name(source_id: str) -> str:
     """The last segment of a source entity id (`urn:ngsi-ld:AirQualityObserved:beijing:Dongsi` → `Dongsi`)."""
     return sanitise_id_part(source_id.rsplit(":", 1)[-1]) or "station"
@@ -41,7 +45,12 @@ def period_label(definition: KpiDefinition, window: Window) -> str:
 
 
 def kpi_entity_id(definition: KpiDefinition, source_id: str, window: Window) -> str:
-    parts = (definition.city, definition.id, station_name(source_id), period_label(definition, window))
+    return _entity_id(definition.city, definition.id, station_name(source_id), period_label(definition, window))
+
+
+@functools.lru_cache(maxsize=65536)
+def _entity_id(*parts: str) -> str:
+    # Cached: a live engine builds the same few thousand ids (definition × station × period) over and over.
     return f"urn:ngsi-ld:{KPI_TYPE}:" + ":".join(sanitise_id_part(part) for part in parts)
 
 
@@ -65,10 +74,44 @@ class KpiEntity:
     id: str
     entity: dict[str, Any]
 
+    @functools.cached_property
+    def encoded(self) -> dict[str, bytes]:
+        """Each dynamic attribute the entity has as JSON with sorted keys (made once: the writer compares
+        them with what it sent and fingerprints windows with them several times per write)."""
+        return {
+            name: orjson.dumps(self.entity[name], option=orjson.OPT_SORT_KEYS)
+            for name in DYNAMIC_ATTRIBUTES if name in self.entity
+        }  # fmt: skip
+
     def dynamic(self) -> dict[str, Any]:
         """The entity with only the attributes that change between calculations."""
         keep = {"id", "type", "@context", *DYNAMIC_ATTRIBUTES}
         return {k: v for k, v in self.entity.items() if k in keep}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowParts:
+    """What the entities of every definition and station share for one window (computed once per window).
+
+    The dicts are shared between entities: nothing may change them (writers copy what they amend).
+    """
+
+    observed_at: str
+    calculation_period: dict[str, Any]
+    date_next_calculation: dict[str, Any]
+    provenance_window: dict[str, Any]
+
+
+@functools.lru_cache(maxsize=4096)
+def window_parts(window: Window) -> WindowParts:
+    """The window's `observedAt`, `calculationPeriod`, `dateNextCalculation` and provenance `window`."""
+    next_window = window.following()
+    return WindowParts(
+        _utc(value_time(window)),
+        _prop({"from": window.first_day.isoformat(), "to": window.last_day.isoformat()}),
+        _prop({"@type": "Date", "@value": next_window.first_day.isoformat()}),
+        {"kind": window.kind, "start": window.start.isoformat(), "end": window.end.isoformat(), "label": window.label},
+    )
 
 
 def measured_attributes(definition: KpiDefinition, window: Window, result: KpiResult) -> dict[str, Any]:
@@ -76,7 +119,7 @@ def measured_attributes(definition: KpiDefinition, window: Window, result: KpiRe
 
     These are what a window adds to a series entity's history (the backfill writes only them).
     """
-    observed_at = _utc(value_time(window))
+    observed_at = window_parts(window).observed_at
     # NGSI-LD has no null Property value: a KPI without a value says why in words.
     value = result.value if result.value is not None else NO_VALUE
     kpi_value: dict[str, Any] = {"type": "Property", "value": value, "observedAt": observed_at}
@@ -153,7 +196,7 @@ def kpi_entity(
     shared = prepared(definition)
     entity_id = kpi_entity_id(definition, source_id, window)
     station = station_name(source_id)
-    next_window = window.following()
+    parts = window_parts(window)
     measured = measured_attributes(definition, window, result)
     entity: dict[str, Any] = {
         "id": entity_id,
@@ -162,14 +205,9 @@ def kpi_entity(
         "area": _prop(station),
         "refSourceEntity": {"type": "Relationship", "object": source_id},
         "kpiValue": measured["kpiValue"],
-        "calculationPeriod": _prop({"from": window.first_day.isoformat(), "to": window.last_day.isoformat()}),
-        "dateNextCalculation": _prop({"@type": "Date", "@value": next_window.first_day.isoformat()}),
-        "provenance": _prop({
-            **shared.provenance,
-            "window": {"kind": window.kind, "start": window.start.isoformat(), "end": window.end.isoformat(),
-                       "label": window.label},
-            "sources": [source_id],
-        }),
+        "calculationPeriod": parts.calculation_period,
+        "dateNextCalculation": parts.date_next_calculation,
+        "provenance": _prop({**shared.provenance, "window": parts.provenance_window, "sources": [source_id]}),
         "@context": [KPI_CONTEXT],
     }
     if latest_observation is not None:

@@ -8,6 +8,7 @@ the attributes it returned, and instances seen twice are merged.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,9 @@ History = dict[str, dict[str, Series]]
 MAX_ENTITIES_PER_REQUEST = 100
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_time(text: str) -> datetime:
+    # Cached: a notification's attributes, and every station's report of one hour, share their observedAt.
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

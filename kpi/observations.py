@@ -9,6 +9,7 @@ corrected value), except that history read while seeding never replaces a notifi
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,9 @@ def to_micros(moment: datetime) -> int:
     return (moment - EPOCH) // _MICROSECOND
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def from_micros(micros: int) -> datetime:
+    # Cached: every station's windows slice the same hours again and again (a datetime is immutable).
     return EPOCH + timedelta(microseconds=micros)
 
 

@@ -7,8 +7,9 @@ an instanceId derived from the KPI entity, the attribute and the window's `obser
 For each KPI entity the writer knows the newest `kpiValue.observedAt` it holds (read once from
 the broker per entity and process). A newer window is upserted (whole the first time this
 process writes the entity, afterwards only the attributes whose value changed), which also adds
-it to the entity's history; when one batch holds several new windows of an entity, they go out in as many
-batch upserts, oldest first, so each one is the entity's current value in turn. A window
+it to the entity's history; when one batch holds several new windows of an entity, they go out
+oldest first, so each one is the entity's current value in turn: in one batch upsert on this
+project's broker (it applies a batch's entries in order), else in as many batch upserts. A window
 rewritten with a new value REPLACES its history instance (GS CIM 009 5.6.19, PATCH of the
 instance): at once for an older window (late data, a day that completed after the next began);
 for the current window, whose updates the broker keeps out of the history (its instanceId is
@@ -41,8 +42,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-
-import orjson
 
 from kpi.entities import DYNAMIC_ATTRIBUTES, KPI_TYPE, KpiEntity
 from kpi.history import parse_time
@@ -92,16 +91,13 @@ def with_instance_ids(kpi: KpiEntity) -> KpiEntity:
     return KpiEntity(kpi.id, entity)
 
 
-def _fingerprint(entity: dict[str, Any]) -> bytes:
-    return orjson.dumps({k: entity.get(k) for k in DYNAMIC_ATTRIBUTES}, option=orjson.OPT_SORT_KEYS)
+def _fingerprint(kpi: KpiEntity, names: Sequence[str] = DYNAMIC_ATTRIBUTES) -> bytes:
+    encoded = kpi.encoded
+    return b"\x00".join(name.encode() + b"=" + encoded.get(name, b"-") for name in names)
 
 
-def _attribute_bytes(attribute: Any) -> bytes:
-    return orjson.dumps(attribute, option=orjson.OPT_SORT_KEYS)
-
-
-def _history_fingerprint(entity: dict[str, Any]) -> bytes:
-    return orjson.dumps({k: entity.get(k) for k in HISTORY_ATTRIBUTES}, option=orjson.OPT_SORT_KEYS)
+def _history_fingerprint(kpi: KpiEntity) -> bytes:
+    return _fingerprint(kpi, HISTORY_ATTRIBUTES)
 
 
 def is_series(kpi: KpiEntity) -> bool:
@@ -235,7 +231,7 @@ class KpiWriter:
             rank = 0
             for stamp, kpi in sorted(latest_per_time.items()):
                 key = (entity_id, stamp)
-                fingerprint = _fingerprint(kpi.entity)
+                fingerprint = _fingerprint(kpi)
                 if self._written.get(key) == fingerprint:
                     self.skipped += 1
                     continue
@@ -261,21 +257,27 @@ class KpiWriter:
         # sees the newer value also finds every older one (entities that do not exist yet get
         # their history after the upsert creates them).
         sent += await self._write_older({e: older.pop(e) for e in [e for e in older if e in stored]})
-        for upserts in rounds:
-            sent += await self._upsert(upserts)
+        if rounds and await self.replacing_broker():
+            # This project's broker applies a batch's entries in order (each one's history rows
+            # and notification too): an entity's new windows, oldest first, go in one request.
+            sent += await self._upsert([kpi for upserts in rounds for kpi in upserts])
+        else:
+            for upserts in rounds:
+                sent += await self._upsert(upserts)
         sent += await self._write_older(older)
         self.writes += sent
         return sent
 
     async def _upsert(self, upserts: list[KpiEntity]) -> int:
-        """One batch upsert; the current windows it supersedes get their final value into the history."""
+        """One batch upsert (an entity's windows in time order); the current windows it supersedes get
+        their final value into the history."""
         replacing = await self.replacing_broker()
-        superseded = []
+        candidates = {(kpi.id, value_time(kpi)): kpi for kpi in (self._current.get(k.id) for k in upserts) if kpi}
+        payload = []
+        sending: dict[str, dict[str, bytes]] = {}
         for kpi in upserts:
-            previous = self._current.get(kpi.id)
-            if previous is not None and value_time(previous) < value_time(kpi) and self._history_lags(previous):
-                superseded.append(previous)
-        payload = [self._changed_part(kpi) for kpi in upserts]
+            payload.append(self._changed_part(kpi, sending.get(kpi.id)))
+            sending[kpi.id] = kpi.encoded
         self.upserts += 1
         self.upserted += len(payload)
         result = await self.client.batch_upsert(payload, mode="update")
@@ -286,7 +288,8 @@ class KpiWriter:
             if kpi.id in failed:
                 continue
             key = (kpi.id, value_time(kpi))
-            self._written[key] = _fingerprint(kpi.entity)
+            candidates[key] = kpi
+            self._written[key] = _fingerprint(kpi)
             # A new window's upsert adds its instances to the history; a rewrite of the current
             # window replaces them on a replacing broker (unless it lost an attribute, whose
             # instance only a catch-up removes), elsewhere it leaves the history behind.
@@ -298,26 +301,34 @@ class KpiWriter:
             if key[1] >= self._newest.get(kpi.id, ""):
                 self._newest[kpi.id] = key[1]
             self._full_written.add(kpi.id)
-            self._sent[kpi.id] = {name: _attribute_bytes(kpi.entity[name]) for name in DYNAMIC_ATTRIBUTES
-                                  if name in kpi.entity}  # fmt: skip
-        await self._concurrently([(kpi.id, [kpi]) for kpi in superseded if kpi.id not in failed])
+            self._sent[kpi.id] = kpi.encoded
+        superseded = [
+            kpi for (entity_id, stamp), kpi in candidates.items()
+            if entity_id not in failed and stamp < value_time(self._current[entity_id]) and self._history_lags(kpi)
+        ]  # fmt: skip
+        await self._concurrently([(kpi.id, [kpi]) for kpi in superseded])
         return len(upserts) - len(failed)
 
-    def _changed_part(self, kpi: KpiEntity) -> dict[str, Any]:
+    def _changed_part(self, kpi: KpiEntity, before: dict[str, bytes] | None = None) -> dict[str, Any]:
         """What an upsert must send: the whole entity the first time, then only the attributes whose
-        value differs from what the current state holds (each one sent is a history row more)."""
+        value differs from what the current state holds (each one sent is a history row more).
+
+        `before`: what an earlier entry of the same batch leaves in the current state.
+        """
         entity = with_instance_ids(kpi).entity
-        if kpi.id not in self._full_written:
-            return entity
-        sent = self._sent.get(kpi.id, {})
+        if before is None:
+            if kpi.id not in self._full_written:
+                return entity
+            before = self._sent.get(kpi.id, {})
+        encoded = kpi.encoded
         part: dict[str, Any] = {k: entity[k] for k in ("id", "type", "@context") if k in entity}
         for name in DYNAMIC_ATTRIBUTES:
-            if name in kpi.entity and sent.get(name) != _attribute_bytes(kpi.entity[name]):
+            if name in encoded and before.get(name) != encoded[name]:
                 part[name] = entity[name]
         return part
 
     def _history_lags(self, kpi: KpiEntity) -> bool:
-        return self._history.get((kpi.id, value_time(kpi))) != _history_fingerprint(kpi.entity)
+        return self._history.get((kpi.id, value_time(kpi))) != _history_fingerprint(kpi)
 
     async def flush_history(self, *, series: bool | None = None) -> int:
         """Bring the history instances of the current windows up to their last written value.
@@ -354,13 +365,13 @@ class KpiWriter:
         for kpi in held:
             await self.replace_history(kpi)
         for kpi in windows:
-            self._written[(kpi.id, value_time(kpi))] = _fingerprint(kpi.entity)
+            self._written[(kpi.id, value_time(kpi))] = _fingerprint(kpi)
             self._remember_history(kpi)
         return len(windows)
 
     def _remember_history(self, kpi: KpiEntity) -> None:
         key = (kpi.id, value_time(kpi))
-        self._history[key] = _history_fingerprint(kpi.entity)
+        self._history[key] = _history_fingerprint(kpi)
         self._history_attributes[key] = frozenset(name for name in HISTORY_ATTRIBUTES if name in kpi.entity)
 
     async def append_history(self, entity_id: str, kpis: Sequence[KpiEntity]) -> None:

@@ -93,6 +93,25 @@ async def test_a_day_completed_in_the_same_write_that_begins_the_next_keeps_its_
     assert await history(client, partial.id, "kpiValue") == values
 
 
+@pytest.mark.parametrize("replacing", [None, False], ids=["one-upsert", "an-upsert-per-window"])
+async def test_new_windows_of_one_entity_in_one_write_each_reach_the_history_and_the_newest_is_current(
+    client: AsyncBrokerClient, station_id: str, replacing: bool | None
+) -> None:
+    """What an engine that fell behind writes: three days of one station at once."""
+    writer = KpiWriter(client, upsert_replaces_history=replacing)
+    days = [daily_kpi(station_id, day, 20 + day) for day in range(3)]
+    await writer.write([days[2], days[0], days[1]])
+    assert await history(client, days[0].id, "kpiValue") == [
+        (day_start(day), kpi.entity["kpiValue"]["value"]) for day, kpi in enumerate(days)
+    ]
+    assert [c["valid"] for _, c in await history(client, days[0].id, "coverage")] == [20, 21, 22]
+    current = await client.get_entity(days[0].id)
+    assert current["kpiValue"]["value"] == days[2].entity["kpiValue"]["value"]
+    assert current["coverage"]["value"]["valid"] == 22
+    assert writer.upserts == (1 if replacing is None else 3)
+    assert await writer.flush_history() == 0
+
+
 @pytest.mark.parametrize("replacing", [None, False], ids=["broker-replaces-rows", "catch-up-as-for-orion-ld"])
 async def test_the_current_window_rewritten_reaches_the_history_when_superseded_or_flushed(
     client: AsyncBrokerClient, station_id: str, replacing: bool | None
