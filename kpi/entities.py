@@ -59,6 +59,7 @@ def value_time(window: Window) -> datetime:
     return window.start if window.kind in SERIES_KINDS else window.end
 
 
+@functools.lru_cache(maxsize=4096)
 def _utc(moment: datetime) -> str:
     return format_timestamp(moment.astimezone(UTC))
 

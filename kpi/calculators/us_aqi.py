@@ -12,6 +12,7 @@ ppb = µg/m³ × 24.45 / MW.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
@@ -95,6 +96,7 @@ def truncate_concentration(metric: str, concentration: float) -> Decimal:
     return Decimal(repr(float(concentration))).quantize(quantum, rounding=ROUND_DOWN)
 
 
+@functools.lru_cache(maxsize=65536)
 def aqi_sub_index(metric: str, concentration: float) -> UsAqi | None:
     """Sub-index of one metric (`pm25_24h`, `o3_8h`, `no2_1h` … in the TAD's units).
 
@@ -102,6 +104,7 @@ def aqi_sub_index(metric: str, concentration: float) -> UsAqi | None:
     0.200 ppm where the 1-hour value must be used, 1-hour SO2 above 304 ppb where the 24-hour
     value must be used). Above the top breakpoint the category is "Beyond the AQI".
     """
+    # Cached (pure, and the result is immutable): a live engine sees the same rounded values again and again.
     if concentration < 0:
         raise ValueError(f"a concentration cannot be negative: {metric}={concentration}")
     rows = AQI_BREAKPOINTS_2024[metric]
