@@ -59,9 +59,14 @@ def value_time(window: Window) -> datetime:
     return window.start if window.kind in SERIES_KINDS else window.end
 
 
-@functools.lru_cache(maxsize=4096)
 def _utc(moment: datetime) -> str:
-    return format_timestamp(moment.astimezone(UTC))
+    return _utc_text(moment.astimezone(UTC))
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_text(moment: datetime) -> str:
+    # Keyed by the UTC time: local times equal on the wall but not in time (a DST fold) must not meet here.
+    return format_timestamp(moment)
 
 
 def _prop(value: Any, **extra: Any) -> dict[str, Any]:
@@ -103,9 +108,24 @@ class WindowParts:
     provenance_window: dict[str, Any]
 
 
-@functools.lru_cache(maxsize=4096)
+_WINDOW_PARTS: dict[tuple[str, float, float, tzinfo | None], WindowParts] = {}
+WINDOW_PARTS_KEPT = 4096
+
+
 def window_parts(window: Window) -> WindowParts:
     """The window's `observedAt`, `calculationPeriod`, `dateNextCalculation` and provenance `window`."""
+    # Keyed by instants, not by the window: two local times equal on the wall (the hour a DST change
+    # repeats) compare and hash alike.
+    key = (window.kind, window.start.timestamp(), window.end.timestamp(), window.start.tzinfo)
+    found = _WINDOW_PARTS.get(key)
+    if found is None:
+        if len(_WINDOW_PARTS) >= WINDOW_PARTS_KEPT:
+            _WINDOW_PARTS.clear()
+        found = _WINDOW_PARTS[key] = _window_parts(window)
+    return found
+
+
+def _window_parts(window: Window) -> WindowParts:
     next_window = window.following()
     return WindowParts(
         _utc(value_time(window)),
