@@ -35,7 +35,8 @@ Phases and keys of the JSON line:
   with one entity (new observation of a random existing station) as soon as the previous answer
   arrived, for `SINGLE_UPSERT_SECONDS` after a warm-up; 2xx answers / seconds. The clients run in
   a separate process on raw keep-alive HTTP/1.1 connections (bench/_harness.py); its CPU share is
-  reported so one can see it was not the bottleneck.
+  reported so one can see it was not the bottleneck. `details.single_upsert.writes_per_transaction`: how many
+  of these writes the broker's group commit put into one transaction, on average.
 - `query_q_p95_ms`: `GET /entities?type=AirQualityObserved&q=pm25>X&limit=100` with X random in
   the value range, one request at a time, p95 of the wall time per request (client included).
 - `query_near_p95_ms`: `GET /entities?type=AirQualityObserved&georel=near;maxDistance==1000&geometry=Point
@@ -68,6 +69,7 @@ from multiprocessing import get_context
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import orjson
 import psycopg
 from psycopg import sql
@@ -378,6 +380,12 @@ def get_targets(rng: random.Random, n_entities: int) -> list[str]:
     return [f"{API}/entities/{quote(entity_id(rng.randrange(n_entities)), safe=':')}" for _ in range(GET_REPETITIONS)]
 
 
+def write_groups(broker: BrokerUnderTest) -> dict[str, int]:
+    """The broker's group-commit counters (GET /health): transactions of single-entity writes, writes in them."""
+    health = httpx.get(f"{broker.base_url}/health", timeout=10).json()
+    return health.get("write_groups") or {"groups": 0, "writes": 0}
+
+
 def rounded(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -431,6 +439,7 @@ async def measure(broker: BrokerUnderTest, result: dict[str, Any], details: dict
 
         log(f"single-entity upserts, {SINGLE_UPSERT_CLIENTS} clients, {SINGLE_UPSERT_SECONDS:.0f}s")
         cpu_broker, cpu_pg = cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid)
+        groups_before = write_groups(broker)
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             load = await asyncio.wrap_future(pool.submit(
                 single_upsert_load, broker.host, broker.port, n_loaded, SINGLE_UPSERT_CLIENTS,
@@ -446,6 +455,11 @@ async def measure(broker: BrokerUnderTest, result: dict[str, Any], details: dict
             "broker_cpu_share": round((cpu_seconds(broker.pid) - cpu_broker) / wall, 3),
             "postgres_cpu_share": round((process_tree_cpu_seconds(broker.postgres_pid) - cpu_pg) / wall, 3),
         }
+        groups_after = write_groups(broker)
+        groups = groups_after["groups"] - groups_before["groups"]
+        if groups:
+            details["single_upsert"]["writes_per_transaction"] = round(
+                (groups_after["writes"] - groups_before["writes"]) / groups, 2)
         if load["error"]:
             errors["single_upsert"] = load["error"]
         result["single_upsert_rps"] = round(load["ok"] / load["seconds"]) if load["ok"] else None

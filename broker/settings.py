@@ -25,3 +25,5 @@ class BrokerSettings(BaseSettings):
     # Concurrent single-entity writes of a tenant share one transaction, up to this many
     # (broker/entities/write_groups.py).
     group_commit_max_writes: int = 64
+    # After a group of several writes, wait at most this long for as many again (a lone write never waits).
+    group_commit_gather_ms: float = 5.0

@@ -87,16 +87,17 @@ class EntityService:
         self.databases = databases
         self.sink = sink
         self.settings = settings
-        self.groups = WriteGroups(self.record, max_group=settings.group_commit_max_writes)
+        self.groups = WriteGroups(self.record, max_group=settings.group_commit_max_writes,
+                                  gather_s=settings.group_commit_gather_ms / 1000)
 
     # ---- writes -------------------------------------------------------------------------------
 
     async def create(self, tenant: str | None, payload: Any, terms: TermMap) -> str:
         """GS CIM 009 5.6.1: create an entity; AlreadyExists if its id is taken."""
         entity_id, types, scope, doc = expand_entity(payload, terms)
-        now = datetime.now(UTC)
-        stamp_doc(doc, iso_ms(now))
         pool = await self.databases.pool(tenant, create=True)
+        now = datetime.now(UTC)  # after the last await before the queue: writes queue in the order of their `now`
+        stamp_doc(doc, iso_ms(now))
 
         def create(before: StoredEntity | None) -> tuple[StoredEntity, OpMode, str]:
             if before is not None:

@@ -7,6 +7,9 @@ locked in one statement, each write applied in arrival order to the state the pr
 same entity twice is changed twice, in order), one state upsert with the history rows, one change-sink
 record, one COMMIT. A write that finds the queue idle goes at once; writes queue only while a
 transaction of their tenant is running, and that transaction is what they would have waited for anyway.
+After a group of several writes, the next one waits a few milliseconds for as many writes as that group
+held (its clients, answered together, send their next writes one by one): without this, the first of
+them went alone and every other group held a single write.
 
 Every write keeps its own answer: an error found in Python (a missing entity, an id taken) belongs to
 its write alone. When the group's transaction fails (PostgreSQL refuses a value, a broken geometry),
@@ -34,6 +37,8 @@ from ngsi.errors import NgsiError
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 64
+GATHER_S = 0.005
+GATHER_ROUNDS = 3
 
 Write = tuple[StoredEntity | None, StoredEntity | None, OpMode, datetime]
 """(before, after, opMode, at) of one write: `before` None on create, `after` None on delete."""
@@ -66,15 +71,24 @@ class Lane:
     pool: AsyncConnectionPool
     queue: deque[EntityWrite] = field(default_factory=deque)
     runner: asyncio.Task[None] | None = None
+    expected: int = 0
+    """How many writes the runner waits for before the next group (the size of the last one)."""
+    filled: asyncio.Future[None] | None = None
+    """Resolved when `expected` writes are queued."""
 
 
 class WriteGroups:
     """Runs single-entity writes in per-tenant groups, one transaction per group, one answer per write."""
 
-    def __init__(self, record: Record, *, max_group: int = MAX_GROUP) -> None:
+    def __init__(self, record: Record, *, max_group: int = MAX_GROUP, gather_s: float = GATHER_S) -> None:
         self._record = record
         self._max_group = max(1, max_group)
+        self._gather_s = gather_s
         self._lanes: dict[tuple[str | None, AsyncConnectionPool], Lane] = {}
+        self.groups = 0
+        """Transactions run so far (a group run again one write at a time counts once)."""
+        self.writes = 0
+        """Writes they held."""
 
     async def write(self, tenant: str | None, pool: AsyncConnectionPool, entity_id: str, at: datetime,
                     apply: Apply) -> Any:
@@ -85,6 +99,8 @@ class WriteGroups:
             lane = self._lanes[key] = Lane(tenant, pool)
         write = EntityWrite(entity_id, at, apply, asyncio.get_running_loop().create_future())
         lane.queue.append(write)
+        if lane.filled is not None and len(lane.queue) >= lane.expected:
+            resolve(lane.filled)
         if lane.runner is None:
             lane.runner = asyncio.create_task(self._run_lane(key, lane))
         return await write.answer
@@ -93,13 +109,47 @@ class WriteGroups:
         try:
             while lane.queue:
                 group = [lane.queue.popleft() for _ in range(min(len(lane.queue), self._max_group))]
+                self.groups += 1
+                self.writes += len(group)
                 await self._run_group(lane, group)
+                if len(group) > 1:
+                    await self._gather(lane, len(group))
         finally:
             lane.runner = None
             while lane.queue:  # only when cancelled (the broker stops): nobody will run these
                 lane.queue.popleft().answer.cancel()
             if self._lanes.get(key) is lane:
                 del self._lanes[key]
+
+    async def _gather(self, lane: Lane, expected: int) -> None:
+        """After a group of several writes, wait until as many are queued again, or until none came for `gather_s`.
+
+        Its writers were answered together and send their next writes one by one: without this wait the
+        first of them would go alone, the others queue behind it, and every other group held one write.
+        The time counts from when the answers have left (the requests waiting for them run first); it is
+        renewed while writes keep coming (on a busy machine they come slowly), at most GATHER_ROUNDS times.
+        A write that comes after a group of one (a lone client) never waits.
+        """
+        if len(lane.queue) >= expected or self._gather_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        filled: asyncio.Future[None] = loop.create_future()
+        lane.expected, lane.filled = expected, filled
+        timers: list[asyncio.TimerHandle] = []
+
+        def check(queued: int, rounds: int) -> None:
+            if rounds > 0 and len(lane.queue) > queued:
+                timers.append(loop.call_later(self._gather_s, check, len(lane.queue), rounds - 1))
+            else:
+                resolve(filled)
+
+        loop.call_soon(lambda: timers.append(loop.call_later(self._gather_s, check, len(lane.queue), GATHER_ROUNDS)))
+        try:
+            await filled
+        finally:
+            for timer in timers:
+                timer.cancel()
+            lane.expected, lane.filled = 0, None
 
     async def _run_group(self, lane: Lane, group: list[EntityWrite]) -> None:
         try:
@@ -161,6 +211,11 @@ class Outcome:
 
     answer: Any = None
     error: Exception | None = None
+
+
+def resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def settle(write: EntityWrite, outcome: Outcome) -> None:

@@ -159,3 +159,30 @@ async def test_concurrent_creates_of_one_new_entity_create_it_once(http: httpx.A
     history = await no2_history(http, entity_id, headers)
     created = [answer for answer in answers if answer.status_code == 201]
     assert len(created) == 1 and len(history) == 1
+
+
+async def test_concurrent_writes_share_transactions_and_a_lone_writer_has_its_own(
+    http: httpx.AsyncClient, tenant: str
+) -> None:
+    """GET /health counts the transactions of single-entity writes and the writes they held."""
+    headers = {"NGSILD-Tenant": tenant}
+    entities = [new_id() for _ in range(32)]
+
+    async def counters() -> tuple[int, int]:
+        groups = (await http.get("/health")).json()["write_groups"]
+        return groups["groups"], groups["writes"]
+
+    def upsert(entity_id: str, no2: float) -> Any:
+        return http.post(f"{API}/entityOperations/upsert", json=[station(entity_id, no2)], headers=headers)
+
+    groups_before, writes_before = await counters()
+    for entity_id in entities[:5]:
+        assert (await upsert(entity_id, 1)).status_code == 201
+    groups_after, writes_after = await counters()
+    assert (groups_after - groups_before, writes_after - writes_before) == (5, 5)
+
+    answers = await asyncio.gather(*(upsert(entity_id, 2) for entity_id in entities))
+    assert sorted(answer.status_code for answer in answers) == [201] * 27 + [204] * 5
+    groups_end, writes_end = await counters()
+    assert writes_end - writes_after == 32
+    assert groups_end - groups_after < 32
