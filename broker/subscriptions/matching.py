@@ -47,10 +47,15 @@ def events_of(change: EntityChange) -> dict[str, set[str]]:
     return events
 
 
-def fired_attributes(sub: Subscription, change: EntityChange) -> set[str] | None:
-    """The attributes whose events fire `sub` (empty set = entity-level event), or None."""
+def fired_attributes(
+    sub: Subscription, change: EntityChange, events: dict[str, set[str]] | None = None
+) -> set[str] | None:
+    """The attributes whose events fire `sub` (empty set = entity-level event), or None.
+
+    `events` are `events_of(change)`, when the caller has them already (one change, many subscriptions).
+    """
     fired: set[str] | None = None
-    for event, names in events_of(change).items():
+    for event, names in (events if events is not None else events_of(change)).items():
         if event not in sub.triggers:
             continue
         # GS CIM 009 5.11: watchedAttributes restrict attribute events; deletion of the entity always counts.
@@ -72,10 +77,9 @@ def notification_entity(
     sub: Subscription, change: EntityChange, fired: set[str]
 ) -> dict[str, Any]:
     """The entity a notification carries, in the stored (expanded) shape, before compaction."""
-    at = iso(change.at)
     if change.after is None:
         before = change.before or {}
-        return {"id": change.entity_id, "types": before.get("types") or [], "doc": {}, "deletedAt": at}
+        return {"id": change.entity_id, "types": before.get("types") or [], "doc": {}, "deletedAt": iso(change.at)}
     after = change.after
     doc: dict[str, list[dict[str, Any]]] = after.get("doc") or {}
     if sub.notify_attributes:
@@ -87,6 +91,7 @@ def notification_entity(
         if name not in doc and name in before_doc and name not in (after.get("doc") or {}):
             if not sub.notify_attributes or name in sub.notify_attributes:
                 # An attributeDeleted notification names the deleted attribute with an NGSI-LD null.
+                at = iso(change.at)
                 doc[name] = [_deleted_instance(instance, at) for instance in before_doc[name]]
     if sub.show_changes:
         doc = {name: _with_previous(instances, before_doc.get(name)) for name, instances in doc.items()}
@@ -141,12 +146,15 @@ def match_change(
     matched = []
     # Subscriptions that ask for the same attributes in the same way get the same (shared) entity.
     built: dict[tuple[frozenset[str], bool, frozenset[str]], dict[str, Any]] = {}
+    events: dict[str, set[str]] | None = None
     for sub in subscriptions:
         if not sub.is_live(now) or sub.time_interval is not None:
             continue
         if not selects(sub, entity):
             continue
-        fired = fired_attributes(sub, change)
+        if events is None:
+            events = events_of(change)
+        fired = fired_attributes(sub, change, events)
         if fired is None:
             continue
         key = (sub.notify_attributes, sub.show_changes, frozenset(fired))

@@ -127,30 +127,29 @@ async def enqueue(conn: AsyncConnection, rows: list[tuple[str, str, list[dict[st
     """Add notifications (subscription id, notification id, entities) in the caller's transaction.
 
     One statement inserts the rows and queues one NOTIFY announcing them: their sequence numbers,
-    then (when it fits a payload) a newline and the rows themselves, so that the notifier need
-    not read them back (see `parse_announcement`); `*` when not even the numbers fit. NOTIFY is
-    delivered to listeners only when the transaction commits, so the notifier never sees a
-    notification of a change that rolled back, and it learns exactly the committed rows, in
-    commit order, without scanning the outbox.
+    then a newline and as many of the rows themselves as fit a payload, so that the notifier
+    reads back only the others (see `parse_announcement`); `*` when not even the numbers fit.
+    NOTIFY is delivered to listeners only when the transaction commits, so the notifier never
+    sees a notification of a change that rolled back, and it learns exactly the committed rows,
+    in commit order, without scanning the outbox.
     """
     if not rows:
         return
     # jsonb parameters (dumped by orjson) are far cheaper to send than text-format arrays. Rows
     # that carry the same entities list (one change notified to several subscriptions) send it once.
     index_of: dict[int, int] = {}
-    distinct: list[list[dict[str, Any]]] = []
-    records = []
+    distinct: list[bytes] = []
+    records: list[bytes] = []
+    indices: list[int] = []
     for sub_id, notification_id, entities in rows:
         index = index_of.get(id(entities))
         if index is None:
             index = index_of[id(entities)] = len(distinct)
-            distinct.append(entities)
-        records.append({"s": sub_id, "n": notification_id, "i": index})
-    distinct_json, records_json = orjson.dumps(distinct), orjson.dumps(records)
-    rows_text = b'\n{"r":' + records_json + b',"e":' + distinct_json + b"}"
-    with_rows_limit = NOTIFY_PAYLOAD_LIMIT - len(rows_text)
-    if with_rows_limit <= SEQ_TEXT_MAX * len(rows):
-        rows_text, with_rows_limit = b"", -1
+            distinct.append(orjson.dumps(entities))
+        records.append(orjson.dumps({"s": sub_id, "n": notification_id, "i": index}))
+        indices.append(index)
+    distinct_json, records_json = b"[" + b",".join(distinct) + b"]", b"[" + b",".join(records) + b"]"
+    rows_text, with_rows_limit = _announced_rows(records, indices, distinct)
     await conn.execute(
         "WITH added AS (INSERT INTO subscription_outbox (subscription_id, notification_id, entities)"
         " SELECT r.s, r.n, %s::jsonb -> r.i FROM jsonb_to_recordset(%s) AS r(s text, n text, i int) RETURNING seq),"
@@ -159,9 +158,31 @@ async def enqueue(conn: AsyncConnection, rows: list[tuple[str, str, list[dict[st
         "   WHEN sum(length(seq::text) + 1) < %s THEN string_agg(seq::text, ' ' ORDER BY seq)"
         "   ELSE '*' END) FROM added)"
         " SELECT 1 FROM announced",
-        (Jsonb(distinct, dumps=lambda _: distinct_json), Jsonb(records, dumps=lambda _: records_json),
-         OUTBOX_CHANNEL, with_rows_limit, rows_text.decode(), NOTIFY_PAYLOAD_LIMIT),
+        (Jsonb(distinct_json, dumps=bytes), Jsonb(records_json, dumps=bytes),  # dumped above already
+         OUTBOX_CHANNEL, with_rows_limit, rows_text, NOTIFY_PAYLOAD_LIMIT),
     )
+
+
+def _announced_rows(records: list[bytes], indices: list[int], distinct: list[bytes]) -> tuple[str, int]:
+    """The rows part of the NOTIFY payload: the first rows that fit beside every sequence number.
+
+    Returns it with the length the numbers must stay under for it to be sent; `("", -1)` when
+    not one row fits. `records[k]` refers to `distinct[indices[k]]`; indices first appear in order.
+    """
+    budget = NOTIFY_PAYLOAD_LIMIT - SEQ_TEXT_MAX * len(records) - len(b'\n{"r":[],"e":[]}')
+    taken_records = taken_entities = 0
+    for record, index in zip(records, indices, strict=True):
+        cost = len(record) + 1 + sum(len(distinct[i]) + 1 for i in range(taken_entities, index + 1))
+        if cost > budget:
+            break
+        budget -= cost
+        taken_records += 1
+        taken_entities = max(taken_entities, index + 1)
+    if not taken_records:
+        return "", -1
+    text = (b'\n{"r":[' + b",".join(records[:taken_records]) + b'],"e":['
+            + b",".join(distinct[:taken_entities]) + b"]}")
+    return text.decode(), NOTIFY_PAYLOAD_LIMIT - len(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +192,8 @@ class Announcement:
     seqs: list[int] | None
     """None: some rows, look at every lane."""
     rows: list[OutboxRow] | None = None
-    """The rows themselves when they fitted the payload (in `seq` order); None: read them by `seqs`."""
+    """The rows themselves (in `seq` order) as far as they fitted the payload: the first ones, or
+    all; the others are read by their `seqs`."""
 
 
 def parse_announcement(payload: str) -> Announcement:
@@ -192,8 +214,10 @@ def parse_announcement(payload: str) -> Announcement:
         rows = [
             OutboxRow(seq, record["s"], record["n"], distinct[record["i"]], 0, ANNOUNCED_AT,
                       f"#{seqs[0]}:{record['i']}")
-            for seq, record in zip(seqs, records, strict=True)
+            for seq, record in zip(seqs, records, strict=False)  # the first rows, or all of them
         ]
+        if len(records) > len(seqs):
+            raise ValueError("more rows than sequence numbers")
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
         return Announcement(seqs)  # read them from the outbox instead
     return Announcement(seqs, rows)
