@@ -33,7 +33,7 @@ from kpi.definitions import DefinitionSet, KpiDefinition
 from kpi.entities import KpiEntity, calculate_kpi, prepared
 from kpi.history import History, parse_time, read_history
 from kpi.intake import HttpIntake, MqttIntake
-from kpi.observations import SourceObservations, from_micros
+from kpi.observations import SourceObservations, from_micros, to_micros
 from kpi.settings import KpiSettings
 from kpi.windows import SERIES_KINDS, Window, window_at
 from kpi.writer import KpiWriter
@@ -113,6 +113,9 @@ WRITES_IN_FLIGHT = 3
 WRITE_RETRY_S = 1.0
 """Wait before a batch the broker did not answer is sent again."""
 
+NEEDED_FROM_KEPT = 4096
+"""Answers of `needed_from` kept (a few per hour of data)."""
+
 LONG_WORK_VALUES = 2000
 """Windows holding more values than this are evaluated in a thread (a year of hourly values is ~10^4;
 a year that has just begun is evaluated at once, as handing it to a thread would cost more)."""
@@ -158,6 +161,9 @@ class KpiEngine:
         self._seed_batches: dict[tuple[str, str | None], asyncio.Task[None]] = {}
         self._notified_attributes = sorted({a for d in definitions if d.trigger.on_change for a in d.source.attributes})
         self._live_by_source: dict[tuple[str, str], list[KpiDefinition]] = {}
+        self._live_lists: dict[tuple[str, ...], list[KpiDefinition]] = {}
+        self._needed_from: dict[tuple[int, int], datetime] = {}
+        """(id of a `_live_lists` list, latest observation) → `needed_from` (every station asks it each hour)."""
         self._trimmed_hour: dict[str, int] = {}
         # Two write lanes, so that hourly and daily KPIs never wait behind a batch of yearly ones.
         self._outgoing: dict[str, list[KpiEntity]] = {"short": [], "long": []}
@@ -317,10 +323,12 @@ class KpiEngine:
         key = (entity_type, source_id)
         found = self._live_by_source.get(key)
         if found is None:
-            found = self._live_by_source[key] = [
+            matching = [
                 d for d in self.definitions.for_source(entity_type)
                 if d.trigger.on_change and d.source.stations.matches(source_id)
             ]  # fmt: skip
+            # Sources with the same definitions share one list (`needed_from` remembers its answers per list).
+            found = self._live_by_source[key] = self._live_lists.setdefault(tuple(d.id for d in matching), matching)
         return found
 
     def _record(self, source_id: str, entity: dict[str, Any]) -> SourceObservations:
@@ -334,10 +342,19 @@ class KpiEngine:
 
     def needed_from(self, entity_type: str, source_id: str, latest: datetime) -> datetime:
         """The earliest observation any on-change window containing `latest` depends on (bounds the memory)."""
+        definitions = self._live_definitions(entity_type, source_id)
+        key = (id(definitions), to_micros(latest))  # the instant: local times a DST fold repeats compare equal
+        found = self._needed_from.get(key)
+        if found is None:
+            if len(self._needed_from) >= NEEDED_FROM_KEPT:
+                self._needed_from.clear()
+            found = self._needed_from[key] = self._earliest_needed(definitions, latest)
+        return found
+
+    @staticmethod
+    def _earliest_needed(definitions: list[KpiDefinition], latest: datetime) -> datetime:
         earliest = latest
-        for definition in self.definitions.for_source(entity_type):
-            if not definition.trigger.on_change or not definition.source.stations.matches(source_id):
-                continue
+        for definition in definitions:
             shared = prepared(definition)
             window = window_at(definition.window.kind, latest, shared.tz, custom=definition.custom_bounds)
             if definition.window.kind == "custom" and not window.contains(latest):
