@@ -294,8 +294,10 @@ def engine_process(
 
 
 async def measure_latency(
-    broker: Any, mqtt_url: str, stations: int, seconds: float, profile: Path | None = None
+    broker: Any, mqtt_url: str, stations: int, seconds: float, profile: Path | None = None, warmup: float = 0.0
 ) -> dict[str, Any]:
+    """Latency and CPU per report; with `warmup`, the stations report that long first, unmeasured (the
+    engine's start: seeding, creating every KPI entity, every yearly KPI at once), then `seconds` measured."""
     broker_url = broker.base_url
     topic = "bench/kpi/watched"
     watcher = KpiWatcher(mqtt_url, topic)
@@ -314,9 +316,19 @@ async def measure_latency(
         report_path = Path(tempfile.mkdtemp(prefix="climaborough-bench-kpi-")) / "engine.json"
         with engine_process(broker_url, mqtt_url, report_path, profile) as engine:
             engine_pid = engine.pid
-            cpu_before = (process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid),
-                          cpu_seconds(engine_pid), cpu_seconds(os.getpid()))  # fmt: skip
+
+            def cpu_now() -> tuple[float, float, float, float]:
+                return (process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid),
+                        cpu_seconds(engine_pid), cpu_seconds(os.getpid()))  # fmt: skip
+
+            cpu_before = cpu_now()
             started_all = time.perf_counter()
+            measured_from = started_all + warmup
+
+            async def end_of_warmup() -> None:
+                nonlocal cpu_before
+                await asyncio.sleep(warmup)
+                cpu_before = cpu_now()
 
             async def station(index: int) -> None:
                 await asyncio.sleep(index / stations)  # spread the reports over the second
@@ -325,7 +337,7 @@ async def measure_latency(
                 connection = await HttpConnection(broker.host, broker.port).open()
                 hour = 0
                 started = time.perf_counter()
-                while time.perf_counter() - started < seconds:
+                while time.perf_counter() - started < warmup + seconds:
                     moment = LATENCY_START + timedelta(hours=hour)
                     observed = format_timestamp(moment.astimezone(UTC))
                     entity = {
@@ -334,25 +346,27 @@ async def measure_latency(
                         **{p: {"type": "Property", "value": 10.0 + (index + hour * 7) % 80, "observedAt": observed,
                                "unitCode": "GQ"} for p in ("pm25", "pm10", "no2", "o3", "so2")},
                     }  # fmt: skip
-                    sent_at[(ids[index], observed)] = time.perf_counter()
+                    measured = time.perf_counter() >= measured_from
+                    sent = time.perf_counter()
                     status, answer = await connection.request(
                         "POST", "/ngsi-ld/v1/entityOperations/upsert?options=update", orjson.dumps([entity]),
                         {"Content-Type": "application/ld+json"},
                     )  # fmt: skip
                     if status not in (201, 204):
                         raise RuntimeError(f"report refused: {status} {answer[:300]!r}")
-                    acked = acked_at[(ids[index], observed)] = time.perf_counter()
-                    watcher.acknowledged(ids[index], observed, acked)
+                    if measured:
+                        sent_at[(ids[index], observed)] = sent
+                        acked = acked_at[(ids[index], observed)] = time.perf_counter()
+                        watcher.acknowledged(ids[index], observed, acked)
                     hour += 1
                     await asyncio.sleep(max(0.0, started + hour - time.perf_counter()))
                 await connection.close()
 
-            await asyncio.gather(*(station(i) for i in range(stations)))
-            load_s = time.perf_counter() - started_all
+            await asyncio.gather(end_of_warmup(), *(station(i) for i in range(stations)))
+            load_s = time.perf_counter() - measured_from
             # The yearly KPIs wait up to their min_interval_s (30 s).
             await asyncio.to_thread(watcher.wait_all_seen, 35)
-            cpu_after = (process_tree_cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid),
-                         cpu_seconds(engine_pid), cpu_seconds(os.getpid()))  # fmt: skip
+            cpu_after = cpu_now()
             missing = watcher.give_up(time.perf_counter())
             engine.send_signal(signal.SIGTERM)
             await asyncio.to_thread(engine.wait, 60)
@@ -454,6 +468,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of PRSA_Data_*.csv (UCI Beijing)")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the stations report")
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="seconds the stations report before the measured --seconds (steady state, not the start)")
     parser.add_argument("--stations", type=int, default=100)
     parser.add_argument("--skip-backfill", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
@@ -464,12 +480,14 @@ def main() -> None:
         asyncio.run(run_engine_child(*args.engine_child))
         return
     result: dict[str, Any] = {"benchmark": "kpi", "stations": args.stations, "seconds": args.seconds}
+    if args.warmup:
+        result["warmup_s"] = args.warmup
     with running_mqtt() as mqtt_url:
         if not args.skip_latency:
             with running_broker() as broker:
                 log(f"latency: {args.stations} stations for {args.seconds}s")
                 result.update(asyncio.run(
-                    measure_latency(broker, mqtt_url, args.stations, args.seconds, args.profile_engine)
+                    measure_latency(broker, mqtt_url, args.stations, args.seconds, args.profile_engine, args.warmup)
                 ))
         if not args.skip_backfill:
             files = sorted(args.data.glob("PRSA_Data_*.csv"))
