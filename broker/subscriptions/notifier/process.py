@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import IO, Any
 
 from broker.settings import BrokerSettings
@@ -38,6 +39,8 @@ READY = b"ready\n"
 READY_TIMEOUT_S = 30.0
 """After this long the broker starts anyway (the outbox keeps every notification for a late child)."""
 RESTART_DELAY_S = 1.0
+"""A child is started again at least this long after the previous start (a child that crashes at
+start-up is not restarted in a tight loop); one that ran longer than this is started again at once."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -83,6 +86,7 @@ class NotifierProcess:
         self.broker_settings = broker_settings
         self.settings = settings or DeliverySettings()
         self._process: subprocess.Popen[bytes] | None = None
+        self._launched_at = 0.0
         self._watched: set[str] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -103,6 +107,7 @@ class NotifierProcess:
 
     def _launch(self) -> int:
         """Start the child; returns the reading end of its readiness pipe."""
+        self._launched_at = time.monotonic()
         ready_in, ready_out = os.pipe()
         env = {**os.environ, SETTINGS_VARIABLE: self.broker_settings.model_dump_json(),
                READY_FD_VARIABLE: str(ready_out)}
@@ -121,7 +126,12 @@ class NotifierProcess:
         return ready_in
 
     async def _supervise(self) -> None:
-        """A notifier that died (a crash, the OOM killer) is started again; the outbox lost nothing."""
+        """A notifier that died (a crash, the OOM killer) is started again; the outbox lost nothing.
+
+        Until the new child listens, notifications wait in the outbox (its first sweep sends them),
+        so every second before the restart is a second of delivery lost: a child that had been
+        running is started again at once, only one that dies at start-up waits `RESTART_DELAY_S`.
+        """
         while not self._stopping:
             process = self._process
             if process is not None:
@@ -129,7 +139,9 @@ class NotifierProcess:
                 if self._stopping:
                     return
                 log.warning("notifier process exited code=%s; starting it again", code)
-            await asyncio.sleep(RESTART_DELAY_S)
+            crash_loop_pause = self._launched_at + RESTART_DELAY_S - time.monotonic()
+            if crash_loop_pause > 0:
+                await asyncio.sleep(crash_loop_pause)
             if not self._stopping:
                 await self._spawn()
 
