@@ -96,6 +96,7 @@ class BatchService:
         # one chunk's states and history while this process expands and applies the next (two cores at
         # work, not one after the other).
         async with pool.connection() as conn, store.pipelined_transaction(conn):
+            await store.lock_ids(conn, ids)  # the same ids as concurrent write groups, in the same order
             current: dict[str, StoredEntity | None] = dict(await store.fetch_entities(conn, ids, for_update=True))
             stored = {k for k, v in current.items() if v is not None}  # ids whose row the table holds now
             while True:

@@ -88,7 +88,8 @@ class EntityService:
         self.sink = sink
         self.settings = settings
         self.groups = WriteGroups(self.record, max_group=settings.group_commit_max_writes,
-                                  gather_s=settings.group_commit_gather_ms / 1000)
+                                  gather_s=settings.group_commit_gather_ms / 1000,
+                                  in_flight=settings.group_commit_in_flight)
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -265,7 +266,7 @@ class EntityService:
         pool = await self.databases.pool(tenant, create=False)
         now = datetime.now(UTC)
         async with pool.connection() as conn, store.write_transaction(conn):
-            await store.begin(conn)
+            await store.begin_locking(conn, [entity_id])  # after the writes in flight to it (store.ADVISORY_LOCKS)
             deleted = await store.delete_entities(conn, [entity_id])
             if not deleted:
                 raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)

@@ -42,7 +42,18 @@ UPSERT_ENTITIES = (
 # BEGIN in a simple-protocol message: there it would otherwise be parsed and planned on every write.
 LOCK_ENTITY = "lock_entity"
 LOCK_ENTITIES = "lock_entities"
+LOCK_IDS = "lock_ids"
+# Every writer of `current_entities` first takes one transaction-scoped advisory lock per entity id, in
+# one canonical order (the sorted hashes), in a statement of its own before it reads the rows: FOR UPDATE
+# locks no row of an entity that does not exist yet, so two transactions creating the same id (two write
+# groups in flight, a batch and a group) would both see it absent and both answer 201. The statement
+# after the lock takes a new snapshot (READ COMMITTED), so it sees what the previous holder committed.
+ADVISORY_LOCKS = (
+    "SELECT pg_advisory_xact_lock(h) FROM"
+    " (SELECT DISTINCT hashtextextended(i, 0) AS h FROM unnest({ids}) AS i ORDER BY h) AS hashes"
+)
 SESSION_STATEMENTS = (
+    f"PREPARE {LOCK_IDS} (text[]) AS " + ADVISORY_LOCKS.format(ids="$1"),
     f"PREPARE {LOCK_ENTITY} (text) AS SELECT {COLUMNS} FROM current_entities WHERE id = $1 FOR UPDATE",
     # The ids sorted: two transactions locking overlapping sets take the locks in the same order.
     f"PREPARE {LOCK_ENTITIES} (text[]) AS SELECT {COLUMNS} FROM current_entities WHERE id = ANY($1)"
@@ -115,9 +126,14 @@ async def pipelined_transaction(conn: AsyncConnection) -> AsyncIterator[AsyncCon
         yield conn
 
 
-async def begin(conn: AsyncConnection) -> None:
-    """Open the transaction of `write_transaction` without a statement to send BEGIN with."""
-    await conn.execute("BEGIN")
+async def begin_locking(conn: AsyncConnection, entity_ids: list[str]) -> None:
+    """Open the transaction of `write_transaction` and take the advisory locks of `entity_ids`, in one message."""
+    await _begin_and_lock(conn, None, entity_ids)
+
+
+async def lock_ids(conn: AsyncConnection, entity_ids: list[str]) -> None:
+    """Take the advisory locks of `entity_ids` in the open transaction (any id, existing or not)."""
+    await conn.execute(ADVISORY_LOCKS.format(ids="%s::text[]"), (entity_ids,))
 
 
 async def lock_entity(conn: AsyncConnection, entity_id: str) -> StoredEntity | None:
@@ -126,7 +142,7 @@ async def lock_entity(conn: AsyncConnection, entity_id: str) -> StoredEntity | N
     Simple query protocol with the parameter bound by psycopg (two statements cannot share an
     extended-protocol message), executing the statement prepared by `prepare_session_statements`.
     """
-    rows = await _begin_and_lock(conn, LOCK_ENTITY, entity_id)
+    rows = await _begin_and_lock(conn, LOCK_ENTITY, [entity_id])
     return row_to_entity(rows[0]) if rows else None
 
 
@@ -138,15 +154,26 @@ async def lock_entities(conn: AsyncConnection, entity_ids: list[str]) -> dict[st
     return {entity_id: found.get(entity_id) for entity_id in entity_ids}
 
 
-async def _begin_and_lock(conn: AsyncConnection, statement: str, parameter: Any) -> list[tuple[Any, ...]]:
+async def _begin_and_lock(conn: AsyncConnection, statement: str | None, entity_ids: list[str]
+                          ) -> list[tuple[Any, ...]]:
+    """BEGIN, the advisory locks of `entity_ids`, then `statement` (lock_entity: the one id, lock_entities:
+    the ids) if any: one message, three statements, each with its own snapshot."""
+    query = f"BEGIN; EXECUTE {LOCK_IDS}(%s)"
+    params: tuple[Any, ...] = (entity_ids,)
+    if statement is not None:
+        query += f"; EXECUTE {statement}(%s)"
+        params += (entity_ids[0] if statement == LOCK_ENTITY else entity_ids,)
     cursor = AsyncClientCursor(conn)
     try:
-        await cursor.execute(f"BEGIN; EXECUTE {statement}(%s)", (parameter,))
+        await cursor.execute(query, params)
     except errors.InvalidSqlStatementName:
         # psycopg deallocates all prepared statements of a connection after any ROLLBACK on it.
         await conn.rollback()
         await prepare_session_statements(conn)
-        await cursor.execute(f"BEGIN; EXECUTE {statement}(%s)", (parameter,))
+        await cursor.execute(query, params)
+    if statement is None:
+        return []
+    cursor.nextset()
     cursor.nextset()
     return await cursor.fetchall()
 

@@ -5,15 +5,23 @@ parsed and planned, and a WAL flush at COMMIT. A tenant's writes now go through 
 tenant takes everything queued (up to `max_group` writes) and runs it as one transaction: the entities
 locked in one statement, each write applied in arrival order to the state the previous one left (the
 same entity twice is changed twice, in order), one state upsert with the history rows, one change-sink
-record, one COMMIT. A write that finds the queue idle goes at once; writes queue only while a
-transaction of their tenant is running, and that transaction is what they would have waited for anyway.
-After a group of several writes, the next one waits a few milliseconds for as many writes as that group
-held (its clients, answered together, send their next writes one by one): without this, the first of
+record, one COMMIT. A write that finds a free slot goes at once; writes queue only while `in_flight`
+transactions of their tenant are running (default 2: while one group is at the database, statement and
+WAL flush, the next is built and sent, so this process and PostgreSQL work at the same time instead of
+taking turns). Writes to one entity keep their arrival order across groups in flight: a group starts
+only once the group before it holds its locks, and every writer takes per-id advisory locks in one
+canonical order (store.ADVISORY_LOCKS), so a later group that writes the same entity waits at its lock
+for the earlier group's COMMIT and reads what it wrote; an id that does not exist yet is locked too
+(two groups, or a group and a batch, creating it: one creates, the other finds it).
+After groups of several writes, the next one waits a few milliseconds for a share of the writes they
+held (their clients, answered together, send their next writes one by one): without this, the first of
 them went alone and every other group held a single write.
 
 Every write keeps its own answer: an error found in Python (a missing entity, an id taken) belongs to
 its write alone. When the group's transaction fails (PostgreSQL refuses a value, a broken geometry),
-each write of the group runs again on its own, so one bad write never fails another.
+each write of the group runs again on its own, so one bad write never fails another. (A later group
+already in flight may then write one of its entities before that write runs again: the one case where
+two writes of an entity in consecutive groups are applied out of arrival order.)
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_GROUP = 64
 GATHER_S = 0.005
 GATHER_ROUNDS = 3
+IN_FLIGHT = 2
 
 Write = tuple[StoredEntity | None, StoredEntity | None, OpMode, datetime]
 """(before, after, opMode, at) of one write: `before` None on create, `after` None on delete."""
@@ -75,14 +84,20 @@ class Lane:
     """How many writes the runner waits for before the next group (the size of the last one)."""
     filled: asyncio.Future[None] | None = None
     """Resolved when `expected` writes are queued."""
+    answered: int = 0
+    """Writes answered by groups of several since the last group started: about as many will come back."""
+    woken: asyncio.Future[None] | None = None
+    """Resolved by the next queued write, while the runner waits with a free slot and nothing queued."""
 
 
 class WriteGroups:
     """Runs single-entity writes in per-tenant groups, one transaction per group, one answer per write."""
 
-    def __init__(self, record: Record, *, max_group: int = MAX_GROUP, gather_s: float = GATHER_S) -> None:
+    def __init__(self, record: Record, *, max_group: int = MAX_GROUP, gather_s: float = GATHER_S,
+                 in_flight: int = IN_FLIGHT) -> None:
         self._record = record
         self._max_group = max(1, max_group)
+        self._in_flight = max(1, in_flight)
         self._gather_s = gather_s
         self._lanes: dict[tuple[str | None, AsyncConnectionPool], Lane] = {}
         self.groups = 0
@@ -101,21 +116,54 @@ class WriteGroups:
         lane.queue.append(write)
         if lane.filled is not None and len(lane.queue) >= lane.expected:
             resolve(lane.filled)
+        if lane.woken is not None:
+            resolve(lane.woken)
         if lane.runner is None:
             lane.runner = asyncio.create_task(self._run_lane(key, lane))
         return await write.answer
 
     async def _run_lane(self, key: tuple[str | None, AsyncConnectionPool], lane: Lane) -> None:
+        """Start groups while writes are queued, at most `in_flight` at the database at once.
+
+        A group starts only once the one before it holds its locks: a later write to the same entity waits
+        for the earlier group's COMMIT at its lock (store.ADVISORY_LOCKS), so writes to one entity are applied
+        in arrival order even with several groups in flight, and groups of different entities overlap.
+        """
+        in_flight: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
         try:
-            while lane.queue:
-                group = [lane.queue.popleft() for _ in range(min(len(lane.queue), self._max_group))]
-                self.groups += 1
-                self.writes += len(group)
-                await self._run_group(lane, group)
-                if len(group) > 1:
-                    await self._gather(lane, len(group))
+            while True:
+                in_flight = {task for task in in_flight if not task.done()}
+                if (lane.queue or lane.answered > 1) and len(in_flight) < self._in_flight:
+                    if lane.answered > 1:
+                        # The answered writers split into as many groups as may be in flight: the first
+                        # part goes while the rest is still coming, and the rest goes while it commits.
+                        expected, lane.answered = -(-lane.answered // self._in_flight), 0
+                        await self._gather(lane, expected)
+                        if not lane.queue:
+                            continue
+                    group = [lane.queue.popleft() for _ in range(min(len(lane.queue), self._max_group))]
+                    self.groups += 1
+                    self.writes += len(group)
+                    locked: asyncio.Future[None] = loop.create_future()
+                    task = asyncio.create_task(self._run_group(lane, group, locked))
+                    in_flight.add(task)
+                    await asyncio.wait((locked, task), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if not lane.queue and not in_flight:
+                    break
+                waits: set[asyncio.Future[Any]] = set(in_flight)
+                if len(in_flight) < self._in_flight:  # the queue is empty: wake on the next write
+                    lane.woken = loop.create_future()
+                    waits.add(lane.woken)
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lane.woken = None
         finally:
             lane.runner = None
+            for task in in_flight:
+                task.cancel()
             while lane.queue:  # only when cancelled (the broker stops): nobody will run these
                 lane.queue.popleft().answer.cancel()
             if self._lanes.get(key) is lane:
@@ -151,10 +199,10 @@ class WriteGroups:
                 timer.cancel()
             lane.expected, lane.filled = 0, None
 
-    async def _run_group(self, lane: Lane, group: list[EntityWrite]) -> None:
+    async def _run_group(self, lane: Lane, group: list[EntityWrite], locked: asyncio.Future[None]) -> None:
         try:
             try:
-                answers = await self._commit(lane, group)
+                answers = await self._commit(lane, group, locked)
             except Exception as error:
                 if len(group) == 1:
                     settle(group[0], Outcome(error=error))
@@ -175,13 +223,22 @@ class WriteGroups:
                 if not write.answer.done():
                     write.answer.cancel()
             raise
+        finally:
+            resolve(locked)
+            if len(group) > 1:  # its writers, answered together, send their next writes one by one
+                lane.answered += len(group)
 
-    async def _commit(self, lane: Lane, group: list[EntityWrite]) -> list[Outcome]:
-        """One transaction for the group; its writes' outcomes (an NgsiError for a write refused in Python)."""
+    async def _commit(self, lane: Lane, group: list[EntityWrite], locked: asyncio.Future[None] | None = None
+                      ) -> list[Outcome]:
+        """One transaction for the group; its writes' outcomes (an NgsiError for a write refused in Python).
+
+        `locked` is resolved once the group holds the locks of its entities."""
         entity_ids = sorted({write.entity_id for write in group})
         answers: list[Outcome] = []
         async with lane.pool.connection() as conn, store.write_transaction(conn):
             current = await store.lock_entities(conn, entity_ids)
+            if locked is not None:
+                resolve(locked)
             writes: list[Write] = []
             changed: set[str] = set()
             for write in group:
