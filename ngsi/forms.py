@@ -68,6 +68,31 @@ _FORBIDDEN_NAME_CHARS = re.compile(r"[\s<>\"'=;()\\\x00-\x1f\x7f]")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]+$")
 
 
+# PostgreSQL indexes a text of at most ~2,700 bytes (btree): longer ids and names could not be stored
+# and failed at INSERT (a 500). Entity ids, types and attribute names share index entries (entity id +
+# attribute IRI, type + entity id), so each gets half of that; an instanceId is indexed alone (with its
+# time) and may be longer, enough for an id derived from the entity id. Orion (NGSIv2) allows 256
+# characters for an entity id, its MongoDB index 1,024 bytes for id, type and service path together.
+MAX_ID_BYTES = 1024
+MAX_INSTANCE_ID_BYTES = 2048
+
+
+def too_long(text: str, limit: int) -> bool:
+    """Whether `text` takes more than `limit` bytes in UTF-8 (the size PostgreSQL indexes)."""
+    return len(text) * 4 > limit and len(text.encode()) > limit
+
+
+def check_length(text: str, field: str, limit: int = MAX_ID_BYTES, attribute: str | None = None) -> str:
+    """`text`, or BadRequestData naming `field` and the limit when it is too long to be stored."""
+    if too_long(text, limit):
+        raise BadRequestData(
+            (f"attribute {attribute!r}: " if attribute else "")
+            + f"{field} is {len(text.encode())} bytes long, at most {limit} bytes (UTF-8) are allowed",
+            title="Too long", attribute=attribute,
+        )
+    return text
+
+
 def is_uri(text: object) -> bool:
     """Whether `text` is an absolute URI (what entity ids, relationship objects and datasetIds must be)."""
     return isinstance(text, str) and bool(_URI.match(text))
@@ -104,7 +129,7 @@ def check_attribute_name(name: object) -> str:
         raise _bad(name, "is a reserved NGSI-LD name and cannot be used as an attribute name")
     if _FORBIDDEN_NAME_CHARS.search(name):
         raise _bad(name, "the name contains a forbidden character (whitespace, control or <>\"'=;()\\)")
-    return name
+    return check_length(name, "the attribute name")
 
 
 def check_type_name(name: object) -> str:
@@ -113,7 +138,7 @@ def check_type_name(name: object) -> str:
         raise BadRequestData(f"entity type must be a non-empty string, not {name!r}")
     if _FORBIDDEN_NAME_CHARS.search(name):
         raise BadRequestData(f"entity type {name!r} contains a forbidden character")
-    return name
+    return check_length(name, "the entity type")
 
 
 def check_geometry(value: object, attribute: str) -> dict[str, Any]:
@@ -228,8 +253,14 @@ def _check_instance(name: str, instance: dict[str, Any]) -> None:
         instance["observedAt"] = _check_timestamp(instance["observedAt"], name, "observedAt")
     if "unitCode" in instance and not isinstance(instance["unitCode"], str):
         raise _bad(name, f"unitCode must be a string, not {instance['unitCode']!r}")
-    if "datasetId" in instance and not is_uri(instance["datasetId"]):
-        raise _bad(name, f"datasetId {instance['datasetId']!r} is not a URI")
+    if "datasetId" in instance:
+        if not is_uri(instance["datasetId"]):
+            raise _bad(name, f"datasetId {instance['datasetId']!r} is not a URI")
+        check_length(instance["datasetId"], "datasetId", attribute=name)
+    if "instanceId" in instance:
+        if not isinstance(instance["instanceId"], str) or not instance["instanceId"]:
+            raise _bad(name, f"instanceId must be a non-empty string, not {instance['instanceId']!r}")
+        check_length(instance["instanceId"], "instanceId", MAX_INSTANCE_ID_BYTES, attribute=name)
 
 
 # ---- normalization -------------------------------------------------------------------------------------
@@ -347,6 +378,7 @@ def _check_entity_members(
             raise BadRequestData("the entity has no 'id'")
         if not is_uri(entity_id):
             raise BadRequestData(f"entity id {entity_id!r} is not a URI")
+        check_length(entity_id, "the entity id")
     types = entity.get("type")
     if types is None:
         raise BadRequestData("the entity has no 'type'")
@@ -493,6 +525,8 @@ def expand_entity(entity: Mapping[str, Any], terms: TermMap, *, now: str | datet
     assert entity_id is not None
     type_list = types if isinstance(types, list) else [types]
     expanded_types = list(dict.fromkeys(terms.expand_type(t) for t in type_list))
+    for expanded_type in expanded_types:
+        check_length(expanded_type, "the entity type expanded by the @context")
     attributes = (
         (name, raw) for name, raw in entity.items() if name not in ENTITY_MEMBERS and name not in SYSTEM_TIMESTAMPS
     )
@@ -529,6 +563,8 @@ def _expand_attribute_items(
             instance["createdAt"] = now
             instance["modifiedAt"] = now
         iri = terms.expand(name)
+        if too_long(iri, MAX_ID_BYTES):  # an @context may map a short term to a long IRI
+            check_length(iri, "the attribute name expanded by the @context", attribute=name)
         if iri in doc:
             duplicate = duplicate or (name, iri)  # reported after every attribute is validated
             continue

@@ -15,7 +15,7 @@ ENTITY_MEMBERS = frozenset({"id", "type", "scope", "@context"})
 def check_uri(value: Any, what: str) -> str:
     if not forms.is_uri(value):
         raise BadRequestData(f"{what} must be a URI, got {value!r}", title="Invalid entity id")
-    return str(value)
+    return forms.check_length(str(value), what)
 
 
 def expand_entity(payload: Any, terms: TermMap, now: str = "") -> tuple[str, list[str], list[str] | None, Doc]:

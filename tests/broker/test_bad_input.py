@@ -110,3 +110,50 @@ async def test_nul_characters_are_400_not_500(http: httpx.AsyncClient) -> None:
     in_body = await http.post(f"{API}/entities", content=b'{"id":"urn:a:nul","type":"T","x":"a\\u0000b"}',
                               headers={"Content-Type": "application/json"})
     assert in_body.status_code == 400
+
+
+# PostgreSQL cannot index these lengths: they failed at INSERT with a 500 (ngsi/forms.py MAX_ID_BYTES).
+TOO_LONG_ID = "urn:ngsi-ld:Station:" + "x" * 1100
+TOO_LONG_INSTANCE_ID = "urn:ngsi-ld:instance:" + "ab" * 3000
+
+
+def assert_too_long(got: httpx.Response, field: str, limit: int) -> None:
+    assert got.status_code == 400, got.text
+    problem = got.json()
+    assert problem["type"].endswith("BadRequestData")
+    assert field in problem["detail"] and f"at most {limit} bytes" in problem["detail"], problem
+
+
+async def test_an_over_long_entity_id_is_400_naming_the_limit(http: httpx.AsyncClient) -> None:
+    got = await http.post(f"{API}/entities", json={"id": TOO_LONG_ID, "type": "Station"})
+    assert_too_long(got, "entity id", 1024)
+    assert (await http.post(f"{API}/entities", json={"id": TOO_LONG_ID[:1024], "type": "Station"})).status_code == 201
+
+
+async def test_an_over_long_instance_id_or_dataset_id_is_400(http: httpx.AsyncClient) -> None:
+    entity_id = "urn:ngsi-ld:Station:long-instance-ids"
+    no2 = {"type": "Property", "value": 1, "instanceId": TOO_LONG_INSTANCE_ID}
+    assert_too_long(await http.post(f"{API}/entities", json={"id": entity_id, "type": "Station", "no2": no2}),
+                    "instanceId", 2048)
+    assert (await http.post(f"{API}/entities", json={"id": entity_id, "type": "Station"})).status_code == 201
+    # The attribute PATCH and append refuse it too, and the entity is left as it was.
+    assert_too_long(await http.patch(f"{API}/entities/{entity_id}/attrs", json={"no2": no2}), "instanceId", 2048)
+    dataset = {"type": "Property", "value": 1, "datasetId": "urn:ngsi-ld:Dataset:" + "d" * 1100}
+    assert_too_long(await http.post(f"{API}/entities/{entity_id}/attrs", json={"no2": dataset}), "datasetId", 1024)
+    assert "no2" not in (await http.get(f"{API}/entities/{entity_id}")).json()
+
+
+async def test_an_over_long_id_in_a_batch_is_an_error_entry_of_its_own(http: httpx.AsyncClient) -> None:
+    good = "urn:ngsi-ld:Station:batch-beside-a-long-one"
+    bad_instance = {"id": "urn:ngsi-ld:Station:batch-long-instance", "type": "Station",
+                    "no2": {"type": "Property", "value": 1, "instanceId": TOO_LONG_INSTANCE_ID}}
+    got = await http.post(f"{API}/entityOperations/upsert",
+                          json=[{"id": good, "type": "Station"}, {"id": TOO_LONG_ID, "type": "Station"}, bad_instance])
+    assert got.status_code == 207, got.text
+    result = got.json()
+    assert result["success"] == [good]
+    errors = {error["entityId"]: error["error"] for error in result["errors"]}
+    assert set(errors) == {TOO_LONG_ID, bad_instance["id"]}
+    assert all(error["status"] == 400 and "at most" in error["detail"] for error in errors.values())
+    long_delete = await http.post(f"{API}/entityOperations/delete", json=[TOO_LONG_ID])
+    assert long_delete.status_code == 207 and "at most 1024 bytes" in long_delete.text

@@ -307,3 +307,35 @@ def test_payload_system_timestamps_are_ignored_not_stored() -> None:
     normalized = normalize_entity(entity)
     assert "createdAt" not in normalized and "modifiedAt" not in normalized
     assert normalized["p"] == {"type": "Property", "value": 1}
+
+
+@pytest.mark.parametrize(
+    ("entity", "field", "limit"),
+    [
+        ({"id": "urn:ngsi-ld:T:" + "é" * 600, "type": "T"}, "entity id", 1024),  # 1,200+ bytes in UTF-8
+        ({"id": "urn:ngsi-ld:T:1", "type": "T" * 1100}, "entity type", 1024),
+        ({"id": "urn:ngsi-ld:T:1", "type": "T", "a" * 1100: 1}, "attribute name", 1024),
+        ({"id": "urn:ngsi-ld:T:1", "type": "T",
+          "a": {"type": "Property", "value": 1, "datasetId": "urn:d:" + "d" * 1100}}, "datasetId", 1024),
+        ({"id": "urn:ngsi-ld:T:1", "type": "T",
+          "a": {"type": "Property", "value": 1, "instanceId": "urn:i:" + "i" * 2100}}, "instanceId", 2048),
+        ({"id": "urn:ngsi-ld:T:1", "type": "T",
+          "a": {"type": "Property", "value": 1,
+                "b": {"type": "Property", "value": 2, "instanceId": "urn:i:" + "i" * 2100}}}, "instanceId", 2048),
+    ],
+)
+def test_ids_and_names_too_long_to_store_are_refused_naming_the_field_and_limit(
+    entity: dict[str, Any], field: str, limit: int
+) -> None:
+    with pytest.raises(BadRequestData) as refused:
+        expand_entity(entity, terms_for({}), now="2026-01-01T00:00:00.000Z")
+    assert field in refused.value.detail and f"at most {limit} bytes" in refused.value.detail
+
+
+def test_ids_at_the_limit_and_string_instance_ids_only() -> None:
+    entity = {"id": "urn:ngsi-ld:T:" + "x" * (1024 - 14), "type": "T",
+              "a": {"type": "Property", "value": 1, "instanceId": "urn:i:" + "i" * (2048 - 6)}}
+    assert expand_entity(entity, terms_for({}), now="2026-01-01T00:00:00.000Z").id == entity["id"]
+    with pytest.raises(BadRequestData, match="instanceId must be a non-empty string"):
+        expand_entity({"id": "urn:ngsi-ld:T:1", "type": "T", "a": {"type": "Property", "value": 1, "instanceId": 7}},
+                      terms_for({}), now="2026-01-01T00:00:00.000Z")
