@@ -6,16 +6,22 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 
-@lru_cache(maxsize=1024)
 def format_timestamp(moment: datetime) -> str:
-    """`2016-03-15T11:00:00.000Z`; naive datetimes are taken as UTC.
-
-    Cached: a write formats the same `now` for every entity and change event it makes.
-    """
+    """`2016-03-15T11:00:00.000Z`; naive datetimes are taken as UTC."""
+    if moment.tzinfo is UTC:
+        return _format_utc(moment)
     if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+        # Converted before the cache: two local times of the hour that repeats when clocks go back
+        # compare and hash equal (fold is ignored within one zone) but are different instants.
+        moment = moment.astimezone(UTC)
+    return _format_utc(moment.replace(tzinfo=UTC))
+
+
+@lru_cache(maxsize=1024)
+def _format_utc(moment: datetime) -> str:
+    """Cached: a write formats the same `now` for every entity and change event it makes."""
     # isoformat is several times cheaper than strftime and always writes a 4-digit year.
-    return moment.isoformat(timespec="milliseconds") + "Z"
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def utc_now_iso() -> str:

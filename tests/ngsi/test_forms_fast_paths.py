@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -43,6 +45,16 @@ def test_timestamps_are_canonical_whatever_their_offset_and_repeat_cheaply() -> 
         with pytest.raises(ValueError):
             normalize_timestamp("2016-13-15T11:00:00Z")
     assert format_timestamp(parse_timestamp("0999-01-02T03:04:05Z")) == "0999-01-02T03:04:05.000Z"
+
+
+def test_the_hour_that_repeats_when_clocks_go_back_formats_as_two_instants() -> None:
+    # Berlin, 2016-10-30: 02:30 happens twice, at 00:30Z (CEST, fold 0) and 01:30Z (CET, fold 1).
+    berlin = ZoneInfo("Europe/Berlin")
+    first = datetime(2016, 10, 30, 2, 30, tzinfo=berlin)
+    second = first.replace(fold=1)
+    assert format_timestamp(first) == "2016-10-30T00:30:00.000Z"
+    assert format_timestamp(second) == "2016-10-30T01:30:00.000Z"
+    assert format_timestamp(first) == "2016-10-30T00:30:00.000Z"  # after the other one was formatted
 
 
 def test_one_pass_expansion_gives_the_stored_shape_of_sub_attributes_and_multi_attributes() -> None:
