@@ -106,6 +106,7 @@ class StagedKpiEngine(KpiEngine):
         super().__init__(settings, definitions)
         self.notified: dict[tuple[str, str], float] = {}
         self.written: dict[tuple[str, str], float] = {}
+        self.written_us_aqi: dict[tuple[str, str], float] = {}
         write = self.writer.write
 
         async def timed_write(kpis: Any) -> int:
@@ -115,6 +116,9 @@ class StagedKpiEngine(KpiEngine):
                 if ":eea-air-quality-index:" in kpi.id:
                     key = (kpi.entity["refSourceEntity"]["object"], kpi.entity["kpiValue"]["observedAt"])
                     self.written.setdefault(key, done)
+                elif ":us-aqi:" in kpi.id:
+                    key = (kpi.entity["refSourceEntity"]["object"], kpi.entity["kpiValue"]["observedAt"])
+                    self.written_us_aqi.setdefault(key, done)
             return sent
 
         self.writer.write = timed_write  # type: ignore[method-assign]
@@ -147,6 +151,7 @@ async def run_engine_child(broker_url: str, mqtt_url: str, report_path: str) -> 
     report = {
         "notified": [[*key, at] for key, at in engine.notified.items()],
         "written": [[*key, at] for key, at in engine.written.items()],
+        "written_us_aqi": [[*key, at] for key, at in engine.written_us_aqi.items()],
         "errors": engine.stats.errors, "reads": engine.stats.reads, "last_error": engine.stats.last_error,
         "jobs": engine.stats.jobs, "writes": engine.writer.writes, "skipped": engine.writer.skipped,
         "replaced": engine.writer.replaced_by_kind,
@@ -192,6 +197,11 @@ class KpiWatcher:
         """(kpi, station) → observedAt → ack time, reports not yet seen in that KPI."""
         self.latencies: dict[str, list[float]] = {kpi: [] for kpi in WATCHED_KPIS}
         self.arrived: dict[tuple[str, str], float] = {}
+        self.heard: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        """(kpi, station) → the hours (kpiValue.observedAt) its notifications carried, in arrival order."""
+        self.kpi_ids: dict[tuple[str, str], str] = {}
+        self.never_seen: list[tuple[str, str, str]] = []
+        """(kpi, station, observedAt) of the reports given up on."""
         self._outstanding = 0
         self._lock = threading.Condition()
         self._ready = threading.Event()
@@ -217,6 +227,8 @@ class KpiWatcher:
             observed_at = str((entity.get("kpiValue") or {}).get("observedAt", ""))
             updated_at = _updated_at(entity)
             with self._lock:
+                self.heard.setdefault((kpi, station), []).append((observed_at, arrived))
+                self.kpi_ids[(kpi, station)] = str(entity.get("id"))
                 waiting = self.waiting.get((kpi, station), {})
                 if WATCHED_KPIS[kpi] == "hourly":
                     done = [observed_at] if observed_at in waiting else []
@@ -244,10 +256,11 @@ class KpiWatcher:
         """Reports never seen count with the time waited so far (a lower bound), so they raise p99, not hide."""
         missing = {kpi: 0 for kpi in WATCHED_KPIS}
         with self._lock:
-            for (kpi, _station), waiting in self.waiting.items():
-                for at in waiting.values():
+            for (kpi, station), waiting in self.waiting.items():
+                for stamp, at in waiting.items():
                     self.latencies[kpi].append((now - at) * 1000)
                     missing[kpi] += 1
+                    self.never_seen.append((kpi, station, stamp))
                 waiting.clear()
             self._outstanding = 0
         return missing
@@ -255,6 +268,31 @@ class KpiWatcher:
     def stop(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+async def explain_missing(client: AsyncBrokerClient, watcher: KpiWatcher, report: dict[str, Any]) -> None:
+    """Debug (BENCH_KPI_EXPLAIN_MISSING=1): for each report never seen, what the engine wrote, the broker
+    keeps in the KPI's history and the watcher heard for that entity."""
+    written = {(s, o) for s, o, _ in report.get("written_us_aqi", [])} | {(s, o) for s, o, _ in report["written"]}
+    for kpi, station, stamp in sorted(watcher.never_seen):
+        heard = [o for o, _ in watcher.heard.get((kpi, station), [])]
+        log(f"never seen: {kpi} {station} {stamp}; engine wrote it: {(station, stamp) in written}; "
+            f"heard for the entity: {heard}")
+        kpi_id = watcher.kpi_ids.get((kpi, station))
+        if kpi_id is None:
+            continue
+        history = await client.request(
+            "GET", f"/temporal/entities/{kpi_id}",
+            params={"timerel": "after", "timeAt": "1970-01-01T00:00:00Z", "lastN": 30},
+        )  # fmt: skip
+        if history.status_code != 200:
+            log(f"  history of {kpi_id}: {history.status_code} {history.text[:500]}")
+            continue
+        for name, instances in history.json().items():
+            if name.endswith("kpiValue"):
+                rows = instances if isinstance(instances, list) else [instances]
+                log(f"  history of {kpi_id} {name}: " + ", ".join(
+                    f"{row.get('observedAt')}={row.get('value')}" for row in rows if isinstance(row, dict)))
 
 
 def _percentiles(values: list[float], prefix: str) -> dict[str, float | None]:
@@ -372,6 +410,8 @@ async def measure_latency(
             await asyncio.to_thread(engine.wait, 60)
             report = orjson.loads(report_path.read_bytes())
             shutil.rmtree(report_path.parent, ignore_errors=True)
+            if watcher.never_seen and os.environ.get("BENCH_KPI_EXPLAIN_MISSING"):
+                await explain_missing(client, watcher, report)
     watcher.stop()
     notified = {(s, o): at for s, o, at in report["notified"]}
     written = {(s, o): at for s, o, at in report["written"]}

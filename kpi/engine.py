@@ -412,14 +412,29 @@ class KpiEngine:
                 future.set_result(history.get(source_id, {}))
 
     def _trim(self, source_id: str, entity_type: str, state: SourceObservations) -> None:
-        """Forget observations no window of the latest hour needs any more (once per hour of data)."""
+        """Forget observations no window of the latest hour needs any more (once per hour of data), nor
+        what a job still waiting for this source reads from memory.
+
+        Notifications of later hours arrive while a source's jobs run: trimming for the latest hour
+        alone dropped what a waiting job of an earlier hour needed (US AQI's NowCast reaches 11 hours
+        back), so that job read the temporal API and its window was written after the next hour's, as
+        an older window: into the history only, never the entity's current value, never notified.
+        """
         if state.latest is None:
             return
         hour = state.latest // 3_600_000_000
         if self._trimmed_hour.get(source_id) == hour:
             return
-        self._trimmed_hour[source_id] = hour
-        state.forget_before(self.needed_from(entity_type, source_id, from_micros(state.latest)))
+        keep_from = self.needed_from(entity_type, source_id, from_micros(state.latest))
+        held_back = False
+        for job in self._pending.get(source_id, {}).values():
+            if job.definition.trigger.on_change and job.definition.source.type == entity_type:
+                start = job.span()[0]
+                if start < keep_from and state.covers(start):
+                    keep_from, held_back = start, True
+        if not held_back:  # else trimmed again after the waiting jobs ran
+            self._trimmed_hour[source_id] = hour
+        state.forget_before(keep_from)
 
     def affected_windows(
         self, definition: KpiDefinition, moments: set[datetime], latest: datetime,
@@ -484,6 +499,16 @@ class KpiEngine:
             try:
                 if jobs:
                     await self.run_jobs(source, jobs)
+            except BrokerUnavailable as error:
+                # The broker did not answer a read (a seed, a window from the history): the jobs
+                # wait and run again (they were lost: their hours never reached the KPI entities).
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(error).__name__}: {error}"
+                log.warning("kpi jobs of %s retried in %.0f s: %s", source, WRITE_RETRY_S, error)
+                await asyncio.sleep(WRITE_RETRY_S)
+                waiting = self._pending.setdefault(source, {})
+                for job in jobs:
+                    waiting.setdefault(job.key, job)  # a job of the same window queued since is as good
             except Exception as error:  # one failing source must not stop the engine
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(error).__name__}: {error}"

@@ -7,13 +7,18 @@ Expected values come from the calculators applied to the same data in the test.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from kpi.calculators import count_exceedances, eea_air_quality_index, find_limit
 from kpi.calculators.averaging import daily_means
@@ -263,3 +268,54 @@ async def kpi_history_of(reader: AsyncBrokerClient, entity_id: str, attribute: s
     found = entity.get(attribute, {"values": []})
     values = found["values"] if isinstance(found, dict) else found[0]["values"]
     return sorted(((stamp, value) for value, stamp in values), key=lambda pair: pair[0])
+
+
+async def test_an_hour_waiting_behind_a_later_notification_is_still_the_current_value_in_its_turn(
+    settings: KpiSettings, producer: AsyncBrokerClient, kpi_reader: AsyncBrokerClient, station_id: str,
+    mqtt_url: str, tenant: str, wait_for: Callable[..., Any],
+) -> None:
+    """Under load a source's next hours are notified while its jobs run; the memory trimmed for the
+    latest hour must still serve a waiting earlier hour (US AQI's NowCast reaches 11 hours back),
+    else that hour is read from the history, written after the next one as an older window, and a
+    subscriber of the KPI entity never hears of it (bench.kpi: `latency_missing` for us-aqi)."""
+    chosen = definitions("us-aqi")
+    aqi_id = kpi_id("us-aqi", station_id, "hourly")
+    heard: list[str] = []
+    topic = f"test/kpi/{tenant}"
+    listener = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"listener-{tenant}")
+    subscribed = threading.Event()
+    listener.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+    listener.on_subscribe = lambda *_: subscribed.set()
+    listener.on_message = lambda _c, _u, message: heard.extend(
+        str(entity["kpiValue"]["observedAt"]) for entity in orjson.loads(message.payload)["body"]["data"]
+    )
+    listener.connect("127.0.0.1", int(mqtt_url.rsplit(":", 1)[1]))
+    listener.loop_start()
+    try:
+        assert await asyncio.to_thread(subscribed.wait, 10)
+        await kpi_reader.create_subscription({
+            "type": "Subscription", "entities": [{"id": aqi_id, "type": "KeyPerformanceIndicator"}],
+            "notification": {"attributes": ["kpiValue"], "endpoint": {"uri": f"{mqtt_url}/{topic}"}},
+        })  # fmt: skip
+        async with KpiEngine(settings, chosen) as engine:
+            await send_hours(producer, station_id, range(0, 13))
+            await wait_for(lambda: kpi_value_at(kpi_reader, aqi_id, utc(12)), what="hour 12")
+            await engine.drained()
+            reads = engine.stats.reads
+            # Hours 13 and 14 are notified together; a worker finishing an earlier run of this
+            # source trims its memory right then, before the jobs of 13 and 14 run.
+            entity_type = chosen.get("us-aqi").source.type
+            engine.changed(station_id, entity_type, observation(station_id, 13))
+            engine.changed(station_id, entity_type, observation(station_id, 14))
+            engine._trim(station_id, entity_type, engine._observations[station_id])
+            await engine.drained()
+            await wait_for(lambda: utc(14) in heard, what="the notification of hour 14")
+            reads_for_13_and_14 = engine.stats.reads - reads
+        assert utc(13) in heard, heard
+        assert heard.index(utc(13)) < heard.index(utc(14))
+        assert reads_for_13_and_14 == 0  # both hours from memory
+        current = await kpi_reader.get_entity(aqi_id)
+        assert current["kpiValue"]["observedAt"] == utc(14)
+    finally:
+        listener.loop_stop()
+        listener.disconnect()
