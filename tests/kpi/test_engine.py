@@ -319,3 +319,50 @@ async def test_an_hour_waiting_behind_a_later_notification_is_still_the_current_
     finally:
         listener.loop_stop()
         listener.disconnect()
+
+
+async def test_jobs_whose_read_the_broker_did_not_answer_run_again(
+    settings: KpiSettings, broker_url: str, producer: AsyncBrokerClient, kpi_reader: AsyncBrokerClient,
+    station_id: str, wait_for: Callable[..., Any],
+) -> None:
+    """The engine's first temporal read of a source (its seed) meets a dropped connection, as under
+    load; the hours it was for still reach the KPI entity (they were dropped with the error)."""
+    host, port = broker_url.rsplit("/", 1)[-1].split(":")
+    dropped: list[bytes] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requests: bool) -> None:
+        while data := await reader.read(65536):
+            if requests and data.startswith(b"GET /ngsi-ld/v1/temporal/entities") and not dropped:
+                dropped.append(data)  # the broker "disconnected without sending a response"
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def connection(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(relay(client_reader, upstream_writer, True), relay(upstream_reader, client_writer, False),
+                             return_exceptions=True)  # fmt: skip
+        client_writer.close()
+
+    proxy = await asyncio.start_server(connection, "127.0.0.1", 0)
+    proxy_url = f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+    eea_id = kpi_id("eea-air-quality-index", station_id, "hourly")
+    try:
+        async with KpiEngine(settings.model_copy(update={"broker_url": proxy_url}),
+                             definitions("eea-air-quality-index")) as engine:  # fmt: skip
+            await send_hours(producer, station_id, range(0, 1))
+            await wait_for(lambda: dropped, what="the seed read dropped")
+            await send_hours(producer, station_id, range(1, 3))
+            await wait_for(lambda: kpi_value_at(kpi_reader, eea_id, utc(2)), what="hour 2")
+            await engine.drained()
+
+            async def all_hours() -> list[tuple[str, Any]] | None:
+                history = await kpi_history(kpi_reader, eea_id)
+                return history if len(history) == 3 else None
+
+            history = await wait_for(all_hours, within=20, what="hours 0 to 2 in the KPI history")
+            assert [stamp for stamp, _ in history] == [utc(h) for h in range(3)]
+            assert engine.stats.errors >= 1
+    finally:
+        proxy.close()
