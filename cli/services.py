@@ -42,6 +42,9 @@ from smart_data_models.models import ENVIRONMENT_CONTEXT
 log = logging.getLogger(__name__)
 
 BROKER_START_TIMEOUT_S = 60.0
+BROKER_KEEP_ALIVE_S = 30
+"""Idle keep-alive connections stay open this long (uvicorn's 5 s made clients that keep theirs 5 s too
+reuse connections the broker was closing)."""
 
 
 def announce_auth(settings: CliSettings, console: Console) -> None:
@@ -98,7 +101,8 @@ def broker_server(database_url: str, host: str, port: int) -> uvicorn.Server:
     """The broker as a uvicorn server over the given database (not started)."""
     settings = BrokerSettings(database_url=database_url, host=host, port=port)
     config = uvicorn.Config(
-        create_app(settings), host=host, port=port, loop="uvloop", http="httptools", log_level="warning"
+        create_app(settings), host=host, port=port, loop="uvloop", http="httptools", log_level="warning",
+        timeout_keep_alive=BROKER_KEEP_ALIVE_S,
     )
     return uvicorn.Server(config)
 

@@ -25,6 +25,9 @@ JSONLD_CONTEXT_REL = 'rel="http://www.w3.org/ns/json-ld#context"; type="applicat
 
 BatchKind = Literal["create", "upsert", "update", "delete", "merge"]
 
+IDLE_CONNECTION_EXPIRY_S = 2.0
+"""How long an idle pooled connection is kept for reuse: under any common server keep-alive timeout."""
+
 
 class BrokerUnavailable(NgsiError):
     """The broker could not be reached or did not answer (connection refused, timeout, gateway error)."""
@@ -157,7 +160,11 @@ class AsyncBrokerClient:
         self.context = context
         self.batch_size = batch_size
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout, headers=dict(headers or {}), transport=transport
+            base_url=self.base_url, timeout=timeout, headers=dict(headers or {}), transport=transport,
+            # An idle connection is dropped well before a server closes it (uvicorn: 5 s, our broker:
+            # BROKER_KEEP_ALIVE_S): reusing one the server is closing at that moment fails the request
+            # with "Server disconnected without sending a response".
+            limits=httpx.Limits(keepalive_expiry=IDLE_CONNECTION_EXPIRY_S),
         )
 
     async def __aenter__(self) -> AsyncBrokerClient:
