@@ -52,10 +52,11 @@ STOP_TIMEOUT_S = 30.0
 _PR_SET_PDEATHSIG = 1
 
 # Settings for a dev box shared with other work: durable (fsync on, default synchronous_commit),
-# modest memory, enough connections for a broker pool, agents and tests.
+# modest memory, enough connections for a broker pool, agents and tests (the suite's one broker serves a
+# tenant per test; its notifier keeps a LISTEN connection per tenant it watches).
 DEV_SETTINGS: dict[str, str] = {
     "listen_addresses": "127.0.0.1",
-    "max_connections": "200",
+    "max_connections": "400",
     "shared_buffers": "128MB",
     "effective_cache_size": "512MB",
     "work_mem": "8MB",

@@ -22,6 +22,9 @@ class BrokerSettings(BaseSettings):
     pool_min_size: int = 1
     pool_max_size: int = 10
     tenant_pool_max_size: int = 4
+    # A tenant's connections (other than the default tenant's) close after this many idle seconds, so a
+    # broker holds connections for the tenants in use, not for every tenant it ever served.
+    tenant_pool_max_idle_s: float = 60.0
     # Concurrent single-entity writes of a tenant share one transaction, up to this many
     # (broker/entities/write_groups.py).
     group_commit_max_writes: int = 64

@@ -99,8 +99,9 @@ class TenantDatabases:
         is_default = database == self.default_database
         pool = AsyncConnectionPool(
             self._conninfo(database),
-            min_size=self._settings.pool_min_size,
+            min_size=self._settings.pool_min_size if is_default else 0,
             max_size=self._settings.pool_max_size if is_default else self._settings.tenant_pool_max_size,
+            max_idle=600.0 if is_default else self._settings.tenant_pool_max_idle_s,
             open=False,
             name=f"broker-{database}",
             configure=configure_pooled_connection,
