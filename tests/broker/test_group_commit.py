@@ -28,26 +28,39 @@ async def no2_history(http: httpx.AsyncClient, entity_id: str, headers: dict[str
     return instances if isinstance(instances, list) else [instances]
 
 
-async def test_concurrent_patches_of_one_entity_are_all_applied_one_after_the_other(
-    http: httpx.AsyncClient, tenant: str
-) -> None:
-    headers = {"NGSILD-Tenant": tenant}
+async def thirty_two_concurrent_writes(http: httpx.AsyncClient, headers: dict[str, str], method: str,
+                                       body: Any) -> tuple[str, list[int]]:
+    """A new entity with no2 = 0, then 32 concurrent `method` requests to its /attrs with `body(value)`; all 204."""
     entity_id = new_id()
     assert (await http.post(f"{API}/entities", json=station(entity_id, 0), headers=headers)).status_code == 201
     values = list(range(1, 33))
     answers = await asyncio.gather(*(
-        http.patch(f"{API}/entities/{entity_id}/attrs", json={"no2": {"type": "Property", "value": value}},
-                   headers=headers)
+        http.request(method, f"{API}/entities/{entity_id}/attrs", json=body(value), headers=headers)
         for value in values
     ))  # fmt: skip
     assert [answer.status_code for answer in answers] == [204] * 32, [a.text for a in answers if a.status_code != 204]
+    return entity_id, values
+
+
+def assert_current_is_written_last(entity: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """The entity's no2 is one of the instances written last (to the millisecond), at the entity's modifiedAt."""
+    latest = max(instance["modifiedAt"] for instance in history)
+    assert entity["no2"]["modifiedAt"] == latest == entity["modifiedAt"]
+    assert entity["no2"]["value"] in {instance["value"] for instance in history if instance["modifiedAt"] == latest}
+
+
+async def test_concurrent_patches_of_one_entity_are_all_applied_one_after_the_other(
+    http: httpx.AsyncClient, tenant: str
+) -> None:
+    headers = {"NGSILD-Tenant": tenant}
+    entity_id, values = await thirty_two_concurrent_writes(
+        http, headers, "PATCH", lambda value: {"no2": {"type": "Property", "value": value}}
+    )
     history = await no2_history(http, entity_id, headers)
     assert sorted(instance["value"] for instance in history) == [0, *values]
     # Applied in some order, one after the other: the last one in time is the current value.
     entity = (await http.get(f"{API}/entities/{entity_id}", params={"options": "sysAttrs"}, headers=headers)).json()
-    latest = max(instance["modifiedAt"] for instance in history)
-    assert entity["no2"]["modifiedAt"] == latest == entity["modifiedAt"]
-    assert entity["no2"]["value"] in {instance["value"] for instance in history if instance["modifiedAt"] == latest}
+    assert_current_is_written_last(entity, history)
 
 
 async def test_concurrent_good_and_bad_writes_each_get_their_own_answer(http: httpx.AsyncClient, tenant: str) -> None:
@@ -210,25 +223,17 @@ async def test_concurrent_appends_to_one_entity_are_applied_in_order_and_none_is
 ) -> None:
     """With several groups in flight, a group that writes an entity waits for the earlier group that writes it."""
     headers = {"NGSILD-Tenant": tenant}
-    entity_id = new_id()
-    assert (await http.post(f"{API}/entities", json=station(entity_id, 0), headers=headers)).status_code == 201
-    values = list(range(1, 33))
-    answers = await asyncio.gather(*(
-        http.post(f"{API}/entities/{entity_id}/attrs",
-                  json={"no2": {"type": "Property", "value": value}, f"a{value}": {"type": "Property", "value": value}},
-                  headers=headers)
-        for value in values
-    ))  # fmt: skip
-    assert [answer.status_code for answer in answers] == [204] * 32, [a.text for a in answers if a.status_code != 204]
+    entity_id, values = await thirty_two_concurrent_writes(
+        http, headers, "POST",
+        lambda value: {"no2": {"type": "Property", "value": value}, f"a{value}": {"type": "Property", "value": value}},
+    )
     entity = (await http.get(f"{API}/entities/{entity_id}", params={"options": "sysAttrs"}, headers=headers)).json()
     # Each write started from the state the one before it left: no attribute added by one was lost by another.
     assert {f"a{value}" for value in values} <= set(entity)
     history = await no2_history(http, entity_id, headers)
     assert len(history) == 33
     # Applied in the order of their timestamps: the current value is one written last (to the millisecond).
-    latest = max(instance["modifiedAt"] for instance in history)
-    assert entity["no2"]["modifiedAt"] == latest == entity["modifiedAt"]
-    assert entity["no2"]["value"] in {instance["value"] for instance in history if instance["modifiedAt"] == latest}
+    assert_current_is_written_last(entity, history)
     # Each added attribute was created by its own write, at that write's time.
     created = {instance["value"]: instance["modifiedAt"] for instance in history}
     assert all(entity[f"a{value}"]["createdAt"] == created[value] for value in values)
