@@ -29,8 +29,10 @@ from ngsi.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFou
 BatchKind = Literal["create", "upsert", "update", "delete", "merge"]
 
 # A large batch is expanded, applied and sent in chunks of this many entities: PostgreSQL stores one
-# chunk while this process prepares the next.
+# chunk while this process prepares the next. A batch of at most CHUNKED_FROM entities (what IoT agents
+# send) goes as one chunk: its statements are cheaper once than twice.
 CHUNK_ENTITIES = 100
+CHUNKED_FROM = 256
 
 
 @dataclass
@@ -76,7 +78,8 @@ class BatchService:
         now = datetime.now(UTC)
         stamp = iso_ms(now)
         items = list(zip(payload, per_item, strict=True))
-        chunks = [items[first:first + CHUNK_ENTITIES] for first in range(0, len(items), CHUNK_ENTITIES)]
+        size = CHUNK_ENTITIES if len(items) > CHUNKED_FROM else len(items)
+        chunks = [items[first:first + size] for first in range(0, len(items), size)]
         refused = BatchResult()  # entities refused before the transaction: reported first, in payload order
         parsed = self.parse(kind, chunks[0], stamp, refused)
         ready = 1
