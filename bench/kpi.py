@@ -199,6 +199,9 @@ class KpiWatcher:
         self.arrived: dict[tuple[str, str], float] = {}
         self.heard: dict[tuple[str, str], list[tuple[str, float]]] = {}
         """(kpi, station) → the hours (kpiValue.observedAt) its notifications carried, in arrival order."""
+        self.timeline: list[tuple[float, str, str, float]] = []
+        """(arrival time, kpi, station, latency ms) of every report seen: BENCH_KPI_TIMELINE=FILE writes it
+        as JSON, to see when latencies grew (e.g. every station's yearly KPIs at once)."""
         self.kpi_ids: dict[tuple[str, str], str] = {}
         self.never_seen: list[tuple[str, str, str]] = []
         """(kpi, station, observedAt) of the reports given up on."""
@@ -236,6 +239,7 @@ class KpiWatcher:
                     done = [stamp for stamp in waiting if stamp <= updated_at]
                 for stamp in done:
                     self.latencies[kpi].append((arrived - waiting.pop(stamp)) * 1000)
+                    self.timeline.append((arrived, kpi, station, self.latencies[kpi][-1]))
                     if kpi == "eea-air-quality-index":
                         self.arrived[(station, stamp)] = arrived
                 self._outstanding -= len(done)
@@ -413,6 +417,8 @@ async def measure_latency(
             if watcher.never_seen and os.environ.get("BENCH_KPI_EXPLAIN_MISSING"):
                 await explain_missing(client, watcher, report)
     watcher.stop()
+    if os.environ.get("BENCH_KPI_TIMELINE"):
+        await asyncio.to_thread(Path(os.environ["BENCH_KPI_TIMELINE"]).write_bytes, orjson.dumps(watcher.timeline))
     notified = {(s, o): at for s, o, at in report["notified"]}
     written = {(s, o): at for s, o, at in report["written"]}
     hourly = [v for kpi, group in WATCHED_KPIS.items() if group == "hourly" for v in watcher.latencies[kpi]]

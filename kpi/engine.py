@@ -23,7 +23,9 @@ import asyncio
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -109,7 +111,11 @@ SEED_SLICE_HOURS = 24 * 400
 """A seed reads up to a year and a bit in one request (a broker that cuts the answer is followed)."""
 
 WRITES_IN_FLIGHT = 3
-"""Batches of one write lane sent at once."""
+"""Batches of the short lane sent at once."""
+LONG_LANE_BATCH = 100
+"""Most entities per batch of the long lane (month, year, custom periods), which sends one batch at a time."""
+LONG_LANE_YIELD_S = 0.25
+"""How long a batch of the long lane waits for the short lane to have nothing in flight."""
 WRITE_RETRY_S = 1.0
 """Wait before a batch the broker did not answer is sent again."""
 
@@ -135,6 +141,46 @@ def _merged_spans(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime
     return merged
 
 
+def is_short(job: Job) -> bool:
+    """A job of an hour, 8-hour or day window: what users watch live, run before the long windows."""
+    return job.window.kind in SERIES_KINDS
+
+
+class SourceQueue:
+    """Sources with jobs waiting, in two lanes: a source with a short-window job is taken before any
+    source that waits only with long windows (this year's counts, released every `min_interval_s` for
+    every station at once), so that hourly KPIs never queue behind a year of recomputations."""
+
+    def __init__(self) -> None:
+        self._lanes: tuple[deque[str], deque[str]] = (deque(), deque())
+        self._lane_of: dict[str, int] = {}
+        self._available = asyncio.Event()
+
+    def __contains__(self, source: str) -> bool:
+        return source in self._lane_of
+
+    def put(self, source: str, *, urgent: bool) -> None:
+        """Queue `source` (again: moved to the first lane if it becomes urgent)."""
+        lane = 0 if urgent else 1
+        queued = self._lane_of.get(source)
+        if queued is not None and queued <= lane:
+            return
+        self._lane_of[source] = lane
+        self._lanes[lane].append(source)  # its entry in the second lane, if any, is skipped when reached
+        self._available.set()
+
+    async def get(self) -> str:
+        while True:
+            for lane, waiting in enumerate(self._lanes):
+                while waiting:
+                    source = waiting.popleft()
+                    if self._lane_of.get(source) == lane:
+                        del self._lane_of[source]
+                        return source
+            self._available.clear()
+            await self._available.wait()
+
+
 class KpiEngine:
     """Keeps the KPI entities of `definitions` up to date with the broker's data."""
 
@@ -148,9 +194,8 @@ class KpiEngine:
         )  # fmt: skip
         self._intake: MqttIntake | HttpIntake | None = None
         self._pending: dict[str, dict[JobKey, Job]] = {}
-        self._queued: set[str] = set()
         self._running: set[str] = set()
-        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        self._ready = SourceQueue()
         self._deferred: set[JobKey] = set()
         self._last_run: dict[JobKey, float] = {}
         self._latest_seen: dict[str, datetime] = {}
@@ -168,8 +213,11 @@ class KpiEngine:
         # Two write lanes, so that hourly and daily KPIs never wait behind a batch of yearly ones.
         self._outgoing: dict[str, list[KpiEntity]] = {"short": [], "long": []}
         self._write_wanted = {lane: asyncio.Event() for lane in self._outgoing}
+        self._short_quiet = asyncio.Event()
+        """Set while the short lane has no batch in flight: the long lane's moment to send."""
+        self._short_quiet.set()
         self._writing: set[asyncio.Task[None]] = set()
-        """Batches being written (up to `WRITES_IN_FLIGHT` per lane, never two holding the same entity)."""
+        """Batches being written (`_write_loop`; never two holding the same entity)."""
         self._write_tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -478,9 +526,8 @@ class KpiEngine:
         self._pending.setdefault(source, {})[key] = job
         self.stats.jobs += 1
         self._idle.clear()
-        if source not in self._queued and source not in self._running:
-            self._queued.add(source)
-            self._ready.put_nowait(source)
+        if source not in self._running:
+            self._ready.put(source, urgent=is_short(job))
 
     def _release(self, job: Job) -> None:
         self._deferred.discard(job.key)
@@ -493,7 +540,6 @@ class KpiEngine:
     async def _work(self) -> None:
         while True:
             source = await self._ready.get()
-            self._queued.discard(source)
             jobs = list(self._pending.pop(source, {}).values())
             self._running.add(source)
             try:
@@ -515,9 +561,9 @@ class KpiEngine:
                 log.exception("kpi jobs failed source=%s jobs=%d", source, len(jobs))
             finally:
                 self._running.discard(source)
-                if self._pending.get(source) and source not in self._queued:
-                    self._queued.add(source)
-                    self._ready.put_nowait(source)
+                left = self._pending.get(source)
+                if left:
+                    self._ready.put(source, urgent=any(is_short(job) for job in left.values()))
                 self._update_idle()
 
     async def run_jobs(self, source_id: str, jobs: list[Job]) -> list[KpiEntity]:
@@ -590,18 +636,21 @@ class KpiEngine:
     async def _write_loop(self, lane: str) -> None:
         """One writer per lane for every source: what the workers produced in the last few ms goes in one batch.
 
-        Up to `WRITES_IN_FLIGHT` batches of a lane are written at once, so one slow request does
-        not hold back the next batch; an entity in a batch still in flight waits for the one after
-        (its windows reach the broker in order). Every `kpi_history_sync_s` (periods:
-        `kpi_period_history_sync_s`) the lane also brings the history instances of its current
-        windows up to their latest value (the writer's `flush_history`), when none of its batches
-        is in flight, so a replacement never races a write of the same entity.
+        Up to `WRITES_IN_FLIGHT` batches of the short lane are written at once, so one slow request
+        does not hold back the next batch; the long lane sends one batch of at most `LONG_LANE_BATCH`
+        at a time, when the short lane has none in flight (or after `LONG_LANE_YIELD_S`). An entity
+        in a batch still in flight waits for the one after (its windows reach the broker in order).
+        Every `kpi_history_sync_s` (periods: `kpi_period_history_sync_s`) the lane also brings the
+        history instances of its current windows up to their latest value (the writer's
+        `flush_history`), when none of its batches is in flight, so a replacement never races a
+        write of the same entity.
         """
         wanted = self._write_wanted[lane]
         series = lane == "short"
         sync_every = self.settings.kpi_history_sync_s if series else self.settings.kpi_period_history_sync_s
         synced = time.monotonic()
-        slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
+        slots = asyncio.Semaphore(WRITES_IN_FLIGHT if series else 1)
+        most = self.settings.kpi_write_batch if series else min(LONG_LANE_BATCH, self.settings.kpi_write_batch)
         in_flight: set[str] = set()
         lane_tasks: set[asyncio.Task[None]] = set()
         while True:
@@ -614,8 +663,18 @@ class KpiEngine:
                 wanted.clear()
             if self._outgoing[lane]:
                 await slots.acquire()
-                batch = [kpi for kpi in self._outgoing[lane] if kpi.id not in in_flight]
-                self._outgoing[lane] = [kpi for kpi in self._outgoing[lane] if kpi.id in in_flight]
+                if not series:
+                    # The long lane (this year's counts of every station at once) sends in the short
+                    # lane's pauses, one batch at a time: the broker serves the hourly KPIs first.
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self._short_quiet.wait(), LONG_LANE_YIELD_S)
+                batch: list[KpiEntity] = []
+                kept: list[KpiEntity] = []
+                for kpi in self._outgoing[lane]:
+                    (batch if kpi.id not in in_flight and len(batch) < most else kept).append(kpi)
+                self._outgoing[lane] = kept
+                if len(batch) == most:
+                    wanted.set()  # more to send once a slot is free
                 if not batch:  # all wait for batches in flight; their end wakes this loop
                     slots.release()
                     continue
@@ -624,12 +683,16 @@ class KpiEngine:
                 task = asyncio.create_task(self._write_batch(lane, batch))
                 lane_tasks.add(task)
                 self._writing.add(task)
+                if series:
+                    self._short_quiet.clear()
 
                 def finished(done: asyncio.Task[None], ids: set[str] = ids) -> None:
                     in_flight.difference_update(ids)
                     lane_tasks.discard(done)
                     self._writing.discard(done)
                     slots.release()
+                    if series and not lane_tasks:
+                        self._short_quiet.set()
                     if self._outgoing[lane]:
                         wanted.set()
                     self._update_idle()

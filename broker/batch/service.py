@@ -95,6 +95,13 @@ class BatchService:
             await self.run_grouped(kind, tenant, pool, parsed[0], now, stamp, options, result)
             return merged(refused, result)
         ids = sorted({entity_id for item, _ in items if isinstance(entity_id := item_id(kind, item), str)})
+        if ready == len(chunks):
+            # One chunk: BEGIN, the locks and the rows in one message, the writes, COMMIT (as a write group).
+            async with pool.connection() as conn, store.write_transaction(conn):
+                locked = await store.lock_entities(conn, ids)
+                stored = {k for k, v in locked.items() if v is not None}
+                await self.store_chunk(kind, conn, tenant, parsed, locked, stored, now, stamp, options, result)
+            return merged(refused, result)
         # Pipelined, chunk by chunk: each statement leaves as soon as it is issued, so PostgreSQL stores
         # one chunk's states and history while this process expands and applies the next (two cores at
         # work, not one after the other).

@@ -237,11 +237,11 @@ WITH_HISTORY = (
 # (the primary key): given the entity and attribute too, the planner picks the (entity, attribute,
 # time) index and walks the attribute's whole history, which grows with every write.
 REPLACED_INSTANCES_DELETE = (
-    "WITH held AS MATERIALIZED (SELECT ctid AS row, instanceId, entityId, id FROM attributes"
-    " WHERE instanceId = ANY(%s::text[])),"
+    "WITH given AS MATERIALIZED (SELECT g->>0 AS i, g->>1 AS e, g->>2 AS n FROM jsonb_array_elements(%s::jsonb) AS g),"
+    " held AS MATERIALIZED (SELECT ctid AS row, instanceId, entityId, id FROM attributes"
+    " WHERE instanceId = ANY(ARRAY(SELECT i FROM given))),"
     " gone AS (DELETE FROM attributes a WHERE a.ctid = ANY(ARRAY(SELECT h.row FROM held h"
-    " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS g(i, e, n) ON h.instanceId = g.i AND h.entityId = g.e"
-    " AND h.id = g.n)) RETURNING a.instanceId)"
+    " JOIN given g ON h.instanceId = g.i AND h.entityId = g.e AND h.id = g.n)) RETURNING a.instanceId)"
     " DELETE FROM subAttributes s WHERE s.attrInstanceId = ANY(ARRAY(SELECT instanceId FROM gone))"
 )
 
@@ -257,8 +257,8 @@ async def write_history(conn: AsyncConnection, rows: HistoryRows, *, chunk_rows:
     """
     rows.compact()
     if rows.given:
-        ids, entity_ids, names = (list(column) for column in zip(*rows.given, strict=True))
-        await conn.execute(REPLACED_INSTANCES_DELETE, (ids, ids, entity_ids, names))
+        # (instanceId, entityId, attribute) triples as one JSON array: orjson writes it in C.
+        await conn.execute(REPLACED_INSTANCES_DELETE, (orjson.dumps(list(rows.given)).decode(),))
     tables = (
         (rows.entities, ENTITY_INSERT),
         (rows.attributes, ATTRIBUTE_INSERT),

@@ -19,7 +19,7 @@ async def test_a_batch_of_several_hundred_entities_is_applied_in_order_with_its_
 ) -> None:
     headers = {"NGSILD-Tenant": tenant}
     prefix = f"urn:ngsi-ld:Station:{uuid.uuid4().hex[:8]}-"
-    ids = [f"{prefix}{n:03d}" for n in range(250)]
+    ids = [f"{prefix}{n:03d}" for n in range(300)]  # above CHUNKED_FROM: stored in chunks
     payload: list[Any] = [station(entity_id, n) for n, entity_id in enumerate(ids)]
     payload[180] = station(ids[5], 1005)  # the same entity again, two chunks later: applied after the first
     payload[130] = {"id": ids[130], "type": "Station", "no2": {"type": "Property"}}  # no value
@@ -35,14 +35,14 @@ async def test_a_batch_of_several_hundred_entities_is_applied_in_order_with_its_
     listed = await http.get(f"{API}/entities", params={"idPattern": f"^{prefix}", "limit": "1000",
                                                        "options": "keyValues"}, headers=headers)
     stored = {entity["id"]: entity["no2"] for entity in listed.json()}
-    assert len(stored) == 247
-    assert stored[ids[5]] == 1005 and stored[ids[249]] == 249
+    assert len(stored) == 297
+    assert stored[ids[5]] == 1005 and stored[ids[299]] == 299
     history = await http.get(f"{API}/temporal/entities/{ids[5]}", params={"attrs": "no2"}, headers=headers)
     instances = history.json()["no2"]
     assert sorted(instance["value"] for instance in instances) == [5, 1005]
 
     updated = await http.post(f"{API}/entityOperations/update",
-                              json=[station(entity_id, -1) for entity_id in ids[:200]], headers=headers)
+                              json=[station(entity_id, -1) for entity_id in ids[:200]], headers=headers)  # one chunk
     assert updated.status_code == 207, updated.text  # 130 and 180 were never created
     assert sorted(error["entityId"] for error in updated.json()["errors"]) == [ids[130], ids[180]]
     deleted = await http.post(f"{API}/entityOperations/delete", json=ids, headers=headers)

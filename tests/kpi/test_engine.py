@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from kpi.calculators import count_exceedances, eea_air_quality_index, find_limit
 from kpi.calculators.averaging import daily_means
 from kpi.definitions import DefinitionSet, Trigger, load_definitions
-from kpi.engine import KpiEngine
+from kpi.engine import KpiEngine, SourceQueue
 from kpi.settings import KpiSettings
 from ngsi.client import AsyncBrokerClient
 from smart_data_models import AirQualityObserved, format_timestamp, to_ngsi_ld
@@ -366,3 +366,22 @@ async def test_jobs_whose_read_the_broker_did_not_answer_run_again(
             assert engine.stats.errors >= 1
     finally:
         proxy.close()
+
+
+async def test_stations_with_hourly_work_are_taken_before_stations_waiting_with_yearly_work_only() -> None:
+    """The engine's queue: after every station's yearly KPIs came due at once, a station that reports a new
+    hour is served first, also when it was already waiting with yearly work."""
+    queue = SourceQueue()
+    for n in range(3):
+        queue.put(f"yearly-{n}", urgent=False)
+    queue.put("hourly-a", urgent=True)
+    queue.put("yearly-1", urgent=True)  # a new hour of a station already queued for its year
+    queue.put("hourly-a", urgent=False)  # more yearly work of a station queued for an hour: stays ahead
+    taken = [await asyncio.wait_for(queue.get(), 1) for _ in range(4)]
+    assert taken == ["hourly-a", "yearly-1", "yearly-0", "yearly-2"]
+    assert "yearly-1" not in queue
+    waiter = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    queue.put("yearly-1", urgent=False)
+    assert await asyncio.wait_for(waiter, 1) == "yearly-1"
