@@ -112,7 +112,7 @@ SEED_SLICE_HOURS = 24 * 400
 
 WRITES_IN_FLIGHT = 3
 """Batches of the short lane sent at once."""
-LONG_LANE_BATCH = 100
+LONG_LANE_BATCH = 25
 """Most entities per batch of the long lane (month, year, custom periods), which sends one batch at a time."""
 LONG_LANE_YIELD_S = 0.25
 """How long a batch of the long lane waits for the short lane to have nothing in flight."""
@@ -149,12 +149,15 @@ def is_short(job: Job) -> bool:
 class SourceQueue:
     """Sources with jobs waiting, in two lanes: a source with a short-window job is taken before any
     source that waits only with long windows (this year's counts, released every `min_interval_s` for
-    every station at once), so that hourly KPIs never queue behind a year of recomputations."""
+    every station at once), and only one source of the second lane is worked on at a time, so that
+    hourly KPIs never queue behind a year of recomputations (the workers share one event loop)."""
 
-    def __init__(self) -> None:
+    def __init__(self, background_at_once: int = 1) -> None:
         self._lanes: tuple[deque[str], deque[str]] = (deque(), deque())
         self._lane_of: dict[str, int] = {}
         self._available = asyncio.Event()
+        self._background_at_once = background_at_once
+        self._background = 0
 
     def __contains__(self, source: str) -> bool:
         return source in self._lane_of
@@ -169,16 +172,24 @@ class SourceQueue:
         self._lanes[lane].append(source)  # its entry in the second lane, if any, is skipped when reached
         self._available.set()
 
-    async def get(self) -> str:
+    async def get(self) -> tuple[str, bool]:
+        """The next source, and whether it came from the second lane (then call `done_background` after)."""
         while True:
             for lane, waiting in enumerate(self._lanes):
+                if lane == 1 and self._background >= self._background_at_once:
+                    break
                 while waiting:
                     source = waiting.popleft()
                     if self._lane_of.get(source) == lane:
                         del self._lane_of[source]
-                        return source
+                        self._background += lane
+                        return source, lane == 1
             self._available.clear()
             await self._available.wait()
+
+    def done_background(self) -> None:
+        self._background -= 1
+        self._available.set()
 
 
 class KpiEngine:
@@ -539,7 +550,7 @@ class KpiEngine:
 
     async def _work(self) -> None:
         while True:
-            source = await self._ready.get()
+            source, background = await self._ready.get()
             jobs = list(self._pending.pop(source, {}).values())
             self._running.add(source)
             try:
@@ -560,6 +571,8 @@ class KpiEngine:
                 self.stats.last_error = f"{type(error).__name__}: {error}"
                 log.exception("kpi jobs failed source=%s jobs=%d", source, len(jobs))
             finally:
+                if background:
+                    self._ready.done_background()
                 self._running.discard(source)
                 left = self._pending.get(source)
                 if left:

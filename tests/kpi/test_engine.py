@@ -370,18 +370,23 @@ async def test_jobs_whose_read_the_broker_did_not_answer_run_again(
 
 async def test_stations_with_hourly_work_are_taken_before_stations_waiting_with_yearly_work_only() -> None:
     """The engine's queue: after every station's yearly KPIs came due at once, a station that reports a new
-    hour is served first, also when it was already waiting with yearly work."""
+    hour is served first, also when it was already waiting with yearly work; one yearly station at a time."""
     queue = SourceQueue()
     for n in range(3):
         queue.put(f"yearly-{n}", urgent=False)
     queue.put("hourly-a", urgent=True)
     queue.put("yearly-1", urgent=True)  # a new hour of a station already queued for its year
     queue.put("hourly-a", urgent=False)  # more yearly work of a station queued for an hour: stays ahead
-    taken = [await asyncio.wait_for(queue.get(), 1) for _ in range(4)]
-    assert taken == ["hourly-a", "yearly-1", "yearly-0", "yearly-2"]
+    taken = [await asyncio.wait_for(queue.get(), 1) for _ in range(3)]
+    assert taken == [("hourly-a", False), ("yearly-1", False), ("yearly-0", True)]
     assert "yearly-1" not in queue
-    waiter = asyncio.create_task(queue.get())
+    second = asyncio.create_task(queue.get())
     await asyncio.sleep(0)
-    assert not waiter.done()
-    queue.put("yearly-1", urgent=False)
-    assert await asyncio.wait_for(waiter, 1) == "yearly-1"
+    assert not second.done()  # yearly-2 waits until yearly-0 is done
+    queue.put("hourly-b", urgent=True)
+    assert await asyncio.wait_for(second, 1) == ("hourly-b", False)
+    third = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    assert not third.done()
+    queue.done_background()
+    assert await asyncio.wait_for(third, 1) == ("yearly-2", True)
