@@ -249,8 +249,19 @@ class KpiWatcher:
     def acknowledged(self, station: str, observed_at: str, at: float) -> None:
         with self._lock:
             for kpi in WATCHED_KPIS:
+                # The engine can be quicker than the report's HTTP answer: an hourly KPI showing the hour
+                # may have been heard already (latency 0 from the acknowledgement; daily and yearly KPIs
+                # are matched by their next notifications anyway).
+                early = [arrived for hour, arrived in self.heard.get((kpi, station), ())
+                         if hour == observed_at] if WATCHED_KPIS[kpi] == "hourly" else []  # fmt: skip
+                if early:
+                    self.latencies[kpi].append(max(0.0, early[0] - at) * 1000)
+                    self.timeline.append((early[0], kpi, station, self.latencies[kpi][-1]))
+                    if kpi == "eea-air-quality-index":
+                        self.arrived[(station, observed_at)] = early[0]
+                    continue
                 self.waiting.setdefault((kpi, station), {})[observed_at] = at
-            self._outstanding += len(WATCHED_KPIS)
+                self._outstanding += 1
 
     def wait_all_seen(self, timeout: float) -> bool:
         with self._lock:
