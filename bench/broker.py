@@ -36,7 +36,9 @@ Phases and keys of the JSON line:
   arrived, for `SINGLE_UPSERT_SECONDS` after a warm-up; 2xx answers / seconds. The clients run in
   a separate process on raw keep-alive HTTP/1.1 connections (bench/_harness.py); its CPU share is
   reported so one can see it was not the bottleneck. `details.single_upsert.writes_per_transaction`: how many
-  of these writes the broker's group commit put into one transaction, on average.
+  of these writes the broker's group commit put into one transaction, on average; `ms_per_write`: how long
+  a write waited for its group (`queued`), for a connection, BEGIN and its locks (`locking`), for its
+  group's states and history (`writing`) and COMMIT (`committing`), on average.
 - `query_q_p95_ms`: `GET /entities?type=AirQualityObserved&q=pm25>X&limit=100` with X random in
   the value range, one request at a time, p95 of the wall time per request (client included).
 - `query_near_p95_ms`: `GET /entities?type=AirQualityObserved&georel=near;maxDistance==1000&geometry=Point
@@ -380,10 +382,11 @@ def get_targets(rng: random.Random, n_entities: int) -> list[str]:
     return [f"{API}/entities/{quote(entity_id(rng.randrange(n_entities)), safe=':')}" for _ in range(GET_REPETITIONS)]
 
 
-def write_groups(broker: BrokerUnderTest) -> dict[str, int]:
-    """The broker's group-commit counters (GET /health): transactions of single-entity writes, writes in them."""
+def write_groups(broker: BrokerUnderTest) -> dict[str, Any]:
+    """The broker's group-commit counters (GET /health): transactions of single-entity writes, writes in
+    them, seconds the writes spent in each stage."""
     health = httpx.get(f"{broker.base_url}/health", timeout=10).json()
-    return health.get("write_groups") or {"groups": 0, "writes": 0}
+    return health.get("write_groups") or {"groups": 0, "writes": 0, "seconds": {}}
 
 
 def rounded(value: float | None, digits: int = 1) -> float | None:
@@ -458,8 +461,12 @@ async def measure(broker: BrokerUnderTest, result: dict[str, Any], details: dict
         groups_after = write_groups(broker)
         groups = groups_after["groups"] - groups_before["groups"]
         if groups:
-            details["single_upsert"]["writes_per_transaction"] = round(
-                (groups_after["writes"] - groups_before["writes"]) / groups, 2)
+            writes = groups_after["writes"] - groups_before["writes"]
+            details["single_upsert"]["writes_per_transaction"] = round(writes / groups, 2)
+            # Where a write's time goes inside the broker (the rest of p50: HTTP, parsing, answering).
+            details["single_upsert"]["ms_per_write"] = {
+                stage: round((seconds - groups_before["seconds"].get(stage, 0.0)) / writes * 1000, 2)
+                for stage, seconds in groups_after["seconds"].items()}  # fmt: skip
         if load["error"]:
             errors["single_upsert"] = load["error"]
         result["single_upsert_rps"] = round(load["ok"] / load["seconds"]) if load["ok"] else None

@@ -176,7 +176,9 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
     async def health() -> dict[str, Any]:
         return {"status": "ok", "uptime_s": round((datetime.now(UTC) - started_at).total_seconds(), 3),
                 # Group commit (broker/entities/write_groups.py): transactions of single-entity writes so far.
-                "write_groups": {"groups": entity_service.groups.groups, "writes": entity_service.groups.writes}}
+                "write_groups": {"groups": entity_service.groups.groups, "writes": entity_service.groups.writes,
+                                 "seconds": {stage: round(seconds, 6)
+                                             for stage, seconds in entity_service.groups.stage_s.items()}}}
 
     @app.get("/version")
     async def version() -> dict[str, Any]:

@@ -216,6 +216,10 @@ async def test_concurrent_writes_share_transactions_and_a_lone_writer_has_its_ow
     groups_end, writes_end = await counters()
     assert writes_end - writes_after == 32
     assert groups_end - groups_after < 32
+    # Where the writes' time went, by stage (bench.broker reports it per write).
+    seconds = (await http.get("/health")).json()["write_groups"]["seconds"]
+    assert set(seconds) == {"queued", "locking", "writing", "committing"}
+    assert all(value > 0 for value in seconds.values())
 
 
 async def test_concurrent_appends_to_one_entity_are_applied_in_order_and_none_is_lost(
