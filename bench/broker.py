@@ -508,11 +508,13 @@ async def measure(broker: BrokerUnderTest, result: dict[str, Any], details: dict
 
 
 def main() -> None:
-    global N_ENTITIES, COPY_SAMPLE_ENTITIES, SINGLE_UPSERT_SECONDS, QUERIES
+    global N_ENTITIES, COPY_SAMPLE_ENTITIES, SINGLE_UPSERT_SECONDS, SINGLE_UPSERT_CLIENTS, QUERIES
     parser = argparse.ArgumentParser(description="Speed of the embedded NGSI-LD broker; one JSON line on stdout.")
     parser.add_argument("--entities", type=int, default=N_ENTITIES, help="entities to load (default 100000)")
     parser.add_argument("--seconds", type=float, default=SINGLE_UPSERT_SECONDS,
                         help="measured seconds of the single-upsert phase (default 20)")
+    parser.add_argument("--clients", type=int, default=SINGLE_UPSERT_CLIENTS,
+                        help="concurrent clients of the single-upsert phase (default 16, the issue's figure)")
     parser.add_argument("--no-queries", action="store_true",
                         help="stop after the single-upsert phase (a quick look at the write path)")
     arguments = parser.parse_args()
@@ -520,6 +522,7 @@ def main() -> None:
     N_ENTITIES = arguments.entities
     COPY_SAMPLE_ENTITIES = min(COPY_SAMPLE_ENTITIES, N_ENTITIES)
     SINGLE_UPSERT_SECONDS = arguments.seconds
+    SINGLE_UPSERT_CLIENTS = arguments.clients
     began = time.monotonic()
     load_at_start = round(os.getloadavg()[0], 2)
     result: dict[str, Any] = dict.fromkeys((
