@@ -38,7 +38,7 @@ from kpi.intake import HttpIntake, MqttIntake
 from kpi.observations import SourceObservations, from_micros, to_micros
 from kpi.settings import KpiSettings
 from kpi.windows import SERIES_KINDS, Window, window_at
-from kpi.writer import KpiWriter
+from kpi.writer import KpiWriter, is_series
 from ngsi.client import AsyncBrokerClient, BrokerUnavailable
 from ngsi.errors import AlreadyExists, NgsiError
 from smart_data_models.models import KPI_CONTEXT
@@ -640,7 +640,7 @@ class KpiEngine:
 
     def _queue_writes(self, results: list[KpiEntity]) -> None:
         for kpi in results:
-            lane = "short" if kpi.entity["provenance"]["value"]["window"]["kind"] in SERIES_KINDS else "long"
+            lane = "short" if is_series(kpi) else "long"
             self._outgoing[lane].append(kpi)
             self._write_wanted[lane].set()
         if results:
@@ -724,9 +724,7 @@ class KpiEngine:
         """Write one batch; when the broker cannot be reached, the batch goes back to the lane after
         `WRITE_RETRY_S` (writes are idempotent: what went out already is skipped)."""
         try:
-            size = self.settings.kpi_write_batch
-            for first in range(0, len(batch), size):
-                await self.writer.write(batch[first : first + size])
+            await self.writer.write(batch)  # `_write_loop` cut it to the lane's batch size
         except BrokerUnavailable as error:
             self.stats.errors += 1
             self.stats.last_error = f"{type(error).__name__}: {error}"
