@@ -177,6 +177,7 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
         return {"status": "ok", "uptime_s": round((datetime.now(UTC) - started_at).total_seconds(), 3),
                 # Group commit (broker/entities/write_groups.py): transactions of single-entity writes so far.
                 "write_groups": {"groups": entity_service.groups.groups, "writes": entity_service.groups.writes,
+                                 "queued": entity_service.groups.queued,
                                  "seconds": {stage: round(seconds, 6)
                                              for stage, seconds in entity_service.groups.stage_s.items()}}}
 

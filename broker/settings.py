@@ -30,5 +30,6 @@ class BrokerSettings(BaseSettings):
     group_commit_max_writes: int = 64
     # After a group of several writes, wait at most this long for as many again (a lone write never waits).
     group_commit_gather_ms: float = 5.0
-    # How many groups of a tenant may be at the database at once: while one commits, the next is sent.
-    group_commit_in_flight: int = 2
+    # How many groups of a tenant may be at the database at once (at most half its pool's connections):
+    # while one commits, the next are sent. A group takes at most this share of the tenant's pending writes.
+    group_commit_in_flight: int = 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -134,6 +135,22 @@ async def test_concurrent_good_and_bad_writes_each_get_their_own_answer(http: ht
         assert (await http.get(f"{API}/temporal/entities/{entity_id}", headers=headers)).status_code == 404
 
 
+async def tenant_database_url(postgres_url: str, tenant: str) -> str:
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as server:
+        found = await server.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                     (f"%\\_{tenant.lower()}",))
+        (database,) = await found.fetchone() or (None,)
+    assert database is not None
+    return postgres_url.rsplit("/", 1)[0] + f"/{database}"
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
 async def test_a_write_the_database_refuses_fails_alone_among_concurrent_writes(
     http: httpx.AsyncClient, tenant: str, postgres_url: str
 ) -> None:
@@ -148,12 +165,7 @@ async def test_a_write_the_database_refuses_fails_alone_among_concurrent_writes(
     for entity_id in entities:
         assert (await http.post(f"{API}/entities", json=station(entity_id, 1), headers=headers)).status_code == 201
     bad = entities[11]
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as server:
-        found = await server.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                     (f"%\\_{tenant.lower()}",))
-        (database,) = await found.fetchone() or (None,)
-    assert database is not None
-    async with await psycopg.AsyncConnection.connect(postgres_url.rsplit("/", 1)[0] + f"/{database}",
+    async with await psycopg.AsyncConnection.connect(await tenant_database_url(postgres_url, tenant),
                                                      autocommit=True) as conn:
         await conn.execute(
             "CREATE FUNCTION refuse_second_value() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
@@ -220,6 +232,55 @@ async def test_concurrent_writes_share_transactions_and_a_lone_writer_has_its_ow
     seconds = (await http.get("/health")).json()["write_groups"]["seconds"]
     assert set(seconds) == {"queued", "locking", "writing", "committing"}
     assert all(value > 0 for value in seconds.values())
+
+
+async def test_queued_writes_spread_over_the_groups_in_flight(
+    http: httpx.AsyncClient, tenant: str, postgres_url: str
+) -> None:
+    """Writes that queued up go as several groups at once, not as one group while the other slots stay idle.
+
+    A tenant's pool has 4 connections, so 2 groups may be in flight; each takes at most half the pending
+    writes. To queue them for sure, the test holds the lock of the first entity (the advisory lock every
+    writer takes): its write's group waits, and no later group starts before that one holds its locks.
+    """
+    headers = {"NGSILD-Tenant": tenant}
+    entities = [new_id() for _ in range(32)]
+    answers = await asyncio.gather(*(http.post(f"{API}/entities", json=station(entity_id, 1), headers=headers)
+                                     for entity_id in entities))
+    assert [answer.status_code for answer in answers] == [201] * 32
+
+    async def write_groups() -> dict[str, Any]:
+        return dict((await http.get("/health")).json()["write_groups"])
+
+    def upsert(entity_id: str) -> Any:
+        return http.post(f"{API}/entityOperations/upsert?options=update", json=[station(entity_id, 2)],
+                         headers=headers)
+
+    async with await psycopg.AsyncConnection.connect(await tenant_database_url(postgres_url, tenant),
+                                                     autocommit=True) as holder:
+        await holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (entities[0],))
+
+        async def blocked() -> bool:
+            found = await holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            return (await found.fetchone() or (0,))[0] == 1
+
+        first = asyncio.ensure_future(upsert(entities[0]))
+        await wait_for(blocked, "the first write's group to wait at the held lock")
+        before = await write_groups()
+        rest = [asyncio.ensure_future(upsert(entity_id)) for entity_id in entities[1:]]
+
+        async def all_queued() -> bool:
+            return (await write_groups())["queued"] == 31
+
+        await wait_for(all_queued, "31 writes queued behind the waiting group")
+        await holder.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (entities[0],))
+        answers = await asyncio.gather(first, *rest)
+    assert [answer.status_code for answer in answers] == [204] * 32
+    after = await write_groups()
+    assert after["writes"] - before["writes"] == 31
+    # At most half of the 32 pending writes per group: the 31 queued ones went as at least two groups.
+    assert after["groups"] - before["groups"] >= 2
+    assert after["queued"] == 0
 
 
 async def test_concurrent_appends_to_one_entity_are_applied_in_order_and_none_is_lost(
