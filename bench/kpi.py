@@ -50,7 +50,7 @@ from bench._harness import (
 )
 from broker.embedded_postgres import free_port
 from kpi.definitions import DefinitionSet, load_definitions
-from kpi.engine import KpiEngine
+from kpi.engine import KpiEngine, tune_garbage_collector
 from kpi.settings import KpiSettings
 from ngsi.client import AsyncBrokerClient
 from smart_data_models import format_timestamp
@@ -144,6 +144,7 @@ async def run_engine_child(broker_url: str, mqtt_url: str, report_path: str) -> 
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await engine.start()
+    tune_garbage_collector()  # as `climaborough kpi run` does
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     await stop.wait()

@@ -113,13 +113,14 @@ async def _run_backfill(
 
 
 async def _run_live(settings: KpiSettings, definitions: DefinitionSet) -> None:
-    from kpi.engine import KpiEngine
+    from kpi.engine import KpiEngine, tune_garbage_collector
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with KpiEngine(settings, definitions):
+        tune_garbage_collector()
         where = f"{settings.broker_url} ({settings.kpi_notify})"
         console.print(f"KPI engine: {len(definitions)} KPIs on {where}; Ctrl-C stops")
         await stop.wait()
