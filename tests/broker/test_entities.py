@@ -77,3 +77,31 @@ async def test_concurrent_first_writes_create_the_tenant_once(http: httpx.AsyncC
     listed = await http.get(f"{API}/entities", params={"id": ",".join(ids), "count": "true"},
                             headers={"NGSILD-Tenant": tenant})
     assert listed.headers["NGSILD-Results-Count"] == "6"
+
+
+async def test_integers_within_64_bits_read_back_exactly_larger_ones_and_history_as_doubles(
+    http: httpx.AsyncClient, tenant: str
+) -> None:
+    entity_id = new_id()
+    # Python's json writes big integers digit for digit.
+    body = json.dumps({"id": entity_id, "type": "Counter",
+                       "total": {"type": "Property", "value": 18446744073709551615},
+                       "low": {"type": "Property", "value": -9223372036854775808},
+                       "huge": {"type": "Property", "value": 123456789012345678901234567890}})
+    created = await http.post(f"{API}/entities", content=body,
+                              headers={"Content-Type": "application/json", "NGSILD-Tenant": tenant})
+    assert created.status_code == 201, created.text
+    got = await http.get(f"{API}/entities/{entity_id}", headers={"NGSILD-Tenant": tenant})
+    assert got.status_code == 200
+    read = json.loads(got.text)  # Python's parser keeps big integers exact: what the broker sent is what is checked
+    assert read["total"]["value"] == 18446744073709551615 and isinstance(read["total"]["value"], int)
+    assert read["low"]["value"] == -9223372036854775808
+    assert isinstance(read["huge"]["value"], float)
+    assert read["huge"]["value"] == float(123456789012345678901234567890)
+    # History keeps numbers as doubles (TRoE's `number` column, as Orion-LD).
+    temporal = await http.get(f"{API}/temporal/entities/{entity_id}", params={"attrs": "total"},
+                              headers={"NGSILD-Tenant": tenant})
+    assert temporal.status_code == 200, temporal.text
+    instances = json.loads(temporal.text)["total"]
+    instance = instances[0] if isinstance(instances, list) else instances
+    assert instance["value"] == float(18446744073709551615) and isinstance(instance["value"], float)
