@@ -264,8 +264,26 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def python_loop_ms() -> float:
+    """Wall time of a fixed piece of pure Python (dict and string work), best of three, in ms.
+
+    This host's speed drifts by up to 2x within minutes (the same code, the CPU per request halving or
+    doubling): a bench line that carries this figure says which kind of minute it was measured in, and
+    two lines compare fairly only when it is about the same.
+    """
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        counts: dict[str, int] = {}
+        for i in range(100_000):
+            key = f"k{i % 512}"
+            counts[key] = counts.get(key, 0) + i
+        best = min(best, time.perf_counter() - began)
+    return round(best * 1000, 1)
+
+
 def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, memory, Python version and load average (how busy the machine is) now."""
+    """Cores, CPU model, memory, Python version, load average (how busy the machine is) and speed now."""
     model = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -281,7 +299,8 @@ def machine_info() -> dict[str, Any]:
         pass
     return {"cores": os.cpu_count(), "cpu_model": model, "memory_mb": memory_mb,
             "python": platform.python_version(), "kernel": platform.release(),
-            "loadavg_1m": round(os.getloadavg()[0], 2), "loadavg_15m": round(os.getloadavg()[2], 2)}
+            "loadavg_1m": round(os.getloadavg()[0], 2), "loadavg_15m": round(os.getloadavg()[2], 2),
+            "python_loop_ms": python_loop_ms()}
 
 
 def _status_kib_meminfo() -> int:

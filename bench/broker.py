@@ -53,6 +53,10 @@ Phases and keys of the JSON line:
 - `details.cpu_per_request`, `details.batch_cpu_us_per_entity`, `details.single_upsert.*cpu*`: CPU
   time the broker process and PostgreSQL (all backends) spent per request or entity. Unlike wall
   times they hardly depend on what else the machine runs; `machine.loadavg_*` says how busy it was.
+- `details.python_loop_ms` (before the batch and the single-upsert phases) and `machine.python_loop_ms`
+  (at the end): how long a fixed piece of pure Python took (bench/_harness.py `python_loop_ms`). This
+  host's speed drifts up to 2x within minutes, CPU per request included; compare runs whose figures
+  are alike.
 - `broker_rss_mb`: resident memory of the broker process (VmRSS) after all of the above, with
   the `N_ENTITIES` entities loaded; `broker_peak_rss_mb` (detail) is its high-water mark.
 
@@ -93,6 +97,7 @@ from bench._harness import (
     peak_rss_mb,
     percentile,
     process_tree_cpu_seconds,
+    python_loop_ms,
     rss_mb,
     running_broker,
 )
@@ -405,6 +410,7 @@ async def measure(broker: BrokerUnderTest, result: dict[str, Any], details: dict
                   errors: dict[str, str]) -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
     before = table_counts(broker.database_url)
+    details["python_loop_ms"] = {"batch": python_loop_ms()}
     log(f"batch upsert of {N_ENTITIES} new entities in batches of {BATCH_SIZE}, slices of {SLICE_ENTITIES},"
         f" each followed by a raw COPY of its rows")
     stored = 0
@@ -463,6 +469,7 @@ async def measure(broker: BrokerUnderTest, result: dict[str, Any], details: dict
                                               errors=errors)
         details["batch_upsert_existing_entities_per_s"] = round(updated / seconds) if updated else None
 
+        details["python_loop_ms"]["single_upsert"] = python_loop_ms()
         log(f"single-entity upserts, {SINGLE_UPSERT_CLIENTS} clients, {SINGLE_UPSERT_SECONDS:.0f}s")
         cpu_broker, cpu_pg = cpu_seconds(broker.pid), process_tree_cpu_seconds(broker.postgres_pid)
         groups_before = write_groups(broker)
