@@ -267,9 +267,10 @@ def percentile(values: list[float], share: float) -> float:
 def python_loop_ms() -> float:
     """Wall time of a fixed piece of pure Python (dict and string work), best of three, in ms.
 
-    This host's speed drifts by up to 2x within minutes (the same code, the CPU per request halving or
-    doubling): a bench line that carries this figure says which kind of minute it was measured in, and
-    two lines compare fairly only when it is about the same.
+    This host's speed flips between two levels (this loop: about 26 and 43-53 ms; the broker's CPU per
+    request: 0.5-0.7 and 1.0-1.4 ms) within seconds to minutes: a bench line that carries this snapshot
+    says which kind of moment it ended in. Compare runs by their CPU per request, which covers the
+    whole phase.
     """
     best = float("inf")
     for _ in range(3):

@@ -54,9 +54,9 @@ Phases and keys of the JSON line:
   time the broker process and PostgreSQL (all backends) spent per request or entity. Unlike wall
   times they hardly depend on what else the machine runs; `machine.loadavg_*` says how busy it was.
 - `details.python_loop_ms` (before the batch and the single-upsert phases) and `machine.python_loop_ms`
-  (at the end): how long a fixed piece of pure Python took (bench/_harness.py `python_loop_ms`). This
-  host's speed drifts up to 2x within minutes, CPU per request included; compare runs whose figures
-  are alike.
+  (at the end): how long a fixed piece of pure Python took (bench/_harness.py `python_loop_ms`), a
+  snapshot of this host's speed, which flips between two levels (about 26 and 43-53 ms here) within
+  seconds to minutes; the CPU per request or entity above says how the phase itself went.
 - `broker_rss_mb`: resident memory of the broker process (VmRSS) after all of the above, with
   the `N_ENTITIES` entities loaded; `broker_peak_rss_mb` (detail) is its high-water mark.
 
