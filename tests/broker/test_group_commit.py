@@ -261,7 +261,9 @@ async def test_queued_writes_spread_over_the_groups_in_flight(
         await holder.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (entities[0],))
 
         async def blocked() -> bool:
-            found = await holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            found = await holder.execute(  # pg_locks is the whole server's: only this tenant's database counts
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
             return (await found.fetchone() or (0,))[0] == 1
 
         first = asyncio.ensure_future(upsert(entities[0]))
