@@ -58,6 +58,10 @@ ATTRIBUTE_KEYWORDS = frozenset(
     }
 )
 ENTITY_MEMBERS = frozenset({"id", "type", "scope", "@context"})
+# How deep payloads may nest. Values are stored and answered inside a few more levels (the stored doc,
+# GeoJSON features, notifications) and orjson writes at most 255; deeper input is a 400, never a 500.
+MAX_VALUE_DEPTH = 100
+MAX_SUB_ATTRIBUTE_DEPTH = 20
 # GS CIM 009 4.6.2: names an attribute may not have because they mean something else in a payload.
 RESERVED_ATTRIBUTE_NAMES = frozenset(
     {"@context", "id", "type", "scope", "createdAt", "modifiedAt", "deletedAt", "observedAt", "unitCode",
@@ -219,12 +223,28 @@ def _check_object(value: object, attribute: str, member: str = "object") -> None
         raise _bad(attribute, f"a Relationship needs '{member}' to be a URI (or URIs), not {value!r}")
 
 
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in `value` nest more than `limit` levels deep (`value` itself is level 1)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        members = item.values() if type(item) is dict else item
+        for member in members:
+            if type(member) is dict or type(member) is list:
+                if level >= limit:
+                    return True
+                stack.append((member, level + 1))
+    return False
+
+
 def _check_instance(name: str, instance: dict[str, Any]) -> None:
     kind = instance["type"]
     member = VALUE_MEMBER_BY_TYPE[kind]
     if member not in instance or instance[member] is None:
         raise _bad(name, f"a {kind} needs a non-null '{member}'")
     value = instance[member]
+    if (type(value) is dict or type(value) is list) and nests_deeper(value, MAX_VALUE_DEPTH):
+        raise _bad(name, f"its {member} nests arrays and objects deeper than {MAX_VALUE_DEPTH} levels")
     if kind == "Relationship":
         _check_object(value, name)
     elif kind == "ListRelationship":
@@ -275,23 +295,27 @@ def _looks_like_instance(value: object) -> bool:
 _VALUE_MEMBERS = frozenset(TYPE_BY_VALUE_MEMBER)
 
 
-def normalize_attribute(name: str, raw: Any, terms: TermMap | None = None) -> list[dict[str, Any]]:
+def normalize_attribute(name: str, raw: Any, terms: TermMap | None = None, *, depth: int = 0
+                        ) -> list[dict[str, Any]]:
     """One attribute in any form → its normalized instances (GS CIM 009 4.5.x concise rules).
 
     An array of attribute instances is a multi-attribute; any other array is a Property value.
     With `terms`, the instances come out in the stored shape at once (expanded sub-attribute names,
     sub-attributes as arrays of instances, vocab terms expanded), without a second pass.
+    `depth` is how many attributes enclose this one (it is a sub-attribute when > 0).
     """
+    if depth > MAX_SUB_ATTRIBUTE_DEPTH:
+        raise _bad(name, f"sub-attributes nest deeper than {MAX_SUB_ATTRIBUTE_DEPTH} levels")
     if isinstance(raw, list) and raw and all(_looks_like_instance(item) for item in raw):
-        instances = [_normalize_instance(name, item, terms) for item in raw]
+        instances = [_normalize_instance(name, item, terms, depth) for item in raw]
         dataset_ids = [instance.get("datasetId") for instance in instances]
         if dataset_ids.count(None) > 1 or len({d for d in dataset_ids if d}) != len([d for d in dataset_ids if d]):
             raise _bad(name, "instances of a multi-attribute need distinct datasetIds (at most one without)")
         return instances
-    return [_normalize_instance(name, raw, terms)]
+    return [_normalize_instance(name, raw, terms, depth)]
 
 
-def _normalize_instance(name: str, raw: Any, terms: TermMap | None) -> dict[str, Any]:
+def _normalize_instance(name: str, raw: Any, terms: TermMap | None, depth: int) -> dict[str, Any]:
     if raw is None:
         raise _bad(name, "a Property value cannot be null")
     typed = type(raw) is dict and raw.get("type") in ATTRIBUTE_TYPES  # normalized payloads: no guessing
@@ -313,10 +337,12 @@ def _normalize_instance(name: str, raw: Any, terms: TermMap | None) -> dict[str,
             if key == "type" or key in SYSTEM_TIMESTAMPS:
                 continue  # system timestamps are set by the broker, never taken from a payload
             if key in ATTRIBUTE_KEYWORDS:
+                if (type(member) is dict or type(member) is list) and nests_deeper(member, MAX_VALUE_DEPTH):
+                    raise _bad(name, f"its {key} nests arrays and objects deeper than {MAX_VALUE_DEPTH} levels")
                 instance[key] = member
             else:
                 check_attribute_name(key)
-                sub_instances = normalize_attribute(f"{name}.{key}", member, terms)
+                sub_instances = normalize_attribute(f"{name}.{key}", member, terms, depth=depth + 1)
                 if terms is not None:
                     instance[terms.expand(key)] = sub_instances
                 else:

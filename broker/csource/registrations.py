@@ -93,6 +93,8 @@ def expand_registration(body: Any, terms: TermMap, *, partial: bool = False) -> 
     """Check a registration (or, `partial`, a PATCH fragment) and expand its types and attribute names."""
     if not isinstance(body, dict):
         raise BadRequestData("A context source registration must be a JSON object")
+    if forms.nests_deeper(body, forms.MAX_VALUE_DEPTH):
+        raise BadRequestData(f"The registration nests arrays and objects deeper than {forms.MAX_VALUE_DEPTH} levels")
     if not partial:
         if body.get("type") != REGISTRATION_TYPE:
             raise _bad(f"type must be {REGISTRATION_TYPE!r}, got {body.get('type')!r}", "type")

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ngsi.errors import BadRequestData, InvalidRequest
+from ngsi.forms import MAX_VALUE_DEPTH, nests_deeper
 
 TRIGGERS = frozenset(
     {
@@ -33,6 +34,8 @@ READ_ONLY_MEMBERS = frozenset(
     {"status", "createdAt", "modifiedAt", "timesSent", "timesFailed", "lastNotification",
      "lastSuccess", "lastFailure"}
 )
+# GS CIM 009 5.2.33 EntitySelector.
+SELECTOR_MEMBERS = frozenset({"id", "idPattern", "type"})
 KNOWN_MEMBERS = frozenset(
     {"id", "type", "@context", "subscriptionName", "name", "description", "entities", "watchedAttributes",
      "q", "geoQ", "csf", "scopeQ", "lang", "notification", "expiresAt", "isActive", "throttling",
@@ -185,7 +188,7 @@ def parse_endpoint(value: Any) -> Endpoint:
     if parts.scheme.startswith("mqtt") and len(parts.path) <= 1:
         raise _bad("'notification.endpoint.uri' of an MQTT endpoint needs a topic: mqtt://host:port/topic")
     accept = value.get("accept", "application/json")
-    if accept not in ACCEPTS:
+    if not isinstance(accept, str) or accept not in ACCEPTS:
         raise _bad(f"'notification.endpoint.accept' must be one of {sorted(ACCEPTS)}")
     notifier_info = _key_values(value.get("notifierInfo"), "notifierInfo")
     qos = notifier_info.get("MQTT-QoS")
@@ -212,6 +215,9 @@ def _entity_selectors(body: dict[str, Any], terms: Terms) -> tuple[EntitySelecto
     for index, item in enumerate(entities):
         if not isinstance(item, dict):
             raise _bad(f"'entities[{index}]' must be an object")
+        unknown = sorted(set(item) - SELECTOR_MEMBERS)
+        if unknown:
+            raise _bad(f"'entities[{index}]' has members an EntitySelector does not define: {unknown}")
         type_ = item.get("type")
         if type_ is not None and (not isinstance(type_, str) or not type_):
             raise _bad(f"'entities[{index}].type' must be a string")
@@ -250,6 +256,8 @@ def check_members(body: dict[str, Any]) -> None:
 def validate_body(body: dict[str, Any], now: datetime, *, check_expiry: bool = True) -> None:
     """Every check that needs no @context and no q parser: GS CIM 009 5.2.12 constraints."""
     check_members(body)
+    if nests_deeper(body, MAX_VALUE_DEPTH):
+        raise _bad(f"The subscription nests arrays and objects deeper than {MAX_VALUE_DEPTH} levels")
     if body.get("type", "Subscription") != "Subscription":
         raise _bad("'type' must be 'Subscription'")
     if "id" in body and not _is_uri(body["id"]):

@@ -157,3 +157,54 @@ async def test_an_over_long_id_in_a_batch_is_an_error_entry_of_its_own(http: htt
     assert all(error["status"] == 400 and "at most" in error["detail"] for error in errors.values())
     long_delete = await http.post(f"{API}/entityOperations/delete", json=[TOO_LONG_ID])
     assert long_delete.status_code == 207 and "at most 1024 bytes" in long_delete.text
+
+
+def nested(levels: int) -> object:
+    """A value of `levels` nested arrays around 1."""
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+async def test_values_nested_deeper_than_the_limit_are_400_and_the_deepest_allowed_reads_back(
+        http: httpx.AsyncClient) -> None:
+    # Nesting past what the storage and the answers can hold was a 500 (orjson writes at most 255 levels).
+    entity_id = "urn:ngsi-ld:Deep:values"
+    deepest = {"id": entity_id, "type": "Deep", "a": {"type": "Property", "value": nested(100)}}
+    assert (await http.post(f"{API}/entities", json=deepest)).status_code == 201
+    as_geojson = await http.get(f"{API}/entities", params={"type": "Deep"}, headers={"Accept": "application/geo+json"})
+    assert as_geojson.status_code == 200 and as_geojson.json()["features"][0]["properties"]["a"]["value"] == nested(100)
+    too_deep = {"type": "Property", "value": nested(101)}
+    writes = [
+        http.post(f"{API}/entities", json={"id": "urn:ngsi-ld:Deep:other", "type": "Deep", "a": too_deep}),
+        http.patch(f"{API}/entities/{entity_id}/attrs", json={"a": too_deep}),
+        http.patch(f"{API}/entities/{entity_id}", json={"a": {"type": "Property", "value": 1, "s": too_deep}}),
+        http.post(f"{API}/entities/{entity_id}/attrs",
+                  json={"b": {"type": "JsonProperty", "json": {"x": nested(100)}}}),
+        http.post(f"{API}/entities/{entity_id}/attrs", json={"b": {"type": "Property", "value": 1,
+                                                                    "previousValue": nested(101)}}),
+    ]
+    for write in writes:
+        got = await write
+        assert got.status_code == 400, got.text
+        assert "deeper than 100 levels" in got.json()["detail"]
+    in_batch = await http.post(f"{API}/entityOperations/upsert", json=[
+        {"id": "urn:ngsi-ld:Deep:batch-ok", "type": "Deep"},
+        {"id": "urn:ngsi-ld:Deep:batch-deep", "type": "Deep", "a": too_deep},
+    ])
+    assert in_batch.status_code == 207 and in_batch.json()["success"] == ["urn:ngsi-ld:Deep:batch-ok"]
+    assert (await http.get(f"{API}/entities/{entity_id}")).json()["a"]["value"] == nested(100)
+
+
+async def test_sub_attributes_nested_deeper_than_the_limit_are_400(http: httpx.AsyncClient) -> None:
+    def chain(levels: int) -> dict[str, object]:
+        attribute: dict[str, object] = {"type": "Property", "value": 1}
+        for _ in range(levels):
+            attribute = {"type": "Property", "value": 1, "s": attribute}
+        return attribute
+
+    allowed = await http.post(f"{API}/entities", json={"id": "urn:ngsi-ld:Deep:subs", "type": "Deep", "a": chain(20)})
+    assert allowed.status_code == 201, allowed.text
+    refused = await http.post(f"{API}/entities", json={"id": "urn:ngsi-ld:Deep:subs2", "type": "Deep", "a": chain(21)})
+    assert refused.status_code == 400 and "deeper than 20 levels" in refused.json()["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -132,6 +133,10 @@ BAD_REGISTRATIONS = [
       "endpoint": "http://a:1", "expiresAt": "soon"}, "expiresAt"),
     ({"type": "ContextSourceRegistration", "information": [{"propertyNames": "switchOn"}],
       "endpoint": "http://a:1"}, "propertyNames"),
+    # Kept as given, it was a 500 when stored (orjson writes at most 255 levels).
+    ({"type": "ContextSourceRegistration", "information": [{"entities": [{"type": "Device"}]}],
+      "endpoint": "http://a:1", "deep": functools.reduce(lambda value, _: [value], range(300), 1)},
+     "deeper than 100 levels"),
 ]  # fmt: skip
 
 

@@ -78,6 +78,13 @@ async def test_expires_at_in_the_future_then_expired_status(client: httpx.AsyncC
     assert (await client.get(path)).json()["status"] == "expired"
 
 
+def nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -93,6 +100,10 @@ async def test_expires_at_in_the_future_then_expired_status(client: httpx.AsyncC
         (subscription(notification={"endpoint": ENDPOINT, "format": "weird"}), "'notification.format'"),
         (subscription(throttling=-1), "'throttling'"),
         ({"type": "Subscription", "notification": {"endpoint": ENDPOINT}}, "'entities' or 'watchedAttributes'"),
+        # These three were a 500: an unknown selector member was stored as given, a list as `accept` hashed.
+        (subscription(entities=[{"type": "T", "typo": 1}]), "'entities[0]' has members"),
+        (subscription(notification={"endpoint": {**ENDPOINT, "accept": ["application/json"]}}), "accept"),
+        (subscription(notification={"endpoint": ENDPOINT, "x": nested(101)}), "deeper than 100 levels"),
     ],
 )
 async def test_invalid_subscription_is_400_naming_the_field(
