@@ -18,7 +18,6 @@ from broker.entities.stored import (
     append_attributes,
     iso_ms,
     merge_patch_attributes,
-    update_attributes,
 )
 from broker.entities.write_groups import Write
 from broker.storage.history import OpMode
@@ -207,10 +206,9 @@ class BatchService:
         if kind == "merge":
             merge_patch_attributes(after, doc, stamp)
         elif kind == "update":
-            if "noOverwrite" in options:
-                append_attributes(after, doc, stamp, overwrite=False)
-            else:
-                update_attributes(after, doc, stamp)
+            # GS CIM 009 5.6.9: each entity as by Append Entity Attributes (5.6.3): new attributes are added,
+            # existing ones replaced, or with noOverwrite left as they are.
+            append_attributes(after, doc, stamp, overwrite="noOverwrite" not in options)
         else:
             append_attributes(after, doc, stamp, overwrite=True)
         for entity_type in types:

@@ -22,7 +22,7 @@ def _split(value: str | None) -> list[str]:
 
 def _flags(options: str | None) -> set[str]:
     flags = set(_split(options))
-    unknown = flags - {"sysAttrs", "count", "normalized", "concise", "keyValues"}
+    unknown = flags - {"sysAttrs", "count", "normalized", "concise", "keyValues", "simplified"}
     if unknown:
         raise BadRequestData(f"Unknown options {sorted(unknown)}", parameter="options")
     return flags

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.entities.representation import check_uri
-from broker.entities.service import EntityQuery, EntityService, RenderOptions, render
+from broker.entities.service import EntityQuery, EntityService, RenderOptions, Selector, render
 from broker.negotiation import (
     GEO_JSON,
     JSON,
@@ -30,6 +30,8 @@ from ngsi.forms import Form, to_geojson_feature, to_geojson_feature_collection
 log = logging.getLogger(__name__)
 
 FORMS = {"keyValues", "concise", "normalized"}
+# GS CIM 009 v1.8 names the keyValues representation "simplified" and keeps keyValues as its alias.
+FORM_ALIASES = {"simplified": "keyValues"}
 MAX_OFFSET = 2**63 - 1
 
 
@@ -43,10 +45,11 @@ def split_list(value: str | None) -> list[str] | None:
 def render_options(options: str | None, format_: str | None, attrs: str | None,
                    pick: str | None, omit: str | None, lang: str | None) -> RenderOptions:
     """GS CIM 009 6.3.7 `options`/`format`, 4.21 pick/omit and `attrs` projection, 4.15 lang."""
-    flags = set(split_list(options) or [])
+    flags = {FORM_ALIASES.get(flag, flag) for flag in split_list(options) or []}
     unknown = flags - FORMS - {"sysAttrs", "noOverwrite", "update", "replace"}
     if unknown:
         raise BadRequestData(f"Unknown options {sorted(unknown)}", parameter="options")
+    format_ = FORM_ALIASES.get(format_, format_) if format_ is not None else None
     if format_ is not None and format_ not in FORMS:
         raise BadRequestData(f"Unknown format {format_!r}", parameter="format")
     form: Form = "normalized"
@@ -165,10 +168,11 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         idPattern: str | None, type: str | None, attrs: str | None, pick: str | None, omit: str | None,
         q: str | None, geo: dict[str, Any] | None, scopeQ: str | None, lang: str | None, limit: int | None,
         offset: int, count: bool, options: str | None, format: str | None, geometryProperty: str,
+        selectors: list[Selector] | None = None,
     ) -> Response:  # fmt: skip
         """GS CIM 009 5.7.2 Query Entities, shared by GET /entities and POST /entityOperations/query."""
         kind = accepted_media_type(request, geo=True)
-        if not any((id, idPattern, type, attrs, q, geo, scopeQ)):
+        if not any((id, idPattern, type, attrs, q, geo, scopeQ, selectors)):
             raise BadRequestData("Give at least one of id, idPattern, type, attrs, q, scopeQ or a geo-query",
                                  title="Too broad query")
         page = settings.default_limit if limit is None else limit
@@ -185,7 +189,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         query = EntityQuery(
             ids=list(parse_ids(id)) if id else None, id_pattern=idPattern, types=type,
             attrs=[terms.expand(a) for a in split_list(attrs) or []] or None, q=q, geo=geo,
-            scope_q=scopeQ, limit=page, offset=offset, count=count,
+            scope_q=scopeQ, limit=page, offset=offset, count=count, selectors=selectors,
         )  # fmt: skip
         entities, total = await service.query(tenant, query, terms)
         bodies = [render(entity, terms, opts) for entity in entities]
@@ -233,9 +237,20 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         selectors = body.get("entities") or [{}]
         if not isinstance(selectors, list) or not all(isinstance(s, dict) for s in selectors):
             raise BadRequestData("Query 'entities' must be an array of EntitySelector objects", parameter="entities")
+        for index, item in enumerate(selectors):
+            for member in ("id", "idPattern", "type"):
+                if member in item and not isinstance(item[member], str):
+                    raise BadRequestData(f"Query 'entities[{index}].{member}' must be a string",
+                                         parameter="entities")
+        # GS CIM 009 5.2.23: an entity matches the Query when it matches any of its EntitySelectors.
+        selector = selectors[0] if len(selectors) == 1 else {}
+        alternatives = None
         if len(selectors) > 1:
-            raise BadRequestData("Only one EntitySelector per Query is supported", parameter="entities")
-        selector = selectors[0]
+            alternatives = [
+                Selector(ids=list(parse_ids(item["id"])) if item.get("id") else None, id_pattern=item.get("idPattern"),
+                         types=item.get("type"))
+                for item in selectors
+            ]  # fmt: skip
         geo_q = body.get("geoQ")
         if geo_q is not None:
             if not isinstance(geo_q, dict):
@@ -253,6 +268,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             attrs=",".join(attrs) if attrs else None, pick=None, omit=None, q=body.get("q"),
             geo=geo_q, scopeQ=body.get("scopeQ"), lang=body.get("lang", lang), limit=limit,
             offset=offset, count=count, options=options, format=format, geometryProperty=geometryProperty,
+            selectors=alternatives,
         )  # fmt: skip
 
     @router.put("/entities/{entity_id:path}/attrs/{attr}")

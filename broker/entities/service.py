@@ -55,12 +55,25 @@ class RenderOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class EntityQuery:
-    """GS CIM 009 5.7.2 query terms, already expanded where they name types or attributes."""
+class Selector:
+    """GS CIM 009 5.2.33 EntitySelector: ids, an id pattern and a type expression, all of which must match."""
 
     ids: list[str] | None = None
     id_pattern: str | None = None
     types: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntityQuery:
+    """GS CIM 009 5.7.2 query terms, already expanded where they name types or attributes.
+
+    `selectors` (POST /entityOperations/query with several EntitySelectors): an entity matches when it
+    matches any of them, and the other terms."""
+
+    ids: list[str] | None = None
+    id_pattern: str | None = None
+    types: str | None = None
+    selectors: list[Selector] | None = None
     attrs: list[str] | None = None
     q: str | None = None
     geo: dict[str, Any] | None = None
@@ -68,6 +81,17 @@ class EntityQuery:
     limit: int = 20
     offset: int = 0
     count: bool = False
+
+
+def selector_conditions(selector: Selector, terms: TermMap) -> list[sql.Composable]:
+    conditions: list[sql.Composable] = []
+    if selector.ids:
+        conditions.append(compile_ids(selector.ids))
+    if selector.id_pattern:
+        conditions.append(compile_id_pattern(parse_id_pattern(selector.id_pattern)))
+    if selector.types:
+        conditions.append(compile_types(parse_types(selector.types), terms.expand_type))
+    return conditions
 
 
 def render(entity: StoredEntity, terms: TermMap, options: RenderOptions) -> dict[str, Any]:
@@ -294,13 +318,12 @@ class EntityService:
     async def query(self, tenant: str | None, query: EntityQuery, terms: TermMap
                     ) -> tuple[list[StoredEntity], int | None]:
         """GS CIM 009 5.7.2: matching entities (one page) and, with count, how many match in all."""
-        conditions: list[sql.Composable] = []
-        if query.ids:
-            conditions.append(compile_ids(query.ids))
-        if query.id_pattern:
-            conditions.append(compile_id_pattern(parse_id_pattern(query.id_pattern)))
-        if query.types:
-            conditions.append(compile_types(parse_types(query.types), terms.expand_type))
+        conditions = selector_conditions(Selector(query.ids, query.id_pattern, query.types), terms)
+        if query.selectors:
+            alternatives = [selector_conditions(selector, terms) for selector in query.selectors]
+            if all(alternatives):  # a selector without conditions matches every entity
+                conditions.append(sql.SQL("({})").format(sql.SQL(" OR ").join(
+                    sql.SQL("({})").format(sql.SQL(" AND ").join(alternative)) for alternative in alternatives)))
         if query.attrs:
             conditions.append(sql.SQL("doc ?| {}::text[]").format(Param(query.attrs)))
         if query.q:

@@ -63,6 +63,17 @@ async def test_batch_update_and_delete(http: httpx.AsyncClient, tenant: str) -> 
     assert updated.json()["errors"][0]["entityId"] == missing
     read = await http.get(f"{API}/entities/{entity_id}", params={"options": "keyValues"}, headers=headers)
     assert read.json()["temperature"] == 9
+    # GS CIM 009 5.6.9 runs Append Entity Attributes per entity: a new attribute is added (it was dropped),
+    # and with noOverwrite the existing ones stay as they are.
+    added = await http.post(f"{API}/entityOperations/update", headers=headers, json=[
+        {"id": entity_id, "type": "Sensor", "humidity": {"type": "Property", "value": 55}}])
+    assert added.status_code == 204, added.text
+    kept = await http.post(f"{API}/entityOperations/update", params={"options": "noOverwrite"}, headers=headers,
+                           json=[{**sensor(entity_id, 1), "battery": {"type": "Property", "value": 80}}])
+    assert kept.status_code == 204, kept.text
+    read = await http.get(f"{API}/entities/{entity_id}", params={"options": "keyValues"}, headers=headers)
+    assert {k: read.json().get(k) for k in ("temperature", "humidity", "battery")} == {
+        "temperature": 9, "humidity": 55, "battery": 80}
     deleted = await http.post(f"{API}/entityOperations/delete", json=[entity_id], headers=headers)
     assert deleted.status_code == 204
     assert (await http.get(f"{API}/entities/{entity_id}", headers=headers)).status_code == 404

@@ -63,6 +63,12 @@ async def test_update_and_delete_change_what_is_read(http: httpx.AsyncClient) ->
     assert patched.status_code == 204
     got = await http.get(f"{API}/entities/{entity_id}", params={"options": "keyValues"})
     assert got.json()["temp"] == 5
+    # v1.8 calls the keyValues representation "simplified"; both names work in options and format.
+    for params in ({"options": "simplified"}, {"format": "simplified"}, {"format": "keyValues"}):
+        simplified = await http.get(f"{API}/entities/{entity_id}", params=params)
+        assert simplified.status_code == 200 and simplified.json()["temp"] == 5, (params, simplified.text)
+    listed = await http.get(f"{API}/entities", params={"type": "Sensor", "id": entity_id, "format": "simplified"})
+    assert listed.json()[0]["temp"] == 5
     assert (await http.delete(f"{API}/entities/{entity_id}")).status_code == 204
     assert (await http.get(f"{API}/entities/{entity_id}")).status_code == 404
 

@@ -83,6 +83,28 @@ async def test_within_polygon_via_post_query(http: httpx.AsyncClient, tenant: st
     assert got.headers["NGSILD-Results-Count"] == "2"
 
 
+async def test_post_query_matches_any_of_its_entity_selectors(http: httpx.AsyncClient, tenant: str) -> None:
+    await seed(http, tenant)
+    await seed_places(http, tenant)
+    headers = {"NGSILD-Tenant": tenant}
+    query = {"type": "Query", "entities": [{"type": "Place", "idPattern": ":[ab]$"}, {"id": "urn:ngsi-ld:Station:3",
+                                                                                       "type": "Station"}]}
+    got = await http.post(f"{API}/entityOperations/query", params={"count": "true"}, headers=headers, json=query)
+    assert got.status_code == 200, got.text
+    assert sorted(e["id"] for e in got.json()) == [
+        "urn:ngsi-ld:Place:a", "urn:ngsi-ld:Place:b", "urn:ngsi-ld:Station:3"]
+    assert got.headers["NGSILD-Results-Count"] == "3"
+    # The other terms of the Query apply to every selector's entities.
+    with_q = await http.post(f"{API}/entityOperations/query", headers=headers, json={
+        "type": "Query", "entities": [{"type": "Station", "id": "urn:ngsi-ld:Station:1"}, {"type": "Station",
+                                                                                          "idPattern": ":[45]$"}],
+        "q": "no2>=40"})
+    assert sorted(e["id"] for e in with_q.json()) == ["urn:ngsi-ld:Station:4", "urn:ngsi-ld:Station:5"]
+    bad = await http.post(f"{API}/entityOperations/query", headers=headers,
+                          json={"type": "Query", "entities": [{"type": "Station"}, {"type": ["Place"]}]})
+    assert bad.status_code == 400 and "entities[1].type" in bad.json()["detail"]
+
+
 async def test_invalid_geometry_in_query_is_400_naming_it(http: httpx.AsyncClient) -> None:
     got = await http.get(f"{API}/entities", params={
         "type": "Place", "georel": "near;maxDistance==10", "geometry": "Point", "coordinates": "[200"})
