@@ -58,6 +58,9 @@ ATTRIBUTE_KEYWORDS = frozenset(
     }
 )
 ENTITY_MEMBERS = frozenset({"id", "type", "scope", "@context"})
+# GS CIM 009 4.5.0 / 5.5.4: the NGSI-LD Null, allowed only in the fragments of merge and partial updates,
+# where it removes the member it is the value of; anywhere else it is BadRequestData.
+NGSI_LD_NULL = "urn:ngsi-ld:null"
 # How deep payloads may nest. Values are stored and answered inside a few more levels (the stored doc,
 # GeoJSON features, notifications) and orjson writes at most 255; deeper input is a 400, never a 500.
 MAX_VALUE_DEPTH = 100
@@ -237,12 +240,24 @@ def nests_deeper(value: Any, limit: int) -> bool:
     return False
 
 
-def _check_instance(name: str, instance: dict[str, Any]) -> None:
-    kind = instance["type"]
+def _check_instance(name: str, instance: dict[str, Any], fragment: bool = False) -> None:
+    """Validate a normalized instance. In a `fragment` (merge, partial update) NGSI-LD Nulls may stand for
+    members to remove, and an instance without `type` changes members of an existing attribute only."""
+    if not fragment and (NGSI_LD_NULL in instance.values() or (
+            type(texts := instance.get("languageMap")) is dict and NGSI_LD_NULL in texts.values())):
+        key = next((key for key, member in instance.items() if member == NGSI_LD_NULL), "languageMap")
+        raise _bad(name, f"its {key} is the NGSI-LD Null ({NGSI_LD_NULL}), which only merge and partial updates"
+                         " accept, to remove what it stands for")
+    kind = instance.get("type")
+    if kind is None:
+        _check_members(name, instance, fragment)
+        return
     member = VALUE_MEMBER_BY_TYPE[kind]
     if member not in instance or instance[member] is None:
         raise _bad(name, f"a {kind} needs a non-null '{member}'")
     value = instance[member]
+    if fragment and value == NGSI_LD_NULL:  # the whole attribute removed
+        return
     if (type(value) is dict or type(value) is list) and nests_deeper(value, MAX_VALUE_DEPTH):
         raise _bad(name, f"its {member} nests arrays and objects deeper than {MAX_VALUE_DEPTH} levels")
     if kind == "Relationship":
@@ -260,6 +275,8 @@ def _check_instance(name: str, instance: dict[str, Any]) -> None:
         if not isinstance(value, Mapping) or not value:
             raise _bad(name, "a LanguageProperty needs 'languageMap' to be an object of language → text")
         for lang, text in value.items():
+            if fragment and text == NGSI_LD_NULL:
+                continue
             texts = text if isinstance(text, list) else [text]
             if not isinstance(lang, str) or not all(isinstance(t, str) for t in texts):
                 raise _bad(name, f"languageMap entry {lang!r} must map a language tag to text")
@@ -269,18 +286,26 @@ def _check_instance(name: str, instance: dict[str, Any]) -> None:
             raise _bad(name, "a VocabularyProperty needs 'vocab' to be a term or an array of terms")
     elif kind == "JsonProperty" and not isinstance(value, dict | list):
         raise _bad(name, "a JsonProperty needs 'json' to be a JSON object or array")
-    if "observedAt" in instance:
-        instance["observedAt"] = _check_timestamp(instance["observedAt"], name, "observedAt")
-    if "unitCode" in instance and not isinstance(instance["unitCode"], str):
-        raise _bad(name, f"unitCode must be a string, not {instance['unitCode']!r}")
-    if "datasetId" in instance:
-        if not is_uri(instance["datasetId"]):
-            raise _bad(name, f"datasetId {instance['datasetId']!r} is not a URI")
-        check_length(instance["datasetId"], "datasetId", attribute=name)
-    if "instanceId" in instance:
-        if not isinstance(instance["instanceId"], str) or not instance["instanceId"]:
-            raise _bad(name, f"instanceId must be a non-empty string, not {instance['instanceId']!r}")
-        check_length(instance["instanceId"], "instanceId", MAX_INSTANCE_ID_BYTES, attribute=name)
+    _check_members(name, instance, fragment)
+
+
+def _check_members(name: str, instance: dict[str, Any], fragment: bool) -> None:
+    """The members every attribute type may have: observedAt, unitCode, datasetId, instanceId."""
+    given = instance
+    if fragment and NGSI_LD_NULL in instance.values():  # members to remove: nothing to check
+        given = {key: member for key, member in instance.items() if member != NGSI_LD_NULL}
+    if "observedAt" in given:
+        instance["observedAt"] = _check_timestamp(given["observedAt"], name, "observedAt")
+    if "unitCode" in given and not isinstance(given["unitCode"], str):
+        raise _bad(name, f"unitCode must be a string, not {given['unitCode']!r}")
+    if "datasetId" in given:
+        if not is_uri(given["datasetId"]):
+            raise _bad(name, f"datasetId {given['datasetId']!r} is not a URI")
+        check_length(given["datasetId"], "datasetId", attribute=name)
+    if "instanceId" in given:
+        if not isinstance(given["instanceId"], str) or not given["instanceId"]:
+            raise _bad(name, f"instanceId must be a non-empty string, not {given['instanceId']!r}")
+        check_length(given["instanceId"], "instanceId", MAX_INSTANCE_ID_BYTES, attribute=name)
 
 
 # ---- normalization -------------------------------------------------------------------------------------
@@ -295,44 +320,53 @@ def _looks_like_instance(value: object) -> bool:
 _VALUE_MEMBERS = frozenset(TYPE_BY_VALUE_MEMBER)
 
 
-def normalize_attribute(name: str, raw: Any, terms: TermMap | None = None, *, depth: int = 0
-                        ) -> list[dict[str, Any]]:
+def normalize_attribute(name: str, raw: Any, terms: TermMap | None = None, *, depth: int = 0,
+                        fragment: bool = False) -> list[dict[str, Any]]:
     """One attribute in any form → its normalized instances (GS CIM 009 4.5.x concise rules).
 
     An array of attribute instances is a multi-attribute; any other array is a Property value.
     With `terms`, the instances come out in the stored shape at once (expanded sub-attribute names,
     sub-attributes as arrays of instances, vocab terms expanded), without a second pass.
     `depth` is how many attributes enclose this one (it is a sub-attribute when > 0).
+
+    A `fragment` is part of a merge or partial update (GS CIM 009 5.4): an object with neither `type` nor a
+    value member (`{"unitCode": "FAR"}`, `{"accuracy": {...}}`) comes out without `type`, as the members to
+    change in an existing attribute, and NGSI-LD Nulls are kept as members to remove.
     """
     if depth > MAX_SUB_ATTRIBUTE_DEPTH:
         raise _bad(name, f"sub-attributes nest deeper than {MAX_SUB_ATTRIBUTE_DEPTH} levels")
-    if isinstance(raw, list) and raw and all(_looks_like_instance(item) for item in raw):
-        instances = [_normalize_instance(name, item, terms, depth) for item in raw]
+    if isinstance(raw, list) and raw and all(
+            _looks_like_instance(item) or (fragment and type(item) is dict and "datasetId" in item) for item in raw):
+        instances = [_normalize_instance(name, item, terms, depth, fragment) for item in raw]
         dataset_ids = [instance.get("datasetId") for instance in instances]
         if dataset_ids.count(None) > 1 or len({d for d in dataset_ids if d}) != len([d for d in dataset_ids if d]):
             raise _bad(name, "instances of a multi-attribute need distinct datasetIds (at most one without)")
         return instances
-    return [_normalize_instance(name, raw, terms, depth)]
+    return [_normalize_instance(name, raw, terms, depth, fragment)]
 
 
-def _normalize_instance(name: str, raw: Any, terms: TermMap | None, depth: int) -> dict[str, Any]:
+def _normalize_instance(name: str, raw: Any, terms: TermMap | None, depth: int, fragment: bool) -> dict[str, Any]:
     if raw is None:
         raise _bad(name, "a Property value cannot be null")
     typed = type(raw) is dict and raw.get("type") in ATTRIBUTE_TYPES  # normalized payloads: no guessing
-    if not typed and is_geojson_geometry(raw):
+    partial = fragment and type(raw) is dict and "type" not in raw and _VALUE_MEMBERS.isdisjoint(raw)
+    if not typed and not partial and is_geojson_geometry(raw):
         instance: dict[str, Any] = {"type": "GeoProperty", "value": raw}
-    elif not typed and not _looks_like_instance(raw):
+    elif not typed and not partial and not _looks_like_instance(raw):
         instance = {"type": "Property", "value": raw}
     else:
         instance = {}
         kind = raw.get("type")
-        if kind is None:
+        if partial:
+            pass  # the members of an existing attribute to change (see normalize_attribute)
+        elif kind is None:
             kind = next(TYPE_BY_VALUE_MEMBER[m] for m in TYPE_BY_VALUE_MEMBER if m in raw)
             if kind == "Property" and is_geojson_geometry(raw.get("value")):
                 kind = "GeoProperty"
         elif kind not in ATTRIBUTE_TYPES:
             raise _bad(name, f"unknown attribute type {kind!r}")
-        instance["type"] = kind
+        if kind is not None:
+            instance["type"] = kind
         for key, member in raw.items():
             if key == "type" or key in SYSTEM_TIMESTAMPS:
                 continue  # system timestamps are set by the broker, never taken from a payload
@@ -342,13 +376,14 @@ def _normalize_instance(name: str, raw: Any, terms: TermMap | None, depth: int) 
                 instance[key] = member
             else:
                 check_attribute_name(key)
-                sub_instances = normalize_attribute(f"{name}.{key}", member, terms, depth=depth + 1)
+                sub_instances = normalize_attribute(f"{name}.{key}", member, terms, depth=depth + 1,
+                                                    fragment=fragment)
                 if terms is not None:
                     instance[terms.expand(key)] = sub_instances
                 else:
                     instance[key] = sub_instances[0] if len(sub_instances) == 1 else sub_instances
-    _check_instance(name, instance)
-    if terms is not None and "vocab" in instance:
+    _check_instance(name, instance, fragment)
+    if terms is not None and "vocab" in instance and instance["vocab"] != NGSI_LD_NULL:
         # GS CIM 009 4.5.x: vocab values are terms, expanded like types.
         vocab = instance["vocab"]
         instance["vocab"] = [terms.expand(v) for v in vocab] if isinstance(vocab, list) else terms.expand(vocab)
@@ -545,8 +580,11 @@ def _now_text(now: str | datetime) -> str:
     return format_timestamp(now) if isinstance(now, datetime) else now
 
 
-def expand_entity(entity: Mapping[str, Any], terms: TermMap, *, now: str | datetime) -> ExpandedEntity:
-    """Validate and expand an entity of any form with `terms`; every instance gets createdAt/modifiedAt = now."""
+def expand_entity(entity: Mapping[str, Any], terms: TermMap, *, now: str | datetime,
+                  fragment: bool = False) -> ExpandedEntity:
+    """Validate and expand an entity of any form with `terms`; every instance gets createdAt/modifiedAt = now.
+
+    `fragment`: the entity is the fragment of a merge (see normalize_attribute)."""
     entity_id, types, scope = _check_entity_members(entity, require_id=True)
     assert entity_id is not None
     type_list = types if isinstance(types, list) else [types]
@@ -556,7 +594,7 @@ def expand_entity(entity: Mapping[str, Any], terms: TermMap, *, now: str | datet
     attributes = (
         (name, raw) for name, raw in entity.items() if name not in ENTITY_MEMBERS and name not in SYSTEM_TIMESTAMPS
     )
-    doc = _expand_attribute_items(attributes, terms, _now_text(now))
+    doc = _expand_attribute_items(attributes, terms, _now_text(now), fragment)
     return ExpandedEntity(
         id=entity_id,
         types=expanded_types,
@@ -567,24 +605,25 @@ def expand_entity(entity: Mapping[str, Any], terms: TermMap, *, now: str | datet
 
 
 def expand_attributes(
-    attributes: Mapping[str, Any], terms: TermMap, now: str | datetime
+    attributes: Mapping[str, Any], terms: TermMap, now: str | datetime, *, fragment: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
-    """Validate and expand the attributes of a PATCH/POST .../attrs body into `doc` entries."""
+    """Validate and expand the attributes of a PATCH/POST .../attrs body into `doc` entries
+    (`fragment`: of a merge or partial update, see normalize_attribute)."""
     if not isinstance(attributes, Mapping):
         raise BadRequestData("the attributes payload must be a JSON object")
     items = ((name, raw) for name, raw in attributes.items() if name != "@context")
-    return _expand_attribute_items(items, terms, _now_text(now))
+    return _expand_attribute_items(items, terms, _now_text(now), fragment)
 
 
 def _expand_attribute_items(
-    attributes: Iterable[tuple[str, Any]], terms: TermMap, now: str
+    attributes: Iterable[tuple[str, Any]], terms: TermMap, now: str, fragment: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
     """Validate, normalize and expand attributes in one pass; every top-level instance is stamped `now`."""
     doc: dict[str, list[dict[str, Any]]] = {}
     duplicate: tuple[str, str] | None = None
     for name, raw in attributes:
         check_attribute_name(name)
-        instances = normalize_attribute(name, raw, terms)
+        instances = normalize_attribute(name, raw, terms, fragment=fragment)
         for instance in instances:
             instance["createdAt"] = now
             instance["modifiedAt"] = now

@@ -126,7 +126,7 @@ class BatchService:
                 if kind == "delete":
                     parsed.append((check_uri(item, "Entity id"), None))
                 else:
-                    expanded = expand_entity(item, item_terms, stamp)
+                    expanded = expand_entity(item, item_terms, stamp, fragment=kind == "merge")
                     parsed.append((expanded[0], expanded))
             except NgsiError as error:
                 refused.fail(item.get("id") if isinstance(item, dict) else item, error)

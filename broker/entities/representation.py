@@ -18,15 +18,20 @@ def check_uri(value: Any, what: str) -> str:
     return forms.check_length(str(value), what)
 
 
-def expand_entity(payload: Any, terms: TermMap, now: str = "") -> tuple[str, list[str], list[str] | None, Doc]:
-    """A whole payload entity (any form) → (id, expanded types, scope, doc), validated."""
+def expand_entity(payload: Any, terms: TermMap, now: str = "", *, fragment: bool = False
+                  ) -> tuple[str, list[str], list[str] | None, Doc]:
+    """A whole payload entity (any form) → (id, expanded types, scope, doc), validated.
+
+    `fragment`: the entity of a merge (NGSI-LD Nulls and partial attributes allowed)."""
     if not isinstance(payload, dict):
         raise BadRequestData("An entity must be a JSON object")
-    expanded = forms.expand_entity(payload, terms, now=now or "1970-01-01T00:00:00.000Z")
+    expanded = forms.expand_entity(payload, terms, now=now or "1970-01-01T00:00:00.000Z", fragment=fragment)
     return expanded.id, expanded.types, expanded.scope, expanded.doc
 
 
-def expand_attributes(fragment: dict[str, Any], terms: TermMap, now: str = "") -> Doc:
-    """The attributes of a PATCH/POST .../attrs or merge body as a `doc` fragment (entity members ignored)."""
-    attributes = {k: v for k, v in fragment.items() if k not in ENTITY_MEMBERS}
-    return forms.expand_attributes(attributes, terms, now or "1970-01-01T00:00:00.000Z")
+def expand_attributes(payload: dict[str, Any], terms: TermMap, now: str = "", *, fragment: bool = False) -> Doc:
+    """The attributes of a PATCH/POST .../attrs or merge body as a `doc` fragment (entity members ignored).
+
+    `fragment`: of a merge or partial update (NGSI-LD Nulls and partial attributes allowed)."""
+    attributes = {k: v for k, v in payload.items() if k not in ENTITY_MEMBERS}
+    return forms.expand_attributes(attributes, terms, now or "1970-01-01T00:00:00.000Z", fragment=fragment)

@@ -16,7 +16,9 @@ from broker.entities.stored import (
     StoredEntity,
     append_attributes,
     delete_attribute,
+    is_null_instance,
     iso_ms,
+    merge_instance,
     merge_patch_attributes,
     stamp_doc,
     update_attributes,
@@ -207,7 +209,7 @@ class EntityService:
 
     async def merge(self, tenant: str | None, entity_id: str, payload: Any, terms: TermMap) -> None:
         """GS CIM 009 5.6.17 merge-patch; `urn:ngsi-ld:null` deletes attributes and sub-attributes."""
-        fragment = self.fragment(payload, terms, entity_id)
+        fragment = self.fragment(payload, terms, entity_id, partial=True)
         types = [terms.expand_type(t) for t in _types_of(payload)]
 
         def change(entity: StoredEntity, now: str) -> None:
@@ -241,7 +243,7 @@ class EntityService:
                               terms: TermMap) -> None:
         """GS CIM 009 5.6.4 partial attribute update; ResourceNotFound if the attribute is absent."""
         name = terms.expand(attr)
-        fragment = self.fragment({attr: payload}, terms, entity_id)
+        fragment = self.fragment({attr: payload}, terms, entity_id, partial=True)
 
         def change(entity: StoredEntity, now: str) -> None:
             if name not in entity.doc:
@@ -251,9 +253,11 @@ class EntityService:
                 key = instance.get("datasetId")
                 if key not in current:
                     raise ResourceNotFound(f"Attribute {attr!r} has no instance with datasetId {key!r}")
-                merged = {**current[key], **instance, "modifiedAt": now}
-                merged["createdAt"] = current[key].get("createdAt", now)
-                current[key] = merged
+                if is_null_instance(instance):
+                    raise BadRequestData(f"A partial update cannot remove attribute {attr!r} itself: use DELETE"
+                                         f" .../attrs/{attr}", attribute=attr)
+                current[key] = merge_instance(attr, current[key], instance, deep=False)
+                current[key]["modifiedAt"] = now
             entity.doc[name] = list(current.values())
             entity.touched.add(name)
 
@@ -297,12 +301,14 @@ class EntityService:
             await self.record(conn, tenant, [(deleted[0], None, "Delete", now)])
 
     @staticmethod
-    def fragment(payload: Any, terms: TermMap, entity_id: str) -> dict[str, list[dict[str, Any]]]:
+    def fragment(payload: Any, terms: TermMap, entity_id: str, *, partial: bool = False
+                 ) -> dict[str, list[dict[str, Any]]]:
+        """The attributes of a write's payload; `partial`: of a merge or partial update (forms.normalize_attribute)."""
         if not isinstance(payload, dict):
             raise BadRequestData("Attributes must be sent as a JSON object")
         if "id" in payload and payload["id"] != entity_id:
             raise BadRequestData(f"The payload id {payload['id']!r} differs from {entity_id!r}")
-        return expand_attributes(payload, terms)
+        return expand_attributes(payload, terms, fragment=partial)
 
     # ---- reads --------------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ from typing import Any
 from shapely.geometry import shape
 
 from ngsi.errors import BadRequestData
+from ngsi.forms import ATTRIBUTE_KEYWORDS, NGSI_LD_NULL
 from ngsi.timestamps import format_timestamp
 
 LOCATION = "https://uri.etsi.org/ngsi-ld/location"
-NGSI_LD_NULL = "urn:ngsi-ld:null"
 
 Doc = dict[str, list[dict[str, Any]]]
 
@@ -119,7 +119,12 @@ def update_attributes(entity: StoredEntity, fragment: Doc, now: str) -> list[str
 
 
 def is_null_instance(instance: dict[str, Any]) -> bool:
-    return any(instance.get(key) == NGSI_LD_NULL for key in ("value", "object", "languageMap", "vocab", "json"))
+    """Whether a fragment's instance removes the whole attribute (its value is the NGSI-LD Null)."""
+    if any(instance.get(key) == NGSI_LD_NULL for key in ("value", "object", "languageMap", "vocab", "json",
+                                                          "valueList", "objectList")):
+        return True
+    texts = instance.get("languageMap")  # GS CIM 009 4.6.5: {"@none": "urn:ngsi-ld:null"}
+    return type(texts) is dict and texts.get("@none") == NGSI_LD_NULL and len(texts) == 1
 
 
 def merge_patch_attributes(entity: StoredEntity, fragment: Doc, now: str) -> None:
@@ -133,28 +138,92 @@ def merge_patch_attributes(entity: StoredEntity, fragment: Doc, now: str) -> Non
                 continue
             old = current.get(key)
             if old is None:
-                stamp_instances([instance], now, None)
-                current[key] = instance
+                current[key] = new_instance(name, instance, now)
                 continue
-            merged = dict(old)
-            for member, value in instance.items():
-                if member == "createdAt":
-                    continue
-                deleted = value == NGSI_LD_NULL or (
-                    isinstance(value, list) and bool(value) and isinstance(value[0], dict)
-                    and is_null_instance(value[0])
-                )
-                if deleted:
-                    merged.pop(member, None)
-                else:
-                    merged[member] = value
-            merged["modifiedAt"] = now
-            current[key] = merged
+            current[key] = merge_instance(name, old, instance, deep=True)
+            current[key]["modifiedAt"] = now
         entity.touched.add(name)
         if current:
             entity.doc[name] = list(current.values())
         else:
             entity.doc.pop(name, None)
+
+
+def new_instance(name: str, instance: dict[str, Any], now: str) -> dict[str, Any]:
+    """A fragment's instance for an attribute (or dataset) the entity does not have yet."""
+    if "type" not in instance:
+        raise BadRequestData(f"Attribute {name!r} does not exist: a new attribute needs its value", attribute=name)
+    added = drop_nulls(instance)
+    stamp_instances([added], now, None)
+    return added
+
+
+def drop_nulls(instance: dict[str, Any]) -> dict[str, Any]:
+    """A fragment's instance without the members it removes (there is nothing to remove them from)."""
+    kept = {}
+    for member, value in instance.items():
+        if value == NGSI_LD_NULL or (type(value) is list and value and is_null_instance(value[0])):
+            continue
+        if member == "languageMap" and type(value) is dict:
+            value = {lang: text for lang, text in value.items() if text != NGSI_LD_NULL}
+        kept[member] = [drop_nulls(sub) for sub in value] if is_sub_attribute(member, value) else value
+    return kept
+
+
+def is_sub_attribute(member: str, value: Any) -> bool:
+    return member not in ATTRIBUTE_KEYWORDS and type(value) is list
+
+
+def merge_instance(name: str, old: dict[str, Any], fragment: dict[str, Any], *, deep: bool) -> dict[str, Any]:
+    """`old` with the members of `fragment` (GS CIM 009 5.4): NGSI-LD Nulls remove members, sub-attributes
+    merge into the ones there, an attribute's type never changes (BadRequestData).
+
+    `deep` (Merge Entity, 5.5.12): JSON object values and languageMaps merge key by key too; otherwise
+    (Partial Attribute Update, 5.6.4) a value given replaces the value there.
+    """
+    kind = fragment.get("type")
+    if kind is not None and kind != old.get("type"):
+        raise BadRequestData(f"Attribute {name!r} is a {old.get('type')}: its type cannot change to {kind}",
+                             attribute=name)
+    merged = dict(old)
+    for member, value in fragment.items():
+        if member in ("type", "createdAt", "modifiedAt"):
+            continue
+        if value == NGSI_LD_NULL:
+            merged.pop(member, None)
+        elif is_sub_attribute(member, value):
+            sub, there = value[0], merged.get(member)
+            if is_null_instance(sub):
+                merged.pop(member, None)
+            elif type(there) is list and there:
+                merged[member] = [merge_instance(f"{name}.{member}", there[0], sub, deep=deep)]
+            elif "type" not in sub:
+                raise BadRequestData(f"Sub-attribute {name}.{member} does not exist: a new one needs its value",
+                                     attribute=name)
+            else:
+                merged[member] = [drop_nulls(sub)]
+        elif deep and member == "value" and type(value) is dict and type(there := merged.get(member)) is dict \
+                and merged.get("type") == "Property":
+            merged[member] = merge_json(there, value)
+        elif member == "languageMap" and type(value) is dict and type(there := merged.get(member)) is dict \
+                and (deep or NGSI_LD_NULL in value.values()):
+            merged[member] = merge_json(there, value)
+        else:
+            merged[member] = value
+    return merged
+
+
+def merge_json(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7396 merge of JSON objects, with the NGSI-LD Null (not JSON null) removing a key."""
+    merged = dict(old)
+    for key, value in patch.items():
+        if value == NGSI_LD_NULL:
+            merged.pop(key, None)
+        elif type(value) is dict and type(merged.get(key)) is dict:
+            merged[key] = merge_json(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def delete_attribute(entity: StoredEntity, name: str, dataset_id: str | None, delete_all: bool) -> bool:

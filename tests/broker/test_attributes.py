@@ -66,6 +66,94 @@ async def test_merge_patch_deletes_with_ngsi_ld_null(http: httpx.AsyncClient, te
     assert body["no2"]["reliability"]["value"] == 0.9
 
 
+async def test_merge_changes_only_the_members_a_fragment_gives(http: httpx.AsyncClient, tenant: str) -> None:
+    # A fragment without a value used to become the attribute's value ({"value": {"unitCode": ...}}).
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    headers = {"NGSILD-Tenant": tenant}
+    address = {"type": "Property", "value": {"streetAddress": "Rue 1", "postalCode": "1000", "locality": "X"}}
+    assert (await http.post(f"{API}/entities/{entity_id}/attrs", json={"address": address},
+                            headers=headers)).status_code == 204
+    merged = await http.patch(f"{API}/entities/{entity_id}", headers=headers, json={
+        "no2": {"unitCode": "GP", "reliability": {"value": 0.5}},
+        "address": {"type": "Property", "value": {"postalCode": "2000", "locality": "urn:ngsi-ld:null"}},
+    })
+    assert merged.status_code == 204, merged.text
+    body = await read(http, tenant, entity_id)
+    assert body["no2"] == {"type": "Property", "value": 10, "unitCode": "GP",
+                           "reliability": {"type": "Property", "value": 0.5}}
+    # GS CIM 009 5.5.12: a merge goes into JSON object values too; the NGSI-LD Null removes a key.
+    assert body["address"]["value"] == {"streetAddress": "Rue 1", "postalCode": "2000"}
+    removed = await http.patch(f"{API}/entities/{entity_id}", headers=headers,
+                               json={"no2": {"reliability": "urn:ngsi-ld:null", "unitCode": "urn:ngsi-ld:null"}})
+    assert removed.status_code == 204, removed.text
+    assert (await read(http, tenant, entity_id))["no2"] == {"type": "Property", "value": 10}
+    # A fragment that changes members cannot make an attribute that is not there.
+    missing = await http.patch(f"{API}/entities/{entity_id}", headers=headers, json={"o3": {"unitCode": "GQ"}})
+    assert missing.status_code == 400 and "needs its value" in missing.json()["detail"]
+    assert "o3" not in await read(http, tenant, entity_id)
+
+
+async def test_an_attribute_type_never_changes_by_merge_or_partial_update(http: httpx.AsyncClient,
+                                                                          tenant: str) -> None:
+    # It used to leave a Property holding `object` (or a Relationship holding `value`).
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    headers = {"NGSILD-Tenant": tenant}
+    relationship = {"type": "Relationship", "object": "urn:ngsi-ld:Station:other"}
+    attempts = [
+        http.patch(f"{API}/entities/{entity_id}/attrs/no2", json=relationship, headers=headers),
+        http.patch(f"{API}/entities/{entity_id}", json={"no2": relationship}, headers=headers),
+        http.post(f"{API}/entityOperations/merge", json=[{"id": entity_id, "type": "Station", "no2": relationship}],
+                  headers=headers),
+    ]
+    answers = [await attempt for attempt in attempts]
+    assert [answer.status_code for answer in answers[:2]] == [400, 400], [a.text for a in answers]
+    assert "cannot change to Relationship" in answers[0].json()["detail"]
+    assert answers[2].status_code == 207 and "cannot change" in answers[2].json()["errors"][0]["error"]["detail"]
+    assert (await read(http, tenant, entity_id))["no2"]["value"] == 10
+
+
+async def test_ngsi_ld_null_removes_members_in_partial_updates_and_is_refused_elsewhere(
+        http: httpx.AsyncClient, tenant: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    headers = {"NGSILD-Tenant": tenant}
+    null = "urn:ngsi-ld:null"
+    # GS CIM 009 5.5.4: anywhere but a merge or partial update fragment it is BadRequestData (it was stored).
+    refused = [
+        http.post(f"{API}/entities", headers=headers,
+                  json={"id": new_id(), "type": "Station", "a": {"type": "Property", "value": null}}),
+        http.post(f"{API}/entities/{entity_id}/attrs", json={"c": null}, headers=headers),
+        http.patch(f"{API}/entities/{entity_id}/attrs", json={"no2": null}, headers=headers),
+        http.post(f"{API}/entityOperations/upsert", headers=headers, json=[
+            {"id": entity_id, "type": "Station", "no2": {"type": "Property", "value": 1, "unitCode": null}}]),
+        # A partial update changes an attribute, it does not remove it.
+        http.patch(f"{API}/entities/{entity_id}/attrs/no2", json={"value": null}, headers=headers),
+    ]
+    for attempt in refused:
+        answer = await attempt
+        assert answer.status_code in (400, 207), answer.text
+        detail = answer.json()["errors"][0]["error"]["detail"] if answer.status_code == 207 else answer.json()["detail"]
+        assert null in detail or "cannot remove" in detail, detail
+    assert (await read(http, tenant, entity_id))["no2"]["unitCode"] == "GQ"
+    # In a partial attribute update it removes the member it is given for.
+    patched = await http.patch(f"{API}/entities/{entity_id}/attrs/no2", json={"unitCode": null}, headers=headers)
+    assert patched.status_code == 204, patched.text
+    assert "unitCode" not in (await read(http, tenant, entity_id))["no2"]
+    # One language of a LanguageProperty, then the whole attribute ({"@none": null}, GS CIM 009 4.6.5).
+    street = {"type": "LanguageProperty", "languageMap": {"fr": "Grand Place", "nl": "Grote Markt"}}
+    assert (await http.post(f"{API}/entities/{entity_id}/attrs", json={"street": street},
+                            headers=headers)).status_code == 204
+    merged = await http.patch(f"{API}/entities/{entity_id}", headers=headers,
+                              json={"street": {"type": "LanguageProperty", "languageMap": {"nl": null, "de": "Markt"}}})
+    assert merged.status_code == 204, merged.text
+    assert (await read(http, tenant, entity_id))["street"]["languageMap"] == {"fr": "Grand Place", "de": "Markt"}
+    gone = await http.patch(f"{API}/entities/{entity_id}", headers=headers,
+                            json={"street": {"type": "LanguageProperty", "languageMap": {"@none": null}}})
+    assert gone.status_code == 204 and "street" not in await read(http, tenant, entity_id)
+
+
 async def test_partial_attribute_update_and_replace(http: httpx.AsyncClient, tenant: str) -> None:
     entity_id = new_id()
     await create(http, tenant, entity_id)
