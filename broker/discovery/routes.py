@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from broker.discovery.service import DiscoveryService
-from broker.negotiation import accepted_media_type, json_response, query_context
+from broker.negotiation import JSON, accepted_media_type, json_response, query_context
 from ngsi.contexts import ContextStore
 
 
@@ -17,7 +17,11 @@ def discovery_router(service: DiscoveryService, contexts: ContextStore) -> APIRo
         kind = accepted_media_type(request)
         context = query_context(request)
         body = await build(await contexts.term_map(context))
-        return json_response(body, kind=kind, context_url=context or contexts.core_context_url)
+        context_url = context or contexts.core_context_url
+        if kind != JSON:  # GS CIM 009 6.3.6: a JSON-LD body carries its @context
+            body = ([{"@context": context_url, **item} for item in body] if isinstance(body, list)
+                    else {"@context": context_url, **body})
+        return json_response(body, kind=kind, context_url=context_url)
 
     @router.get("/types")
     async def get_types(request: Request, details: bool = False,

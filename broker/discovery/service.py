@@ -40,10 +40,16 @@ class DiscoveryService:
                 "attributeDetails": [{"id": a, "type": "Attribute", "attributeName": terms.compact(a),
                                       "typeNames": [terms.compact_type(iri)]} for a in sorted(attrs)]}
 
+    async def _statistics(self, tenant: str | None, name: str | None = None) -> dict[str, tuple[int, list[str]]]:
+        pool = await self.databases.pool(tenant, create=False)
+        async with pool.connection() as conn:
+            return await store.attribute_statistics(conn, name)
+
     async def attributes(self, tenant: str | None, terms: TermMap, *, details: bool) -> Any:
         by_attr = self._by_attribute(await self._types(tenant))
         if details:
-            return [self._attribute(a, types, terms) for a, types in by_attr.items()]
+            statistics = await self._statistics(tenant)
+            return [self._attribute(a, types, terms, statistics.get(a)) for a, types in by_attr.items()]
         return {"id": "urn:ngsi-ld:AttributeList:climaborough", "type": "AttributeList",
                 "attributeList": [terms.compact(a) for a in by_attr]}
 
@@ -52,7 +58,7 @@ class DiscoveryService:
         by_attr = self._by_attribute(await self._types(tenant))
         if iri not in by_attr:
             raise ResourceNotFound(f"No entity has an attribute {name!r}")
-        return self._attribute(iri, by_attr[iri], terms)
+        return self._attribute(iri, by_attr[iri], terms, (await self._statistics(tenant, iri)).get(iri))
 
     @staticmethod
     def _by_attribute(types: dict[str, tuple[int, set[str]]]) -> dict[str, list[str]]:
@@ -63,6 +69,10 @@ class DiscoveryService:
         return dict(sorted(by_attr.items()))
 
     @staticmethod
-    def _attribute(iri: str, types: list[str], terms: TermMap) -> dict[str, Any]:
-        return {"id": iri, "type": "Attribute", "attributeName": terms.compact(iri),
-                "typeNames": [terms.compact_type(t) for t in types]}
+    def _attribute(iri: str, types: list[str], terms: TermMap,
+                   statistics: tuple[int, list[str]] | None = None) -> dict[str, Any]:
+        attribute: dict[str, Any] = {"id": iri, "type": "Attribute", "attributeName": terms.compact(iri)}
+        if statistics is not None:
+            attribute["attributeCount"], attribute["attributeTypes"] = statistics
+        attribute["typeNames"] = [terms.compact_type(t) for t in types]
+        return attribute

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
@@ -21,10 +22,10 @@ from broker.negotiation import (
     query_context,
     read_payload,
 )
-from broker.query.types import parse_ids
+from broker.query.types import matches_types, parse_ids, parse_types
 from broker.settings import BrokerSettings
 from ngsi.contexts import ContextStore, TermMap
-from ngsi.errors import BadRequestData, InternalError, NgsiError, TooManyResults
+from ngsi.errors import BadRequestData, InternalError, NgsiError, ResourceNotFound, TooManyResults
 from ngsi.forms import Form, to_geojson_feature, to_geojson_feature_collection
 
 log = logging.getLogger(__name__)
@@ -143,11 +144,18 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
     async def get_attr_not_allowed(entity_id: str, attr: str) -> Response:
         raise BadRequestData("Use GET /entities/{id}?attrs=... to read attributes")
 
+    def type_selector(type_: str | None, terms: TermMap) -> Callable[[list[str]], bool] | None:
+        """GS CIM 009 5.7.1 / 5.6.6 `type` of a single-entity request: whether an entity's types match it."""
+        if type_ is None:
+            return None
+        expression = parse_types(type_)
+        return lambda types: matches_types(expression, types, terms.expand_type)
+
     @router.get("/entities/{entity_id:path}")
     async def get_entity(
         request: Request, entity_id: str, attrs: str | None = None, pick: str | None = None,
         omit: str | None = None, options: str | None = None, format: str | None = None,
-        lang: str | None = None, geometryProperty: str = "location",
+        lang: str | None = None, geometryProperty: str = "location", type: str | None = None,
         ngsild_tenant: str | None = Header(None),
     ) -> Response:  # fmt: skip
         check_uri(entity_id, "Entity id")
@@ -155,7 +163,10 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         context = query_context(request)
         terms = await terms_for(context)
         opts = render_options(options, format, attrs, pick, omit, lang)
+        selected = type_selector(type, terms)
         entity = await service.retrieve(ngsild_tenant, entity_id)
+        if selected is not None and not selected(entity.types):
+            raise ResourceNotFound(f"No entity {entity_id!r} of the type(s) asked for", entityId=entity_id)
         body = render(entity, terms, opts)
         if kind == GEO_JSON:
             body = to_geojson_feature(body, geometryProperty)
@@ -329,9 +340,11 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         return Response(status_code=204)
 
     @router.delete("/entities/{entity_id:path}")
-    async def delete_entity(entity_id: str, ngsild_tenant: str | None = Header(None)) -> Response:
+    async def delete_entity(request: Request, entity_id: str, type: str | None = None,
+                            ngsild_tenant: str | None = Header(None)) -> Response:
         check_uri(entity_id, "Entity id")
-        await service.delete(ngsild_tenant, entity_id)
+        selected = type_selector(type, await terms_for(query_context(request))) if type is not None else None
+        await service.delete(ngsild_tenant, entity_id, selected=selected)
         return Response(status_code=204)
 
     return router

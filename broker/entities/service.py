@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -289,12 +290,18 @@ class EntityService:
 
         await self._change(tenant, entity_id, "Delete", change)
 
-    async def delete(self, tenant: str | None, entity_id: str) -> None:
-        """GS CIM 009 5.6.6: delete an entity; ResourceNotFound if absent."""
+    async def delete(self, tenant: str | None, entity_id: str, *,
+                     selected: Callable[[list[str]], bool] | None = None) -> None:
+        """GS CIM 009 5.6.6: delete an entity; ResourceNotFound if absent, or if its types are not `selected`
+        (the request's `type` expression)."""
         pool = await self.databases.pool(tenant, create=False)
         now = datetime.now(UTC)
         async with pool.connection() as conn, store.write_transaction(conn):
             await store.begin_locking(conn, [entity_id])  # after the writes in flight to it (store.ADVISORY_LOCKS)
+            if selected is not None:
+                entity = await store.fetch_entity(conn, entity_id)
+                if entity is None or not selected(entity.types):
+                    raise ResourceNotFound(f"No entity {entity_id!r} of the type(s) asked for", entityId=entity_id)
             deleted = await store.delete_entities(conn, [entity_id])
             if not deleted:
                 raise ResourceNotFound(f"Entity {entity_id!r} does not exist", entityId=entity_id)

@@ -44,3 +44,19 @@ async def test_attributes_list_and_one_attribute(http: httpx.AsyncClient, tenant
     assert sorted(listed["attributeList"]) == ["humidity", "open", "temperature"]
     one = (await http.get(f"{API}/attributes/temperature", headers=headers)).json()
     assert one["type"] == "Attribute" and one["typeNames"] == ["Room"]
+    # GS CIM 009 5.2.28: how many instances carry the name, and as which attribute types.
+    assert one["attributeCount"] == 1 and one["attributeTypes"] == ["Property"]
+    detailed = (await http.get(f"{API}/attributes", params={"details": "true"}, headers=headers)).json()
+    assert {a["attributeName"]: a["attributeCount"] for a in detailed} == {"humidity": 1, "open": 1, "temperature": 1}
+
+
+async def test_discovery_as_json_ld_carries_its_context(http: httpx.AsyncClient, tenant: str) -> None:
+    await seed(http, tenant)
+    headers = {"NGSILD-Tenant": tenant, "Accept": "application/ld+json"}
+    core = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
+    for path, params in (("/types", {}), ("/types/Room", {}), ("/attributes", {}), ("/attributes/temperature", {}),
+                         ("/types", {"details": "true"})):
+        got = await http.get(f"{API}{path}", params=params, headers=headers)
+        assert got.status_code == 200 and got.headers["content-type"].startswith("application/ld+json"), got.text
+        bodies = got.json() if isinstance(got.json(), list) else [got.json()]
+        assert all(body["@context"] == core for body in bodies), (path, got.text)

@@ -111,3 +111,15 @@ async def test_integers_within_64_bits_read_back_exactly_larger_ones_and_history
     instances = json.loads(temporal.text)["total"]
     instance = instances[0] if isinstance(instances, list) else instances
     assert instance["value"] == float(18446744073709551615) and isinstance(instance["value"], float)
+
+
+async def test_type_on_get_and_delete_by_id_must_match_the_entity(http: httpx.AsyncClient) -> None:
+    # GS CIM 009 5.7.1 / 5.6.6: ?type= selects; the delete used to remove an entity of another type.
+    entity_id = new_id()
+    assert (await http.post(f"{API}/entities", json={"id": entity_id, "type": ["Room", "Space"]})).status_code == 201
+    assert (await http.get(f"{API}/entities/{entity_id}", params={"type": "Office"})).status_code == 404
+    assert (await http.get(f"{API}/entities/{entity_id}", params={"type": "Office|Space"})).status_code == 200
+    assert (await http.delete(f"{API}/entities/{entity_id}", params={"type": "Office"})).status_code == 404
+    assert (await http.get(f"{API}/entities/{entity_id}")).status_code == 200
+    assert (await http.delete(f"{API}/entities/{entity_id}", params={"type": "Room;Space"})).status_code == 204
+    assert (await http.get(f"{API}/entities/{entity_id}")).status_code == 404
