@@ -755,13 +755,15 @@ def _compact_instance(
 # ---- GeoJSON representation ----------------------------------------------------------------------------
 
 
-def to_geojson_feature(entity: Mapping[str, Any], geoproperty: str = "location") -> dict[str, Any]:
+def to_geojson_feature(entity: Mapping[str, Any], geoproperty: str = "location", *,
+                       geometry_of: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A compacted entity (any form) → a GeoJSON Feature (GS CIM 009 4.5.16, 6.3.15).
 
-    The geometry is the `geoproperty` attribute's value (null if absent); every other member
+    The geometry is the `geoproperty` attribute's value (null if absent), taken from `geometry_of` if given
+    (the entity rendered with that attribute, when the projection left it out); every other member
     except `id` and `@context` goes to `properties`.
     """
-    raw = entity.get(geoproperty)
+    raw = (geometry_of if geometry_of is not None else entity).get(geoproperty)
     instance = raw[0] if isinstance(raw, list) and raw else raw
     geometry: Any = None
     if is_geojson_geometry(instance):
@@ -777,8 +779,13 @@ def to_geojson_feature(entity: Mapping[str, Any], geoproperty: str = "location")
 
 
 def to_geojson_feature_collection(
-    entities: Iterable[Mapping[str, Any]], geoproperty: str = "location"
+    entities: Iterable[Mapping[str, Any]], geoproperty: str = "location", *,
+    geometries_of: Iterable[Mapping[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """Compacted entities → a GeoJSON FeatureCollection (GS CIM 009 6.3.15)."""
+    """Compacted entities → a GeoJSON FeatureCollection (GS CIM 009 6.3.15); `geometries_of` as
+    `geometry_of` of to_geojson_feature, one per entity."""
+    entities = list(entities)
+    sources = list(geometries_of) if geometries_of is not None else [None] * len(entities)
     return {"type": "FeatureCollection",
-            "features": [to_geojson_feature(entity, geoproperty) for entity in entities]}
+            "features": [to_geojson_feature(entity, geoproperty, geometry_of=source)
+                         for entity, source in zip(entities, sources, strict=True)]}

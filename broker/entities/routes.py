@@ -144,6 +144,14 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
     async def get_attr_not_allowed(entity_id: str, attr: str) -> Response:
         raise BadRequestData("Use GET /entities/{id}?attrs=... to read attributes")
 
+    def geometry_source(entity: Any, body: dict[str, Any], terms: TermMap, geometry_property: str
+                        ) -> dict[str, Any] | None:
+        """The entity with its geometry attribute when `attrs`/`pick` left it out of `body` (GS CIM 009 6.3.15:
+        the Feature's geometry is that attribute's value all the same)."""
+        if geometry_property in body:
+            return None
+        return render(entity, terms, RenderOptions(form="normalized", attrs=[geometry_property]))
+
     def type_selector(type_: str | None, terms: TermMap) -> Callable[[list[str]], bool] | None:
         """GS CIM 009 5.7.1 / 5.6.6 `type` of a single-entity request: whether an entity's types match it."""
         if type_ is None:
@@ -169,7 +177,9 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             raise ResourceNotFound(f"No entity {entity_id!r} of the type(s) asked for", entityId=entity_id)
         body = render(entity, terms, opts)
         if kind == GEO_JSON:
-            body = to_geojson_feature(body, geometryProperty)
+            body = {**to_geojson_feature(body, geometryProperty,
+                                         geometry_of=geometry_source(entity, body, terms, geometryProperty)),
+                    "@context": context or contexts.core_context_url}
         elif kind != JSON:
             body = {"@context": context or contexts.core_context_url, **body}
         return json_response(body, kind=kind, context_url=context_url(context))
@@ -207,7 +217,11 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         headers = {"NGSILD-Results-Count": str(total)} if total is not None else {}
         content: Any = bodies
         if kind == GEO_JSON:
-            content = to_geojson_feature_collection(bodies, geometryProperty)
+            sources = [geometry_source(entity, body, terms, geometryProperty)
+                       for entity, body in zip(entities, bodies, strict=True)]
+            content = to_geojson_feature_collection(bodies, geometryProperty, geometries_of=sources)
+            for feature in content["features"]:
+                feature["@context"] = context or contexts.core_context_url
         elif kind != JSON:
             content = [{"@context": context or contexts.core_context_url, **b} for b in bodies]
         return json_response(content, kind=kind, context_url=context_url(context), headers=headers)

@@ -64,6 +64,25 @@ async def seed_places(http: httpx.AsyncClient, tenant: str) -> None:
     assert got.status_code == 201, got.text
 
 
+async def test_geojson_features_keep_their_geometry_under_attrs_and_carry_the_context(
+        http: httpx.AsyncClient, tenant: str) -> None:
+    await seed_places(http, tenant)
+    await http.post(f"{API}/entities/urn:ngsi-ld:Place:a/attrs", json={"name": {"type": "Property", "value": "A"}},
+                    headers={"NGSILD-Tenant": tenant})
+    headers = {"NGSILD-Tenant": tenant, "Accept": "application/geo+json"}
+    core = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
+    listed = await http.get(f"{API}/entities", params={"type": "Place", "attrs": "name"}, headers=headers)
+    assert listed.status_code == 200, listed.text
+    features = {feature["id"]: feature for feature in listed.json()["features"]}
+    # GS CIM 009 6.3.15: the geometry is the location's value even when attrs leaves it out of properties.
+    assert features["urn:ngsi-ld:Place:a"]["geometry"] == {"type": "Point", "coordinates": [-3.7, 40.42]}
+    assert features["urn:ngsi-ld:Place:a"]["properties"] == {"type": "Place", "name": {"type": "Property",
+                                                                                      "value": "A"}}
+    assert all(feature["@context"] == core for feature in features.values())
+    one = await http.get(f"{API}/entities/urn:ngsi-ld:Place:b", params={"attrs": "name"}, headers=headers)
+    assert one.json()["geometry"]["coordinates"] == [-3.705, 40.421] and one.json()["@context"] == core
+
+
 async def test_near_returns_close_entities_nearest_first(http: httpx.AsyncClient, tenant: str) -> None:
     await seed_places(http, tenant)
     got = await http.get(f"{API}/entities", headers={"NGSILD-Tenant": tenant}, params={
