@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.batch.routes import BatchEndpoints, BatchFastLane, batch_router
@@ -152,7 +153,8 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
         first = error.errors()[0] if error.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()))
+        # ("query", "limit") → "limit": the parameter's name as the client sent it.
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         return problem_response(
             BadRequestData(f"Invalid {where}: {first.get('msg', 'invalid value')}", parameter=where)
         )
@@ -162,9 +164,14 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
         if error.status_code == 404:
             return problem_response(ResourceNotFound(f"No such resource: {request.url.path}"))
         if error.status_code == 405:
-            return problem_response(
-                MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
-            )
+            # RFC 9110 15.5.6: a 405 names the methods the resource allows (of every route on the path).
+            allowed = [method for method in ("GET", "POST", "PUT", "PATCH", "DELETE") if any(
+                route.matches({"type": "http", "path": request.url.path, "method": method, "root_path": ""})[0]
+                == Match.FULL for route in app.router.routes)]
+            answer = problem_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+            if allowed:
+                answer.headers["Allow"] = ", ".join(allowed)
+            return answer
         return problem_response(NgsiError(str(error.detail), status=error.status_code))
 
     @app.exception_handler(Exception)

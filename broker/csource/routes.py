@@ -62,8 +62,9 @@ def csource_router(service: RegistrationService, contexts: ContextStore, setting
         terms = await terms_for(context)
         flags = _flags(options)
         page = settings.default_limit if limit is None else limit
-        if page < 0 or offset < 0:
-            raise BadRequestData("limit and offset must not be negative", parameter="limit")
+        for name, number in (("limit", page), ("offset", offset)):
+            if number < 0:
+                raise BadRequestData(f"{name} must not be negative", parameter=name)
         if page > settings.max_limit:
             raise TooManyResults(f"limit {page} is above the maximum of {settings.max_limit}", parameter="limit")
         ids = _split(id)

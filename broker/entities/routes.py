@@ -197,8 +197,9 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             raise BadRequestData("Give at least one of id, idPattern, type, attrs, q, scopeQ or a geo-query",
                                  title="Too broad query")
         page = settings.default_limit if limit is None else limit
-        if page < 0 or offset < 0:
-            raise BadRequestData("limit and offset must not be negative", parameter="limit")
+        for name, number in (("limit", page), ("offset", offset)):
+            if number < 0:
+                raise BadRequestData(f"{name} must not be negative", parameter=name)
         if offset > MAX_OFFSET:  # PostgreSQL's OFFSET is a bigint: larger values were a 500
             raise BadRequestData(f"offset must be at most {MAX_OFFSET}", parameter="offset")
         if page > settings.max_limit:

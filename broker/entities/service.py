@@ -153,7 +153,7 @@ class EntityService:
                 rows.add_entity_deletion(current.id, current.types, now)
             else:
                 assert after is not None
-                for name in sorted(after.touched):
+                for name in sorted(after.touched - {"type"}):  # a new entity type is no attribute of the history
                     if name in after.doc:
                         for instance in after.doc[name]:
                             # An instance with a client-given instanceId replaces the history row with that id.
@@ -225,10 +225,17 @@ class EntityService:
                                 *, overwrite: bool) -> list[str]:
         """GS CIM 009 5.6.3; returns the compact names not updated under noOverwrite."""
         fragment = self.fragment(payload, terms, entity_id)
-        not_updated = await self._change(
-            tenant, entity_id, "Append",
-            lambda entity, now: append_attributes(entity, fragment, now, overwrite=overwrite),
-        )
+        types = [terms.expand_type(t) for t in _types_of(payload)]
+
+        def change(entity: StoredEntity, now: str) -> list[str]:
+            not_updated = append_attributes(entity, fragment, now, overwrite=overwrite)
+            # GS CIM 009 5.6.3.4: entity types of the fragment that the entity lacks are added.
+            if set(types) - set(entity.types):
+                entity.types = entity.types + [t for t in types if t not in entity.types]
+                entity.touched.add("type")
+            return not_updated
+
+        not_updated = await self._change(tenant, entity_id, "Append", change)
         return [terms.compact(name) for name in not_updated]
 
     async def update_attributes(self, tenant: str | None, entity_id: str, payload: Any, terms: TermMap
@@ -313,6 +320,12 @@ class EntityService:
         """The attributes of a write's payload; `partial`: of a merge or partial update (forms.normalize_attribute)."""
         if not isinstance(payload, dict):
             raise BadRequestData("Attributes must be sent as a JSON object")
+        for member in ("id", "type"):  # entity members, never attribute names (GS CIM 009 4.6.2)
+            value = payload.get(member)
+            if value is not None and not (isinstance(value, str) or (
+                    member == "type" and isinstance(value, list) and value and all(isinstance(t, str) for t in value))):
+                raise BadRequestData(f"'{member}' is the entity's {member}, not an attribute: it must be"
+                                     f" {'a URI' if member == 'id' else 'entity type names'}", attribute=member)
         if "id" in payload and payload["id"] != entity_id:
             raise BadRequestData(f"The payload id {payload['id']!r} differs from {entity_id!r}")
         return expand_attributes(payload, terms, fragment=partial)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import psycopg
+
+from tests.broker.test_group_commit import tenant_database_url
 
 API = "/ngsi-ld/v1"
 
@@ -220,3 +223,26 @@ async def test_every_write_is_in_the_history(http: httpx.AsyncClient, tenant: st
     assert got.status_code == 200, got.text
     values = [instance["value"] for instance in got.json()["no2"]]
     assert sorted(values) == [10, 20, 30]
+
+
+async def test_append_adds_the_fragments_entity_types_and_refuses_id_or_type_as_attributes(
+        http: httpx.AsyncClient, tenant: str, postgres_url: str) -> None:
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    headers = {"NGSILD-Tenant": tenant}
+    # GS CIM 009 5.6.3.4: types of the fragment that the entity lacks are added (they were ignored).
+    appended = await http.post(f"{API}/entities/{entity_id}/attrs", headers=headers,
+                               json={"type": "Sensor", "pm10": {"type": "Property", "value": 3}})
+    assert appended.status_code == 204, appended.text
+    assert (await read(http, tenant, entity_id))["type"] == ["Station", "Sensor"]
+    merged = await http.patch(f"{API}/entities/{entity_id}", headers=headers, json={"type": "Device"})
+    assert merged.status_code == 204, merged.text
+    # A new type is no attribute: the history got no deletion row for an attribute called "type".
+    async with await psycopg.AsyncConnection.connect(await tenant_database_url(postgres_url, tenant)) as conn:
+        rows = await (await conn.execute("SELECT id, opMode::text FROM attributes WHERE entityId = %s ORDER BY ts",
+                                         (entity_id,))).fetchall()
+    assert ("type", "Delete") not in rows and len(rows) == 3, rows  # no2 and name created, pm10 appended
+    for member in ("id", "type"):
+        refused = await http.post(f"{API}/entities/{entity_id}/attrs", headers=headers,
+                                  json={member: {"type": "Property", "value": 1}})
+        assert refused.status_code == 400 and f"'{member}' is the entity's {member}" in refused.json()["detail"]

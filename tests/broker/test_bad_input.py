@@ -91,7 +91,16 @@ async def test_invalid_tenant_name_is_400(http: httpx.AsyncClient) -> None:
 async def test_non_integer_limit_is_400_naming_limit(http: httpx.AsyncClient) -> None:
     got = await http.get(f"{API}/entities", params={"type": "T", "limit": "many"})
     assert got.status_code == 400
-    assert "limit" in got.json()["detail"]
+    assert "limit" in got.json()["detail"] and got.json()["parameter"] == "limit"
+    negative = await http.get(f"{API}/entities", params={"type": "T", "offset": -1})
+    assert negative.status_code == 400 and negative.json()["parameter"] == "offset"
+
+
+async def test_a_method_the_path_does_not_allow_is_405_naming_the_allowed_ones(http: httpx.AsyncClient) -> None:
+    got = await http.delete(f"{API}/entities")
+    assert got.status_code == 405
+    assert got.json()["type"].endswith("MethodNotAllowed")
+    assert set(got.headers["Allow"].split(", ")) == {"GET", "POST"}
 
 
 async def test_trailing_slash_is_tolerated(http: httpx.AsyncClient) -> None:
