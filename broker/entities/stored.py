@@ -162,11 +162,12 @@ def drop_nulls(instance: dict[str, Any]) -> dict[str, Any]:
     """A fragment's instance without the members it removes (there is nothing to remove them from)."""
     kept = {}
     for member, value in instance.items():
-        if value == NGSI_LD_NULL or (type(value) is list and value and is_null_instance(value[0])):
+        sub_attribute = is_sub_attribute(member, value)
+        if value == NGSI_LD_NULL or (sub_attribute and value and is_null_instance(value[0])):
             continue
         if member == "languageMap" and type(value) is dict:
             value = {lang: text for lang, text in value.items() if text != NGSI_LD_NULL}
-        kept[member] = [drop_nulls(sub) for sub in value] if is_sub_attribute(member, value) else value
+        kept[member] = [drop_nulls(sub) for sub in value] if sub_attribute else value
     return kept
 
 

@@ -246,3 +246,13 @@ async def test_append_adds_the_fragments_entity_types_and_refuses_id_or_type_as_
         refused = await http.post(f"{API}/entities/{entity_id}/attrs", headers=headers,
                                   json={member: {"type": "Property", "value": 1}})
         assert refused.status_code == 400 and f"'{member}' is the entity's {member}" in refused.json()["detail"]
+
+
+async def test_merge_adds_an_attribute_whose_value_is_an_array_of_arrays(http: httpx.AsyncClient, tenant: str) -> None:
+    # Found by the fuzz run: an array value whose first item is an array was taken for sub-attribute instances.
+    entity_id = new_id()
+    await create(http, tenant, entity_id)
+    value = [[], [None, [False]], {}]
+    merged = await http.patch(f"{API}/entities/{entity_id}", json={"matrix": value}, headers={"NGSILD-Tenant": tenant})
+    assert merged.status_code == 204, merged.text
+    assert (await read(http, tenant, entity_id))["matrix"]["value"] == value
