@@ -20,7 +20,7 @@ def contexts_router(service: UserContextService, settings: BrokerSettings) -> AP
             raise BadRequestData(f"Unknown kind {kind!r}", parameter="kind")
         return json_response(service.list(details=details, kind=kind))
 
-    @router.get("/jsonldContexts/{local_id}")
+    @router.get("/jsonldContexts/{local_id:path}")
     async def get_context(local_id: str, details: bool = False) -> Response:
         return json_response(service.get(local_id, details=details), kind="application/json" if details else JSON_LD)
 
@@ -30,7 +30,7 @@ def contexts_router(service: UserContextService, settings: BrokerSettings) -> AP
         entry = await service.add(document)
         return Response(status_code=201, headers={"Location": entry.url})
 
-    @router.delete("/jsonldContexts/{local_id}")
+    @router.delete("/jsonldContexts/{local_id:path}")
     async def delete_context(local_id: str) -> Response:
         await service.delete(local_id)
         return Response(status_code=204)

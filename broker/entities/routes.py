@@ -96,7 +96,7 @@ class AttributeUpdateFastLane:
     def __init__(self, app: ASGIApp, *, updates: AttributeUpdates, prefix: str) -> None:
         self.app = app
         self.updates = updates
-        self.attribute_path = re.compile(f"^{re.escape(prefix)}/entities/(.*)/attrs/([^/]+)$")
+        self.attribute_path = re.compile(f"^{re.escape(prefix)}/entities/(.*)/attrs/(.+)$")
         self.attributes_path = re.compile(f"^{re.escape(prefix)}/entities/(.*)/attrs$")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -140,7 +140,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             headers["NGSILD-Tenant"] = ngsild_tenant
         return Response(status_code=201, headers=headers)
 
-    @router.get("/entities/{entity_id:path}/attrs/{attr}", include_in_schema=False)
+    @router.get("/entities/{entity_id:path}/attrs/{attr:path}", include_in_schema=False)
     async def get_attr_not_allowed(entity_id: str, attr: str) -> Response:
         raise BadRequestData("Use GET /entities/{id}?attrs=... to read attributes")
 
@@ -297,7 +297,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             selectors=alternatives,
         )  # fmt: skip
 
-    @router.put("/entities/{entity_id:path}/attrs/{attr}")
+    @router.put("/entities/{entity_id:path}/attrs/{attr:path}")
     async def put_attribute(request: Request, entity_id: str, attr: str,
                             ngsild_tenant: str | None = Header(None)) -> Response:
         check_uri(entity_id, "Entity id")
@@ -305,7 +305,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         await service.replace_attribute(ngsild_tenant, entity_id, attr, payload.body, await terms_for(payload.context))
         return Response(status_code=204)
 
-    @router.patch("/entities/{entity_id:path}/attrs/{attr}")
+    @router.patch("/entities/{entity_id:path}/attrs/{attr:path}")
     async def patch_attribute(request: Request, entity_id: str, attr: str,
                               ngsild_tenant: str | None = Header(None)) -> Response:
         check_uri(entity_id, "Entity id")
@@ -313,7 +313,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         await service.patch_attribute(ngsild_tenant, entity_id, attr, payload.body, await terms_for(payload.context))
         return Response(status_code=204)
 
-    @router.delete("/entities/{entity_id:path}/attrs/{attr}")
+    @router.delete("/entities/{entity_id:path}/attrs/{attr:path}")
     async def delete_attribute(request: Request, entity_id: str, attr: str, datasetId: str | None = None,
                                deleteAll: bool = False, ngsild_tenant: str | None = Header(None)) -> Response:
         check_uri(entity_id, "Entity id")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -256,3 +257,20 @@ async def test_merge_adds_an_attribute_whose_value_is_an_array_of_arrays(http: h
     merged = await http.patch(f"{API}/entities/{entity_id}", json={"matrix": value}, headers={"NGSILD-Tenant": tenant})
     assert merged.status_code == 204, merged.text
     assert (await read(http, tenant, entity_id))["matrix"]["value"] == value
+
+
+async def test_an_attribute_named_by_its_full_iri_in_the_path(http: httpx.AsyncClient, tenant: str) -> None:
+    # The percent-encoded slashes of an IRI were decoded before routing: the PATCH went to the merge of an
+    # entity called "<id>/attrs/https://..." and the DELETE to the deletion of such an entity.
+    entity_id = new_id()
+    headers = {"NGSILD-Tenant": tenant}
+    iri = "https://example.org/vocab/temperature"
+    created = await http.post(f"{API}/entities", headers=headers,
+                              json={"id": entity_id, "type": "Station", iri: {"type": "Property", "value": 20}})
+    assert created.status_code == 201, created.text
+    path = f"{API}/entities/{entity_id}/attrs/{quote(iri, safe='')}"
+    patched = await http.patch(path, json={"value": 55}, headers=headers)
+    assert patched.status_code == 204, patched.text
+    assert (await read(http, tenant, entity_id))[iri]["value"] == 55
+    assert (await http.delete(path, headers=headers)).status_code == 204
+    assert iri not in await read(http, tenant, entity_id)

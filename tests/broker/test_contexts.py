@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 
 API = "/ngsi-ld/v1"
@@ -16,6 +18,9 @@ async def test_hosted_context_is_listed_served_used_and_deleted(http: httpx.Asyn
     assert url in (await http.get(f"{API}/jsonldContexts")).json()
     served = await http.get(f"{API}/jsonldContexts/{local_id}")
     assert served.json() == document
+    # GS CIM 009 5.13.4: the contextId may be the context's URL, percent-encoded in the path.
+    by_url = await http.get(f"{API}/jsonldContexts/{quote(url, safe='')}")
+    assert by_url.status_code == 200 and by_url.json() == document, by_url.text
 
     link = f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
     headers = {"Link": link, "NGSILD-Tenant": tenant}
