@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from fastapi import Request
@@ -165,6 +166,15 @@ def accepted_media_type(request: Request, *, geo: bool = False) -> str:
     if best is None:
         raise NotAcceptable(f"None of {header!r} can be served; use {', '.join(offered)}")
     return best[2]
+
+
+PATH_SAFE = ":/@!$&'()*+,;=~"  # RFC 3986 pchar (and "/") besides the unreserved characters
+
+
+def location(collection: str, resource_id: str) -> str:
+    """The Location of a created resource: its id percent-encoded where a URI path needs it (`%`, `#`, `?`,
+    spaces), so that a client can follow it; the separators URN and URL ids are made of stay readable."""
+    return f"/ngsi-ld/v1/{collection}/" + quote(resource_id, safe=PATH_SAFE)
 
 
 def json_response(

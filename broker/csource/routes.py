@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from broker.csource.registrations import RegistrationFilter, check_uri
 from broker.csource.service import RegistrationService
-from broker.negotiation import JSON, accepted_media_type, json_response, query_context, read_payload
+from broker.negotiation import JSON, accepted_media_type, json_response, location, query_context, read_payload
 from broker.settings import BrokerSettings
 from ngsi.contexts import ContextStore, TermMap
 from ngsi.errors import BadRequestData, TooManyResults
@@ -46,7 +46,7 @@ def csource_router(service: RegistrationService, contexts: ContextStore, setting
     async def register_context_source(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:
         payload = await read_payload(request, max_bytes)
         registration_id = await service.create(ngsild_tenant, payload.body, await terms_for(payload.context))
-        headers = {"Location": f"/ngsi-ld/v1/csourceRegistrations/{registration_id}"}
+        headers = {"Location": location("csourceRegistrations", registration_id)}
         if ngsild_tenant:
             headers["NGSILD-Tenant"] = ngsild_tenant
         return Response(status_code=201, headers=headers)

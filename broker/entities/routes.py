@@ -18,6 +18,7 @@ from broker.negotiation import (
     JSON,
     accepted_media_type,
     json_response,
+    location,
     problem_response,
     query_context,
     read_payload,
@@ -135,7 +136,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
     async def post_entity(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:
         payload = await read_payload(request, max_bytes)
         entity_id = await service.create(ngsild_tenant, payload.body, await terms_for(payload.context))
-        headers = {"Location": f"/ngsi-ld/v1/entities/{entity_id}"}
+        headers = {"Location": location("entities", entity_id)}
         if ngsild_tenant:
             headers["NGSILD-Tenant"] = ngsild_tenant
         return Response(status_code=201, headers=headers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from broker.negotiation import JSON, accepted_media_type, json_response, query_context, read_payload
+from broker.negotiation import JSON, accepted_media_type, json_response, location, query_context, read_payload
 from broker.settings import BrokerSettings
 from broker.subscriptions.service import SubscriptionService
 from ngsi.contexts import CORE_CONTEXT_URL
@@ -31,7 +31,7 @@ def subscriptions_router(service: SubscriptionService, settings: BrokerSettings)
     async def post_subscription(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:
         payload = await read_payload(request, max_bytes)
         subscription_id = await service.create(payload.body, payload.context, ngsild_tenant)
-        headers = {"Location": f"/ngsi-ld/v1/subscriptions/{subscription_id}", **tenant_headers(ngsild_tenant)}
+        headers = {"Location": location("subscriptions", subscription_id), **tenant_headers(ngsild_tenant)}
         return Response(status_code=201, headers=headers)
 
     @router.get("/subscriptions")

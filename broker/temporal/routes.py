@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from broker.negotiation import JSON, accepted_media_type, json_response, query_context, read_payload
+from broker.negotiation import JSON, accepted_media_type, json_response, location, query_context, read_payload
 from broker.settings import BrokerSettings
 from broker.temporal.parameters import parse_temporal_query
 from broker.temporal.service import TemporalService
@@ -92,7 +92,7 @@ def temporal_router(service: TemporalService, contexts: ContextStore, settings: 
         )
         if not created:
             return Response(status_code=204)
-        headers = {"Location": f"/ngsi-ld/v1/temporal/entities/{entity_id}"}
+        headers = {"Location": location("temporal/entities", entity_id)}
         if ngsild_tenant:
             headers["NGSILD-Tenant"] = ngsild_tenant
         return Response(status_code=201, headers=headers)

@@ -123,3 +123,13 @@ async def test_type_on_get_and_delete_by_id_must_match_the_entity(http: httpx.As
     assert (await http.get(f"{API}/entities/{entity_id}")).status_code == 200
     assert (await http.delete(f"{API}/entities/{entity_id}", params={"type": "Room;Space"})).status_code == 204
     assert (await http.get(f"{API}/entities/{entity_id}")).status_code == 404
+
+
+async def test_location_of_a_created_entity_can_be_followed_whatever_its_id(http: httpx.AsyncClient) -> None:
+    entity_id = f"urn:ngsi-ld:Sensor:{uuid.uuid4().hex[:6]}:a%20b#frag?x=1"
+    created = await http.post(f"{API}/entities", json={"id": entity_id, "type": "Sensor"})
+    assert created.status_code == 201, created.text
+    location = created.headers["Location"]
+    assert "#" not in location and "?" not in location
+    followed = await http.get(location)
+    assert followed.status_code == 200 and followed.json()["id"] == entity_id, followed.text
