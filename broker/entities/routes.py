@@ -328,7 +328,10 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
                               ngsild_tenant: str | None = Header(None)) -> Response:
         check_uri(entity_id, "Entity id")
         payload = await read_payload(request, max_bytes)
-        overwrite = "noOverwrite" not in (split_list(options) or [])
+        flags = set(split_list(options) or [])
+        if flags - {"noOverwrite"}:
+            raise BadRequestData(f"Unknown options {sorted(flags - {'noOverwrite'})}", parameter="options")
+        overwrite = "noOverwrite" not in flags
         not_updated = await service.append_attributes(
             ngsild_tenant, entity_id, payload.body, await terms_for(payload.context), overwrite=overwrite
         )

@@ -17,7 +17,7 @@ from broker.subscriptions.model import (
 from broker.subscriptions.notifier.delivery import Notifier
 from broker.subscriptions.notifier.process import NotifierProcess
 from broker.subscriptions.registry import SubscriptionRegistry
-from ngsi.errors import AlreadyExists, InvalidRequest, NonexistentTenant, ResourceNotFound
+from ngsi.errors import AlreadyExists, InvalidRequest, ResourceNotFound
 
 SUBSCRIPTION_TYPE = "Subscription"
 
@@ -70,10 +70,7 @@ class SubscriptionService:
         return self.represent(row)
 
     async def list(self, tenant: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-        try:
-            pool = await self._databases.pool(tenant, create=False)
-        except NonexistentTenant:
-            return [], 0
+        pool = await self._databases.pool(tenant, create=False)  # an unknown tenant: 404, as for entities
         async with pool.connection() as conn:
             rows, total = await store.list_subscriptions(conn, limit, offset)
         return [self.represent(row) for row in rows], total

@@ -42,6 +42,10 @@ async def test_append_with_no_overwrite_reports_existing_attributes(http: httpx.
                           headers={"NGSILD-Tenant": tenant})
     assert got.status_code == 207
     assert got.json()["notUpdated"][0]["attributeName"] == "no2"
+    typo = await http.post(f"{API}/entities/{entity_id}/attrs", params={"options": "noOverwrit"},
+                           json={"no2": {"type": "Property", "value": 99}}, headers={"NGSILD-Tenant": tenant})
+    assert typo.status_code == 400 and typo.json()["parameter"] == "options"
+    assert (await read(http, tenant, entity_id, options="keyValues"))["no2"] == 10
     body = await read(http, tenant, entity_id, options="keyValues")
     assert body["no2"] == 10 and body["pm10"] == 5
 

@@ -122,6 +122,11 @@ async def test_invalid_patch_is_400_and_leaves_the_subscription(client: httpx.As
     assert (await client.get(path)).json()["notification"]["endpoint"]["uri"] == ENDPOINT["uri"]
 
 
+async def test_listing_the_subscriptions_of_an_unknown_tenant_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/subscriptions", headers={"NGSILD-Tenant": "never_written_to"})
+    assert response.status_code == 404 and response.json()["type"].endswith("/NonexistentTenant")
+
+
 async def test_unknown_subscription_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/subscriptions/urn:ngsi-ld:Subscription:nope")
     assert response.status_code == 404
