@@ -530,11 +530,19 @@ def _is_normalized(entity: Mapping[str, Any]) -> bool:
     return True
 
 
+# Attribute types whose simplified form keeps its value member, so that it reads back as that type and not
+# as a Property with an object value (GS CIM 009 4.5.4; the FIWARE tutorials show languageMap and vocab).
+_WRAPPED_IN_SIMPLIFIED = frozenset({"LanguageProperty", "VocabularyProperty", "JsonProperty"})
+
+
 def _key_value(instance: Mapping[str, Any], lang: str | None) -> Any:
     kind = instance.get("type", "Property")
     if kind == "LanguageProperty" and lang is not None:
         return pick_language(instance.get("languageMap") or {}, lang)[1]
-    return instance.get(VALUE_MEMBER_BY_TYPE.get(kind, "value"))
+    member = VALUE_MEMBER_BY_TYPE.get(kind, "value")
+    if kind in _WRAPPED_IN_SIMPLIFIED:
+        return {member: instance.get(member)}
+    return instance.get(member)
 
 
 def pick_language(language_map: Mapping[str, Any], lang: str) -> tuple[str, Any]:
