@@ -190,7 +190,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         idPattern: str | None, type: str | None, attrs: str | None, pick: str | None, omit: str | None,
         q: str | None, geo: dict[str, Any] | None, scopeQ: str | None, lang: str | None, limit: int | None,
         offset: int, count: bool, options: str | None, format: str | None, geometryProperty: str,
-        selectors: list[Selector] | None = None,
+        selectors: list[Selector] | None = None, expandValues: str | None = None,
     ) -> Response:  # fmt: skip
         """GS CIM 009 5.7.2 Query Entities, shared by GET /entities and POST /entityOperations/query."""
         kind = accepted_media_type(request, geo=True)
@@ -213,6 +213,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             ids=list(parse_ids(id)) if id else None, id_pattern=idPattern, types=type,
             attrs=[terms.expand(a) for a in split_list(attrs) or []] or None, q=q, geo=geo,
             scope_q=scopeQ, limit=page, offset=offset, count=count, selectors=selectors,
+            expand_values=split_list(expandValues),
         )  # fmt: skip
         entities, total = await service.query(tenant, query, terms)
         bodies = [render(entity, terms, opts) for entity in entities]
@@ -235,7 +236,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         georel: str | None = None, geometry: str | None = None, coordinates: str | None = None,
         geoproperty: str | None = None, scopeQ: str | None = None, lang: str | None = None,
         limit: int | None = None, offset: int = 0, count: bool = False, options: str | None = None,
-        format: str | None = None, geometryProperty: str = "location",
+        format: str | None = None, geometryProperty: str = "location", expandValues: str | None = None,
         ngsild_tenant: str | None = Header(None),
     ) -> Response:  # fmt: skip
         context = query_context(request)
@@ -248,6 +249,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             request, ngsild_tenant, terms, context, id=id, idPattern=idPattern, type=type, attrs=attrs,
             pick=pick, omit=omit, q=q, geo=geo, scopeQ=scopeQ, lang=lang, limit=limit, offset=offset,
             count=count, options=options, format=format, geometryProperty=geometryProperty,
+            expandValues=expandValues,
         )  # fmt: skip
 
     @router.post("/entityOperations/query")

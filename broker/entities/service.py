@@ -35,7 +35,7 @@ from broker.query.geo import (
     parse_geo_query,
 )
 from broker.query.params import Param
-from broker.query.q import compile_q, parse_q
+from broker.query.q import compile_q, expand_q, expand_values, parse_q
 from broker.query.types import compile_id_pattern, compile_ids, compile_types, parse_id_pattern, parse_types
 from broker.settings import BrokerSettings
 from broker.storage.history import HistoryRows, OpMode, write_history
@@ -77,6 +77,7 @@ class EntityQuery:
     id_pattern: str | None = None
     types: str | None = None
     selectors: list[Selector] | None = None
+    expand_values: list[str] | None = None
     attrs: list[str] | None = None
     q: str | None = None
     geo: dict[str, Any] | None = None
@@ -353,7 +354,10 @@ class EntityService:
         if query.attrs:
             conditions.append(sql.SQL("doc ?| {}::text[]").format(Param(query.attrs)))
         if query.q:
-            conditions.append(compile_q(parse_q(query.q), terms.expand))
+            expression = expand_q(parse_q(query.q), terms.expand)
+            if query.expand_values:
+                expression = expand_values(expression, {terms.expand(a) for a in query.expand_values}, terms.expand)
+            conditions.append(compile_q(expression))
         if query.scope_q is not None:
             conditions.append(compile_scope_q(query.scope_q))
         geo = parse_geo_query(**query.geo) if query.geo else None

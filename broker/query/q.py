@@ -455,6 +455,29 @@ def expand_q(expr: QExpr, expand: Expand) -> QExpr:
     return replace(expr, path=expanded)
 
 
+def expand_values(expr: QExpr, attributes: set[str], expand: Expand) -> QExpr:
+    """`expandValues`: the text values compared with these attributes (expanded names, `expr` expanded too)
+    are expanded with the @context like vocab terms, so `category=="barn"` finds a VocabularyProperty whose
+    vocab is stored as the IRI `barn` stands for."""
+    if isinstance(expr, And):
+        return And(tuple(expand_values(term, attributes, expand) for term in expr.terms))
+    if isinstance(expr, Or):
+        return Or(tuple(expand_values(term, attributes, expand) for term in expr.terms))
+    if not isinstance(expr, Comparison) or expr.path.attr not in attributes or expr.path.metadata is not None:
+        return expr
+
+    def expanded(scalar: Scalar) -> Scalar:
+        if scalar.kind in ("string", "uri") and isinstance(scalar.value, str):
+            return replace(scalar, value=expand(scalar.value))
+        return scalar
+
+    if isinstance(expr.value, Scalar):
+        return replace(expr, value=expanded(expr.value))
+    if isinstance(expr.value, ValueList):
+        return replace(expr, value=ValueList(tuple(expanded(item) for item in expr.value.items)))
+    return expr
+
+
 def attribute_names(expr: QExpr) -> set[str]:
     """The (top-level) attribute names a query refers to, e.g. for a subscription's watched attributes."""
     if isinstance(expr, And | Or):

@@ -150,3 +150,21 @@ async def test_scope_q_selects_by_scope_hierarchy(http: httpx.AsyncClient, tenan
     assert await ids("/Oslo,/Madrid/Centro") == ["urn:ngsi-ld:Bin:1", "urn:ngsi-ld:Bin:3"]
     bad = await http.get(f"{API}/entities", params={"type": "Bin", "scopeQ": "Madrid"}, headers=headers)
     assert bad.status_code == 400
+
+
+async def test_expand_values_compares_vocab_terms_as_the_context_expands_them(http: httpx.AsyncClient,
+                                                                              tenant: str) -> None:
+    # As Orion-LD and the FIWARE VocabularyProperty tutorial do: q on a vocab with expandValues=<attribute>.
+    context = {"@context": {"barn": "https://wiki.openstreetmap.org/wiki/Tag:building%3Dbarn",
+                            "category": "https://uri.fiware.org/ns/dataModels#category"}}
+    url = (await http.post(f"{API}/jsonldContexts", json=context)).headers["Location"]
+    link = f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
+    headers = {"NGSILD-Tenant": tenant, "Link": link}
+    barn = {"id": "urn:ngsi-ld:Building:barn002", "type": "Building",
+            "category": {"type": "VocabularyProperty", "vocab": "barn"}}
+    assert (await http.post(f"{API}/entities", json=barn, headers=headers)).status_code == 201
+    query = {"type": "Building", "q": 'category=="barn"'}
+    assert (await http.get(f"{API}/entities", params=query, headers=headers)).json() == []
+    found = await http.get(f"{API}/entities", params={**query, "expandValues": "category"}, headers=headers)
+    assert found.status_code == 200 and [e["id"] for e in found.json()] == [barn["id"]], found.text
+    assert found.json()[0]["category"]["vocab"] == "barn"
