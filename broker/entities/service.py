@@ -156,9 +156,16 @@ class EntityService:
                 assert after is not None
                 for name in sorted(after.touched - {"type"}):  # a new entity type is no attribute of the history
                     if name in after.doc:
+                        # Instances are replaced, never changed in place (stored.py): the ones `before` holds
+                        # too are other datasets of the attribute that this write left alone.
+                        kept = {id(instance) for instance in before.doc.get(name, ())} if before else set()
                         for instance in after.doc[name]:
-                            # An instance with a client-given instanceId replaces the history row with that id.
-                            rows.add_attribute(op, after.id, name, instance, now)
+                            if id(instance) not in kept:
+                                # An instance with a client-given instanceId replaces the history row with that id.
+                                rows.add_attribute(op, after.id, name, instance, now)
+                        removed = {i.get("datasetId") for i in before.doc.get(name, ())} if before else set()
+                        for dataset_id in removed - {i.get("datasetId") for i in after.doc[name]}:
+                            rows.add_attribute_deletion(after.id, name, dataset_id, now)
                     else:
                         rows.add_attribute_deletion(after.id, name, None, now)
             kind: ChangeKind = {"Create": "create", "Replace": "replace", "Delete": "delete"}.get(

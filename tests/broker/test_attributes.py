@@ -278,3 +278,32 @@ async def test_an_attribute_named_by_its_full_iri_in_the_path(http: httpx.AsyncC
     assert (await read(http, tenant, entity_id))[iri]["value"] == 55
     assert (await http.delete(path, headers=headers)).status_code == 204
     assert iri not in await read(http, tenant, entity_id)
+
+
+async def test_a_write_to_one_dataset_adds_history_for_that_dataset_only(http: httpx.AsyncClient, tenant: str,
+                                                                         postgres_url: str) -> None:
+    # Every write re-recorded the attribute's other datasets: duplicate rows that doubled sums and counts.
+    entity_id = new_id()
+    headers = {"NGSILD-Tenant": tenant}
+    dataset = "urn:ngsi-ld:Dataset:a"
+    created = await http.post(f"{API}/entities", headers=headers, json={
+        "id": entity_id, "type": "Station",
+        "p": [{"type": "Property", "value": 1, "datasetId": dataset}, {"type": "Property", "value": 2}]})
+    assert created.status_code == 201, created.text
+    writes = [
+        http.patch(f"{API}/entities/{entity_id}/attrs", headers=headers,
+                   json={"p": {"type": "Property", "value": 3, "datasetId": dataset}}),
+        http.patch(f"{API}/entities/{entity_id}/attrs/p", headers=headers, json={"value": 4, "datasetId": dataset}),
+        http.post(f"{API}/entityOperations/upsert", params={"options": "update"}, headers=headers, json=[
+            {"id": entity_id, "type": "Station", "p": {"type": "Property", "value": 5, "datasetId": dataset}}]),
+        http.delete(f"{API}/entities/{entity_id}/attrs/p", params={"datasetId": dataset}, headers=headers),
+    ]
+    for write in writes:
+        assert (await write).status_code == 204
+    async with await psycopg.AsyncConnection.connect(await tenant_database_url(postgres_url, tenant)) as conn:
+        rows = await (await conn.execute(
+            "SELECT opMode::text, datasetId, number FROM attributes WHERE entityId = %s AND id LIKE %s"
+            " ORDER BY ts, datasetId NULLS LAST",
+            (entity_id, "%/p"))).fetchall()
+    assert rows == [("Create", dataset, 1.0), ("Create", None, 2.0), ("Update", dataset, 3.0),
+                    ("Update", dataset, 4.0), ("Update", dataset, 5.0), ("Delete", dataset, None)], rows
