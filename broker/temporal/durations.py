@@ -38,6 +38,10 @@ class Period:
         return self.months > 0
 
 
+MAX_SPAN_MONTHS = 12 * 1000
+MAX_SPAN = timedelta(days=366 * 1000)
+
+
 def parse_duration(text: str) -> Period:
     """Parse an ISO 8601 duration (`P1D`, `PT1H`, `P1M`, `P1Y2M`, `PT0.5S`); ValueError if malformed."""
     match = _DURATION.match(text.strip().upper())
@@ -45,13 +49,18 @@ def parse_duration(text: str) -> Period:
         raise ValueError(f"'{text}' is not an ISO 8601 duration such as P1D, PT1H or P1M")
     parts = match.groupdict()
     months = int(parts["years"] or 0) * 12 + int(parts["months"] or 0)
-    fixed = timedelta(
-        weeks=int(parts["weeks"] or 0),
-        days=int(parts["days"] or 0),
-        hours=int(parts["hours"] or 0),
-        minutes=int(parts["minutes"] or 0),
-        seconds=float((parts["seconds"] or "0").replace(",", ".")),
-    )
+    try:
+        fixed = timedelta(
+            weeks=int(parts["weeks"] or 0),
+            days=int(parts["days"] or 0),
+            hours=int(parts["hours"] or 0),
+            minutes=int(parts["minutes"] or 0),
+            seconds=float((parts["seconds"] or "0").replace(",", ".")),
+        )
+    except OverflowError:
+        fixed = MAX_SPAN * 2
+    if months > MAX_SPAN_MONTHS or fixed > MAX_SPAN:  # PostgreSQL's timestamps end in year 294276
+        raise ValueError(f"'{text}' is longer than {MAX_SPAN_MONTHS // 12} years")
     if months and fixed:
         raise ValueError(f"'{text}' mixes calendar months with days or hours; use either months/years or a fixed span")
     return Period(months=months, fixed=fixed)

@@ -120,6 +120,9 @@ def parse_time_filter(params: Mapping[str, str]) -> TimeFilter:
     return TimeFilter(timerel, time_at, end_time_at, timeproperty)
 
 
+MAX_INTEGER = 2**63 - 1
+
+
 def _positive_int(name: str, text: str, *, allow_zero: bool = False) -> int:
     try:
         number = int(text)
@@ -128,6 +131,8 @@ def _positive_int(name: str, text: str, *, allow_zero: bool = False) -> int:
     if number < 0 or (number == 0 and not allow_zero):
         kind = "a non-negative" if allow_zero else "a positive"
         raise BadRequestData(f"{name} '{text}' must be {kind} integer", parameter=name)
+    if number > MAX_INTEGER:  # PostgreSQL's LIMIT and OFFSET are bigints: larger values were a 500
+        raise BadRequestData(f"{name} must be at most {MAX_INTEGER}", parameter=name)
     return number
 
 

@@ -57,6 +57,10 @@ def test_aggregation_defaults_to_one_period_for_the_whole_interval() -> None:
         ({"options": "fancy"}, "options"),
         ({"idPattern": "(unclosed"}, "idPattern"),
         ({"georel": "near;maxDistance==10", "coordinates": "[8.6,41.1]"}, "geometry"),
+        # These three reached PostgreSQL and came back as 500s.
+        ({"offset": "99999999999999999999"}, "offset"),
+        ({"aggrMethods": "avg", "aggrPeriodDuration": "PT1000000000H"}, "aggrPeriodDuration"),
+        ({"aggrMethods": "avg", "aggrPeriodDuration": "P9999999999999999999D"}, "aggrPeriodDuration"),
     ],
 )
 def test_each_bad_parameter_is_named(params: dict[str, str], parameter: str) -> None:

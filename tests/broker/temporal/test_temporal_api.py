@@ -224,6 +224,18 @@ async def test_calendar_month_and_whole_interval_periods(loaded: tuple[httpx.Asy
     assert whole["no2"]["max"] == [[max(v for _, v in no2_series(start, end)), iso(start), iso(end)]]
 
 
+async def test_the_longest_periods_aggregate_and_longer_ones_are_400(loaded: tuple[httpx.AsyncClient, str]) -> None:
+    client, _ = loaded
+    # 999 years (calendar) and 365,000 days (fixed) fit PostgreSQL's timestamps; longer ones were 500s.
+    for period in ("P999Y", "P365000D"):
+        whole = await get_entity(client, attrs="no2", aggrMethods="totalCount", aggrPeriodDuration=period)
+        assert sum(count for count, *_ in whole["no2"]["totalCount"]) == len(no2_series()), period
+    for period in ("PT1000000000H", "P100000Y", "P9999999999999999999D"):
+        response = await client.get(f"{API}/temporal/entities/{ENTITY}", params={
+            "attrs": "no2", "aggrMethods": "avg", "aggrPeriodDuration": period})
+        assert response.status_code == 400 and response.json()["parameter"] == "aggrPeriodDuration", response.text
+
+
 async def test_aggregates_without_attrs_cover_every_attribute_and_keep_millisecond_periods(
     loaded: tuple[httpx.AsyncClient, str],
 ) -> None:
