@@ -112,12 +112,12 @@ class SubscriptionService:
         body = {k: v for k, v in row["body"].items() if k != "@context"}
         now = datetime.now(UTC)
         failed = row["consecutive_failures"] >= self._notifier.settings.failed_after
+        # GS CIM 009 5.2.12: the subscription is active, paused or expired; whether its notifications get
+        # through is notification.status (ok / failed), with the counters, as Orion-LD shows them.
         if not row["is_active"]:
             status = "paused"
         elif row["expires_at"] is not None and row["expires_at"] <= now:
             status = "expired"
-        elif failed:
-            status = "failed"
         else:
             status = "active"
         notification = dict(body.get("notification") or {})
@@ -141,7 +141,6 @@ class SubscriptionService:
             "createdAt": _iso(row["created_at"]),
             "modifiedAt": _iso(row["modified_at"]),
         }
-        result.update({k: v for k, v in counters.items() if v is not None})
         if "@context" in row["body"]:
             result["jsonldContext"] = row["body"]["@context"] if isinstance(row["body"]["@context"], str) else None
             if result["jsonldContext"] is None:

@@ -109,7 +109,7 @@ async def test_ten_dead_receivers_do_not_delay_a_healthy_one(
         # The dead subscriptions were really failing meanwhile (not silently skipped).
         async def all_failing() -> bool:
             statuses = [(await client.get(f"/subscriptions/{sub_id}")).json() for sub_id in dead_ids]
-            return all(status.get("timesFailed", 0) >= 1 for status in statuses)
+            return all(status["notification"].get("timesFailed", 0) >= 1 for status in statuses)
 
         await wait_for(all_failing, within=10, what="every dead subscription to count a failure")
         await asyncio.sleep(0)
