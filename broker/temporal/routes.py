@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
@@ -21,6 +22,54 @@ TEMPORAL_PAYLOAD_FACTOR = 16
 def content_range(first: str, last: str, size: int | None) -> str:
     """GS CIM 009 6.3.10: `date-time <start>-<end>/<size>` (size `*` unless lastN fixed it)."""
     return f"date-time {first}-{last}/{size if size is not None else '*'}"
+
+
+def query_parameters(body: Any) -> dict[str, str]:
+    """A Query object (GS CIM 009 5.2.23) as the GET /temporal/entities parameters it stands for."""
+    if not isinstance(body, dict) or body.get("type") != "Query":
+        raise BadRequestData('The payload must be a Query object with "type": "Query"')
+    params: dict[str, str] = {}
+    selectors = body.get("entities") or []
+    if not isinstance(selectors, list) or not all(isinstance(item, dict) for item in selectors):
+        raise BadRequestData("Query 'entities' must be an array of EntitySelector objects", parameter="entities")
+    for index, item in enumerate(selectors):
+        for member, value in item.items():
+            if member not in ("id", "idPattern", "type") or not isinstance(value, str):
+                raise BadRequestData(f"Query 'entities[{index}].{member}' must be one of id, idPattern, type (text)",
+                                     parameter="entities")
+    if len(selectors) == 1:
+        params.update(selectors[0])
+    elif selectors:
+        # Several selectors are ORed: as GET parameters, a list of types or a list of ids (of any types).
+        kinds = {frozenset(item) for item in selectors}
+        if kinds == {frozenset({"type"})}:
+            params["type"] = ",".join(item["type"] for item in selectors)
+        elif all("id" in item and "idPattern" not in item for item in selectors):
+            params["id"] = ",".join(item["id"] for item in selectors)
+        else:
+            raise BadRequestData("Several EntitySelectors of a temporal Query must each give only a type, or each"
+                                 " an id", parameter="entities")
+    attrs = body.get("attrs")
+    if attrs is not None:
+        if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
+            raise BadRequestData("Query 'attrs' must be an array of attribute names", parameter="attrs")
+        params["attrs"] = ",".join(attrs)
+    if "q" in body:
+        if not isinstance(body["q"], str):
+            raise BadRequestData("Query 'q' must be a string", parameter="q")
+        params["q"] = body["q"]
+    for member, names in (("geoQ", ("georel", "geometry", "coordinates", "geoproperty")),
+                          ("temporalQ", ("timerel", "timeAt", "endTimeAt", "timeproperty", "lastN"))):
+        part = body.get(member)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise BadRequestData(f"Query {member!r} must be an object", parameter=member)
+        for name in names:
+            if name in part:
+                value = part[name]
+                params[name] = value if isinstance(value, str) else json.dumps(value)
+    return params
 
 
 def temporal_router(service: TemporalService, contexts: ContextStore, settings: BrokerSettings) -> APIRouter:
@@ -43,12 +92,21 @@ def temporal_router(service: TemporalService, contexts: ContextStore, settings: 
 
     @router.get("/temporal/entities")
     async def query_temporal_entities(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:
+        return await answer_query(request, ngsild_tenant, query_context(request), params_of(request))
+
+    @router.post("/temporal/entityOperations/query")
+    async def post_temporal_query(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:
+        """GS CIM 009 5.7.4 / 6.24: the query of GET /temporal/entities as a Query object (its terms in the body,
+        paging, options and aggregation in the URL as for GET)."""
+        payload = await read_payload(request, max_bytes)
+        params = {**params_of(request), **query_parameters(payload.body)}
+        return await answer_query(request, ngsild_tenant, payload.context, params)
+
+    async def answer_query(request: Request, ngsild_tenant: str | None, context: Any,
+                           params: dict[str, str]) -> Response:
         kind = accepted_media_type(request)
-        context = query_context(request)
         terms = await terms_for(context)
-        query = parse_temporal_query(
-            params_of(request), default_limit=settings.default_limit, max_limit=settings.max_limit
-        )
+        query = parse_temporal_query(params, default_limit=settings.default_limit, max_limit=settings.max_limit)
         page = await service.query(ngsild_tenant, query, terms)
         headers: dict[str, str] = {}
         if query.count:

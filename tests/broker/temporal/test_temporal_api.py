@@ -274,6 +274,27 @@ async def test_query_selects_entities_by_type_and_counts_them(loaded: tuple[http
     assert [e["id"] for e in by_pattern.json()] == ["urn:ngsi-ld:WeatherObserved:beijing:aotizhongxin"]
 
 
+async def test_post_query_answers_as_the_get_with_the_same_terms(loaded: tuple[httpx.AsyncClient, str]) -> None:
+    client, _ = loaded
+    start, end = "2013-03-02T00:00:00Z", "2013-03-03T00:00:00Z"
+    got = await client.get(f"{API}/temporal/entities", params={
+        "type": "AirQualityObserved", "attrs": "no2", "timerel": "between", "timeAt": start,
+        "endTimeAt": end, "options": "temporalValues", "count": "true"})
+    query = {"type": "Query", "entities": [{"type": "AirQualityObserved"}], "attrs": ["no2"],
+             "temporalQ": {"timerel": "between", "timeAt": start, "endTimeAt": end}}
+    posted = await client.post(f"{API}/temporal/entityOperations/query", json=query,
+                               params={"options": "temporalValues", "count": "true"})
+    assert posted.status_code == 200, posted.text
+    assert posted.json() == got.json() and posted.json()[0]["no2"]["values"]
+    assert posted.headers["NGSILD-Results-Count"] == got.headers["NGSILD-Results-Count"] == "1"
+    # Several selectors are any of them.
+    both = await client.post(f"{API}/temporal/entityOperations/query", params={"lastN": "1"}, json={
+        "type": "Query", "entities": [{"type": "AirQualityObserved"}, {"type": "WeatherObserved"}]})
+    assert sorted(e["type"] for e in both.json()) == ["AirQualityObserved", "WeatherObserved"], both.text
+    bad = await client.post(f"{API}/temporal/entityOperations/query", json={"type": "Query", "temporalQ": 5})
+    assert bad.status_code == 400 and bad.json()["parameter"] == "temporalQ"
+
+
 async def test_names_are_expanded_with_the_request_context(loaded: tuple[httpx.AsyncClient, str]) -> None:
     client, _ = loaded
     entity_id = "urn:ngsi-ld:AirQualityObserved:beijing:linked"
