@@ -119,13 +119,17 @@ def create_app(settings: BrokerSettings, *, change_sink: ChangeSink | None = Non
     subscription_registry = SubscriptionRegistry(contexts)
     notifier = NotifierProcess(settings)  # delivery runs in its own process (broker/subscriptions/notifier/process.py)
     sink = change_sink or SubscriptionSink(subscription_registry, notifier.watch_soon)
-    subscription_service = SubscriptionService(databases, subscription_registry, notifier)
+    user_contexts = UserContextService(databases, contexts)
+
+    async def keep_context(context: Any) -> str:
+        return (await user_contexts.add_implicit(context)).url
+
+    subscription_service = SubscriptionService(databases, subscription_registry, notifier, keep_context)
     started_at = datetime.now(UTC)
 
     entity_service = EntityService(databases, sink, settings)
     batch_service = BatchService(databases, sink, entity_service)
     discovery_service = DiscoveryService(databases)
-    user_contexts = UserContextService(databases, contexts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -20,9 +20,8 @@ class UserContextService:
         pool = await self.databases.pool(None, create=True)
         async with pool.connection() as conn:
             rows = await store.load_user_contexts(conn)
-        for local_id, url, body in rows:
-            entry = ContextEntry(url=url, local_id=local_id, kind=ContextKind.HOSTED, document=body)
-            self.contexts._remember(entry)  # TODO(ngsi-core): a public ContextStore.restore(entry)
+        for local_id, url, body, kind in rows:
+            self.contexts.restore(ContextEntry(url=url, local_id=local_id, kind=ContextKind(kind), document=body))
 
     def list(self, *, details: bool, kind: str | None) -> list[Any]:
         wanted = ContextKind(kind) if kind else None
@@ -33,6 +32,17 @@ class UserContextService:
         entry = self.contexts.get(local_id)
         entry.touch()
         return entry.info() if details else entry.document
+
+    async def add_implicit(self, context: Any) -> ContextEntry:
+        """An inline @context kept as ImplicitlyCreated (GS CIM 009 5.13), so that a URL can stand for it:
+        the same content gives the same entry and URL."""
+        known = len(self.contexts.list())
+        entry = self.contexts.add({"@context": context}, kind=ContextKind.IMPLICITLY_CREATED)
+        if len(self.contexts.list()) > known:  # a new one: keep it across restarts
+            pool = await self.databases.pool(None, create=True)
+            async with pool.connection() as conn:
+                await store.save_user_context(conn, entry.local_id, entry.url, entry.document, entry.kind.value)
+        return entry
 
     async def add(self, document: Any) -> ContextEntry:
         entry = self.contexts.add(document)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +19,7 @@ from broker.subscriptions.model import (
 from broker.subscriptions.notifier.delivery import Notifier
 from broker.subscriptions.notifier.process import NotifierProcess
 from broker.subscriptions.registry import SubscriptionRegistry
-from ngsi.errors import AlreadyExists, InvalidRequest, ResourceNotFound
+from ngsi.errors import AlreadyExists, BadRequestData, InvalidRequest, ResourceNotFound
 
 SUBSCRIPTION_TYPE = "Subscription"
 
@@ -28,14 +30,39 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+ABSOLUTE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")
+
+
 class SubscriptionService:
     """The rules of the subscription API; storage through `store`, matching state through the registry."""
 
     def __init__(self, databases: TenantDatabases, registry: SubscriptionRegistry,
-                 notifier: Notifier | NotifierProcess) -> None:
+                 notifier: Notifier | NotifierProcess,
+                 keep_context: Callable[[Any], Awaitable[str]] | None = None) -> None:
+        """`keep_context` stores an inline @context (ImplicitlyCreated) and returns the URL that serves it."""
         self._databases = databases
         self._registry = registry
         self._notifier = notifier
+        self._keep_context = keep_context
+
+    async def _settle_context(self, stored: dict[str, Any]) -> None:
+        """The @context of the notifications and the URL their Link header names (GS CIM 009 5.2.12).
+
+        `jsonldContext` given: that @context. Otherwise the request's: a single URL as it is; an inline one
+        (or several URLs, which one Link cannot name) is kept as ImplicitlyCreated and its URL becomes
+        `jsonldContext`, as Orion-LD does, so that a receiver expanding with the Link gets the same names.
+        """
+        given = stored.get("jsonldContext")
+        if given is not None:
+            if not isinstance(given, str) or not ABSOLUTE_URL.match(given):
+                raise BadRequestData("'jsonldContext' must be the URL of an @context", parameter="jsonldContext")
+            stored["@context"] = given
+            return
+        context = stored.get("@context")
+        single_url = isinstance(context, str) or (
+            isinstance(context, list) and len(context) == 1 and isinstance(context[0], str))
+        if context is not None and not single_url and self._keep_context is not None:
+            stored["jsonldContext"] = await self._keep_context(context)
 
     async def create(self, body: Any, context: Any, tenant: str | None) -> str:
         """GS CIM 009 5.8.1: validate, store, return the new id."""
@@ -47,6 +74,7 @@ class SubscriptionService:
         stored.setdefault("id", new_subscription_id())
         if context is not None:
             stored["@context"] = context
+        await self._settle_context(stored)
         row = {"body": stored, "tenant": tenant}
         await self._registry.compile(row)  # q / geoQ / @context problems surface as 400 before storing
         pool = await self._databases.pool(tenant, create=True)
@@ -88,6 +116,9 @@ class SubscriptionService:
             merged = merge_update(row["body"], patch)
             if context is not None:
                 merged["@context"] = context
+                if "jsonldContext" not in patch:
+                    merged.pop("jsonldContext", None)  # it named the @context this request replaces
+            await self._settle_context(merged)
             validate_body({k: v for k, v in merged.items() if k != "@context"}, now,
                           check_expiry="expiresAt" in patch)
             await self._registry.compile({"body": merged, "tenant": row["tenant"]})
@@ -141,10 +172,8 @@ class SubscriptionService:
             "createdAt": _iso(row["created_at"]),
             "modifiedAt": _iso(row["modified_at"]),
         }
-        if "@context" in row["body"]:
-            result["jsonldContext"] = row["body"]["@context"] if isinstance(row["body"]["@context"], str) else None
-            if result["jsonldContext"] is None:
-                del result["jsonldContext"]
+        if "jsonldContext" not in result and isinstance(row["body"].get("@context"), str):
+            result["jsonldContext"] = row["body"]["@context"]
         return result
 
 

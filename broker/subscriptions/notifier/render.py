@@ -121,7 +121,8 @@ def render(sub: Subscription, notification_id: str, data: bytes, notified_at: st
     if sub.endpoint.accept == "application/ld+json":
         notification["@context"] = sub.context if sub.context is not None else CORE_CONTEXT_URL
     else:
-        headers["Link"] = f'<{context_url(sub.context)}>; rel="{JSONLD_CONTEXT_REL}"; type="application/ld+json"'
+        link = sub.body.get("jsonldContext") or context_url(sub.context)
+        headers["Link"] = f'<{link}>; rel="{JSONLD_CONTEXT_REL}"; type="application/ld+json"'
     if sub.tenant:
         headers["NGSILD-Tenant"] = sub.tenant
     headers.update(sub.endpoint.receiver_info)

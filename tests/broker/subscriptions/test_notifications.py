@@ -235,3 +235,39 @@ async def test_geo_q_notifies_only_entities_inside_the_area(
     await wait_for(lambda: receiver.received, what="notification of the entity inside the polygon")
     # The outside entity was written first: had it matched, its notification would have come first.
     assert receiver.entity_ids() == [f"urn:ngsi-ld:{kind}:inside"]
+
+
+async def test_notifications_link_the_context_the_subscription_was_made_with(
+    client: httpx.AsyncClient, receiver: Any, wait_for: Callable[..., Any]
+) -> None:
+    # An inline @context was used to compact the data while the Link named the core context: a receiver
+    # expanding with the Link got other IRIs. It is now kept as ImplicitlyCreated and linked (as Orion-LD).
+    entity_id = new_id()
+    inline = [{"no2": "http://example.org/nitrogenDioxide"}, CORE]
+    body = {"type": "Subscription", "entities": [{"id": entity_id, "type": "AirQualityObserved"}],
+            "notification": {"endpoint": {"uri": receiver.url, "accept": "application/json"}}, "@context": inline}
+    created = await client.post("/subscriptions", json=body, headers={"Content-Type": "application/ld+json"})
+    assert created.status_code == 201, created.text
+    sub = (await client.get(created.headers["location"].removeprefix("/ngsi-ld/v1"))).json()
+    linked = sub["jsonldContext"]
+    served = await client.get(linked)
+    assert served.status_code == 200 and served.json() == {"@context": inline}
+    listed = (await client.get("/jsonldContexts", params={"kind": "ImplicitlyCreated"})).json()
+    assert linked in listed
+    full = {**entity(entity_id), "http://example.org/nitrogenDioxide": {"type": "Property", "value": 3}}
+    del full["no2"]
+    assert (await client.post("/entities", json=full)).status_code == 201
+    await wait_for(lambda: len(receiver.received) >= 1, what="the creation notification")
+    notification = receiver.received[0]
+    assert f"<{linked}>" in notification.headers["link"]
+    assert notification.body["data"][0]["no2"]["value"] == 3  # compacted with the inline term
+
+    # jsonldContext names the @context of the notifications itself.
+    other = new_id()
+    await subscribe(client, receiver.url, entities=[{"id": other, "type": "AirQualityObserved"}],
+                    jsonldContext=linked)
+    assert (await client.post("/entities", json={**full, "id": other})).status_code == 201
+    await wait_for(lambda: any(r.body["data"][0]["id"] == other for r in receiver.received),
+                   what="the notification of the jsonldContext subscription")
+    mine = next(r for r in receiver.received if r.body["data"][0]["id"] == other)
+    assert f"<{linked}>" in mine.headers["link"] and mine.body["data"][0]["no2"]["value"] == 3
