@@ -6,9 +6,10 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from broker.query.q import matches_q
 from ngsi import forms
 from ngsi.contexts import TermMap
 from ngsi.errors import BadRequestData
@@ -22,12 +23,17 @@ READ_ONLY_MEMBERS = ("createdAt", "modifiedAt", "status", "timesSent", "timesFai
 
 @dataclass(frozen=True, slots=True)
 class RegistrationFilter:
-    """GS CIM 009 5.10.2 Query context source registrations: what the caller asks for, expanded."""
+    """GS CIM 009 5.10.2 Query context source registrations: what the caller asks for, expanded.
+
+    `csf`: a parsed query over the registration's own members (endpoint, mode, name, its context source
+    properties), as Orion-LD reads it. `now`: registrations that expired before it are left out."""
 
     ids: Sequence[str] = ()
     id_pattern: str | None = None
     types: Sequence[str] = ()
     attrs: Sequence[str] = ()
+    csf: Any = None
+    now: datetime | None = None
 
 
 def check_uri(value: Any, what: str) -> str:
@@ -44,13 +50,14 @@ def _bad(detail: str, member: str) -> BadRequestData:
     return BadRequestData(detail, title="Invalid context source registration", attribute=member)
 
 
-def _check_time(value: Any, member: str) -> None:
+def _check_time(value: Any, member: str) -> datetime:
     if not isinstance(value, str):
         raise _bad(f"{member} must be an ISO 8601 date-time string", member)
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise _bad(f"{member} {value!r} is not an ISO 8601 date-time", member) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _check_interval(value: Any, member: str) -> None:
@@ -122,7 +129,8 @@ def expand_registration(body: Any, terms: TermMap, *, partial: bool = False) -> 
                 raise _bad(f"mode must be one of {', '.join(MODES)}, got {value!r}", "mode")
             expanded["mode"] = value
         elif member in TIME_MEMBERS:
-            _check_time(value, member)
+            if _check_time(value, member) <= datetime.now(UTC):  # as for subscriptions: it would never be used
+                raise _bad(f"{member} {value!r} is in the past", member)
             expanded["expiresAt"] = value
         elif member in ("observationInterval", "managementInterval"):
             _check_interval(value, member)
@@ -215,8 +223,27 @@ def _information_matches(info: dict[str, Any], where: RegistrationFilter) -> boo
 
 
 def matches(doc: dict[str, Any], where: RegistrationFilter) -> bool:
-    """GS CIM 009 5.12 (registration matching): some RegistrationInfo covers the entities and attributes."""
+    """GS CIM 009 5.12 (registration matching): some RegistrationInfo covers the entities and attributes,
+    the registration has not expired and its own members match `csf`."""
+    if where.now is not None and (expiry := expires_at(doc)) is not None and expiry <= where.now:
+        return False
+    if where.csf is not None and not matches_q(where.csf, _members_as_attributes(doc)):
+        return False
     return any(_information_matches(info, where) for info in doc.get("information", []))
+
+
+def expires_at(doc: dict[str, Any]) -> datetime | None:
+    text = doc.get("expiresAt")
+    if not isinstance(text, str):
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _members_as_attributes(doc: dict[str, Any]) -> dict[str, Any]:
+    """The registration's members in the shape the q evaluator reads (name → instances with a value)."""
+    return {name: [{"type": "Property", "value": value}] for name, value in doc.items()
+            if name not in ("id", "type", "information", "@context")}
 
 
 def compact_registration(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -156,3 +158,26 @@ async def test_unknown_registration_is_404(client: httpx.AsyncClient) -> None:
     patched = await client.patch(f"{API}/csourceRegistrations/urn:ngsi-ld:ContextSourceRegistration:none",
                                  json={"endpoint": "http://a:1"})  # fmt: skip
     assert patched.status_code == 404
+
+
+async def test_csf_filters_by_the_registrations_own_members_and_expired_ones_are_left_out(
+        client: httpx.AsyncClient) -> None:
+    # csf and expiry were ignored: every registration came back whatever was asked.
+    lamp = await register(client, device_registration("lamp-csf", ["switchOn"], endpoint="http://agent-a:4041"))
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    fading = await register(client, device_registration("lamp-fading", ["switchOn"], expiresAt=soon))
+    listed = await client.get(f"{API}/csourceRegistrations",
+                              params={"type": "Device", "csf": 'endpoint=="http://agent-a:4041"'})
+    assert listed.status_code == 200 and [r["id"] for r in listed.json()] == [lamp], listed.text
+    bad = await client.get(f"{API}/csourceRegistrations", params={"type": "Device", "csf": "endpoint>>"})
+    assert bad.status_code == 400 and bad.json()["parameter"] == "csf"
+    # The expiry is a clock condition: wait for the clock, not for the broker.
+    await asyncio.sleep(max((datetime.fromisoformat(soon) - datetime.now(UTC)).total_seconds(), 0) + 0.05)
+    ids = [r["id"] for r in (await client.get(f"{API}/csourceRegistrations", params={"type": "Device"})).json()]
+    assert lamp in ids and fading not in ids
+    past = await client.post(f"{API}/csourceRegistrations",
+                             json=device_registration("lamp-past", ["switchOn"], expiresAt="2020-01-01T00:00:00Z"))
+    assert past.status_code == 400 and past.json().get("attribute") == "expiresAt", past.text
+    # Filters it does not evaluate are refused, not ignored.
+    geo = await client.get(f"{API}/csourceRegistrations", params={"type": "Device", "georel": "near;maxDistance==1"})
+    assert geo.status_code == 400 and geo.json()["parameter"] == "georel"
