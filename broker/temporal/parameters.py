@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from broker.temporal.durations import Period, parse_duration
-from ngsi.errors import BadRequestData, InvalidRequest
+from ngsi.errors import BadRequestData, InvalidRequest, TooManyResults
 
 TimeRel = Literal["before", "after", "between"]
 TimeProperty = Literal["observedAt", "createdAt", "modifiedAt"]
@@ -197,7 +197,8 @@ def parse_temporal_query(params: Mapping[str, str], *, default_limit: int = 20, 
     if params.get("limit") is not None:
         limit = _positive_int("limit", params["limit"], allow_zero=True)
         if limit > max_limit:
-            raise BadRequestData(f"limit {limit} is above the maximum {max_limit}", parameter="limit")
+            # GS CIM 009 6.3.10, as on /entities: a limit above what the broker allows is TooManyResults (403).
+            raise TooManyResults(f"limit {limit} is above the maximum {max_limit}", parameter="limit")
     offset = _positive_int("offset", params["offset"], allow_zero=True) if params.get("offset") else 0
     count_text = params.get("count")
     if count_text not in (None, "true", "false"):

@@ -142,11 +142,9 @@ def attribute_rows(
             continue
         forms.check_attribute_name(name)
         iri = terms.expand(name)
-        # JSON bodies hold dicts: `isinstance(_, dict)` first spares the slower ABC check per instance.
-        instances = (
-            raw if isinstance(raw, list) and raw and all(isinstance(i, dict) or isinstance(i, Mapping) for i in raw)
-            else [raw]
-        )  # fmt: skip
+        # GS CIM 009 4.5.7: in the temporal representation an attribute is an array of instances, each
+        # in any form (`[1, 2]` is two instances, `[]` none); a lone instance may stand without the array.
+        instances = raw if isinstance(raw, list) else [raw]
         append = rows.attributes.append
         if copy is not None:
             # Everything but the value columns, observedAt, unitCode and datasetId is the same on each line.

@@ -8,7 +8,7 @@ import pytest
 
 from broker.temporal.durations import Period, parse_duration
 from broker.temporal.parameters import parse_temporal_query
-from ngsi.errors import BadRequestData
+from ngsi.errors import BadRequestData, TooManyResults
 
 DURATIONS = [
     ("P1D", Period(0, timedelta(days=1))),
@@ -48,11 +48,16 @@ def test_aggregation_defaults_to_one_period_for_the_whole_interval() -> None:
     assert query.aggregation.methods == ("avg", "max") and query.aggregation.period.is_zero
 
 
+def test_a_limit_above_the_maximum_is_too_many_results_as_for_entities() -> None:
+    with pytest.raises(TooManyResults) as caught:
+        parse_temporal_query({"limit": "100000"})
+    assert caught.value.status == 403 and caught.value.extra["parameter"] == "limit"
+
+
 @pytest.mark.parametrize(
     "params,parameter",
     [
         ({"limit": "-1"}, "limit"),
-        ({"limit": "100000"}, "limit"),
         ({"count": "maybe"}, "count"),
         ({"options": "fancy"}, "options"),
         ({"idPattern": "(unclosed"}, "idPattern"),

@@ -34,6 +34,11 @@ async def test_create_then_add_instances_is_201_then_204(client: httpx.AsyncClie
     again = {"id": ENTITY, "type": "AirQualityObserved", "no2": reading(25, 12)}
     assert (await client.post(f"{API}/temporal/entities", json=again)).status_code == 204
     assert [i["value"] for i in (await history(client))["no2"]] == [21.5, 23, 25]
+    # An attribute is an array of instances in any form (4.5.7): [1, 2] is two instances, [] none.
+    concise = {"id": ENTITY, "type": "AirQualityObserved", "o3": [1, 2], "so2": []}
+    assert (await client.post(f"{API}/temporal/entities", json=concise)).status_code == 204
+    held = await history(client)
+    assert sorted(i["value"] for i in held["o3"]) == [1, 2] and "so2" not in held
 
 
 async def test_every_attribute_kind_comes_back_as_it_went_in(client: httpx.AsyncClient) -> None:
