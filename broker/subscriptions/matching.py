@@ -109,14 +109,15 @@ def _deleted_instance(instance: dict[str, Any], at: str) -> dict[str, Any]:
 def _with_previous(
     instances: list[dict[str, Any]], previous: list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
-    """GS CIM 009 5.2.14 showChanges: each instance carries the value it had before the change."""
+    """GS CIM 009 5.2.14 showChanges: each instance the change touched carries the value it had before it
+    (an untouched one, equal to what it was, carries none: as Orion-LD, only the updated attributes)."""
     if not previous:
         return instances
     by_dataset = {instance.get("datasetId"): instance for instance in previous}
     result = []
     for instance in instances:
         old = by_dataset.get(instance.get("datasetId"))
-        if old is None:
+        if old is None or old == instance:
             result.append(instance)
             continue
         extra: dict[str, Any] = {}

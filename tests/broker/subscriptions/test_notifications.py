@@ -107,6 +107,7 @@ async def test_formats_attributes_and_show_changes(
     concise_entity = concise.received[0].body["data"][0]
     assert concise_entity["no2"] == 8, "the PATCH replaced the attribute, unitCode included"
     assert changes.received[0].body["data"][0]["no2"]["previousValue"] == 7
+    assert "previousValue" not in changes.received[0].body["data"][0]["name"], "name was not part of the update"
 
 
 async def test_entity_deleted_trigger(
