@@ -63,9 +63,9 @@ def _check_time(value: Any, member: str) -> datetime:
 def _check_interval(value: Any, member: str) -> None:
     if not isinstance(value, dict) or "startAt" not in value:
         raise _bad(f"{member} must be an object with startAt (and optionally endAt)", member)
-    _check_time(value["startAt"], f"{member}.startAt")
-    if "endAt" in value:
-        _check_time(value["endAt"], f"{member}.endAt")
+    start = _check_time(value["startAt"], f"{member}.startAt")
+    if "endAt" in value and _check_time(value["endAt"], f"{member}.endAt") < start:
+        raise _bad(f"{member}.endAt is before its startAt", member)
 
 
 def _expand_entity_info(item: Any, terms: TermMap, where: str) -> dict[str, Any]:
@@ -136,8 +136,16 @@ def expand_registration(body: Any, terms: TermMap, *, partial: bool = False) -> 
             _check_interval(value, member)
             expanded[member] = value
         elif member in ("location", "observationSpace", "operationSpace"):
-            if not isinstance(value, dict) or "type" not in value or "coordinates" not in value:
-                raise _bad(f"{member} must be a GeoJSON geometry", member)
+            try:
+                expanded[member] = forms.check_geometry(value, member)
+            except BadRequestData as error:
+                raise _bad(f"{member} must be a GeoJSON geometry: {error.detail}", member) from None
+        elif member == "management":
+            if not isinstance(value, dict) or not all(
+                    isinstance(value[key], int | float) and not isinstance(value[key], bool) and value[key] >= 0
+                    for key in ("timeout", "cooldown") if key in value):
+                raise _bad("management must be an object whose timeout and cooldown are non-negative numbers",
+                           member)
             expanded[member] = value
         elif member == "operations":
             if not isinstance(value, list) or not all(isinstance(op, str) for op in value):

@@ -67,6 +67,8 @@ class RegistrationService:
     async def update(self, tenant: str | None, registration_id: str, body: Any, terms: TermMap) -> None:
         """GS CIM 5.9.3 Update context source registration: the fragment's members replace the stored ones."""
         fragment = expand_registration(body, terms, partial=True)
+        if not fragment:
+            raise BadRequestData("The registration fragment changes nothing: give the members to change")
         if "id" in fragment and fragment["id"] != registration_id:
             raise BadRequestData("The id of a registration cannot change", attribute="id")
         pool = await self.databases.pool(tenant, create=False)

@@ -57,6 +57,7 @@ async def test_register_retrieve_update_delete(client: httpx.AsyncClient) -> Non
     patched = await client.patch(f"{API}/csourceRegistrations/{registration_id}",
                                  json={"endpoint": "http://iot-agent-2:4041", "description": "moved"})  # fmt: skip
     assert patched.status_code == 204, patched.text
+    assert (await client.patch(f"{API}/csourceRegistrations/{registration_id}", json={})).status_code == 400
     after = (await client.get(f"{API}/csourceRegistrations/{registration_id}", params={"options": "sysAttrs"})).json()
     assert after["endpoint"] == "http://iot-agent-2:4041" and after["description"] == "moved"
     assert after["information"] == body["information"]
@@ -135,6 +136,13 @@ BAD_REGISTRATIONS = [
       "endpoint": "http://a:1", "expiresAt": "soon"}, "expiresAt"),
     ({"type": "ContextSourceRegistration", "information": [{"propertyNames": "switchOn"}],
       "endpoint": "http://a:1"}, "propertyNames"),
+    ({"type": "ContextSourceRegistration", "information": [{"entities": [{"type": "Device"}]}],
+      "endpoint": "http://a:1", "location": {"type": "Point", "coordinates": "x"}}, "location"),
+    ({"type": "ContextSourceRegistration", "information": [{"entities": [{"type": "Device"}]}],
+      "endpoint": "http://a:1", "observationInterval": {"startAt": "2025-01-01T00:00:00Z",
+                                                        "endAt": "2024-01-01T00:00:00Z"}}, "before its startAt"),
+    ({"type": "ContextSourceRegistration", "information": [{"entities": [{"type": "Device"}]}],
+      "endpoint": "http://a:1", "management": {"timeout": -5}}, "management"),
     # Kept as given, it was a 500 when stored (orjson writes at most 255 levels).
     ({"type": "ContextSourceRegistration", "information": [{"entities": [{"type": "Device"}]}],
       "endpoint": "http://a:1", "deep": functools.reduce(lambda value, _: [value], range(300), 1)},
