@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 from broker.subscriptions import store
 from broker.subscriptions.filters import EntityFilter, entity_filter
 from broker.subscriptions.model import Subscription, build_subscription
-from ngsi.contexts import ContextStore
+from ngsi.contexts import ContextStore, TermMap
 
 CACHE_TTL_S = 1.0
 """How long a compiled subscription set is trusted before it is checked again (another process may have changed it)."""
@@ -78,6 +78,10 @@ class SubscriptionRegistry:
         self._cache: dict[str, _Cached] = {}
         self._generation: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    async def term_map(self, context: Any) -> TermMap:
+        """The term map of an @context (a subscription's own, or a request's)."""
+        return await self._contexts.term_map(context)
 
     async def compile(self, row: dict[str, Any]) -> Compiled:
         body = row["body"]

@@ -50,7 +50,7 @@ def subscriptions_router(service: SubscriptionService, settings: BrokerSettings)
             raise TooManyResults(f"limit {page} is above the maximum of {settings.max_limit}", parameter="limit")
         if page == 0 and not count:
             raise BadRequestData("limit=0 needs count=true", parameter="limit")
-        items, total = await service.list(ngsild_tenant, page, offset)
+        items, total = await service.list(ngsild_tenant, page, offset, query_context(request))
         headers = tenant_headers(ngsild_tenant)
         if count:
             headers["NGSILD-Results-Count"] = str(total)
@@ -65,7 +65,7 @@ def subscriptions_router(service: SubscriptionService, settings: BrokerSettings)
     ) -> Response:
         _check_id(subscription_id)
         kind = accepted_media_type(request)
-        item = await service.retrieve(subscription_id, ngsild_tenant)
+        item = await service.retrieve(subscription_id, ngsild_tenant, query_context(request))
         context = query_context(request)
         if kind != JSON:
             item = {**item, "@context": context or CORE_CONTEXT_URL}

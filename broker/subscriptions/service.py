@@ -19,6 +19,7 @@ from broker.subscriptions.model import (
 from broker.subscriptions.notifier.delivery import Notifier
 from broker.subscriptions.notifier.process import NotifierProcess
 from broker.subscriptions.registry import SubscriptionRegistry
+from ngsi.contexts import TermMap
 from ngsi.errors import AlreadyExists, BadRequestData, InvalidRequest, ResourceNotFound
 
 SUBSCRIPTION_TYPE = "Subscription"
@@ -89,19 +90,46 @@ class SubscriptionService:
         self._notifier.watch_soon(tenant)
         return str(stored["id"])
 
-    async def retrieve(self, subscription_id: str, tenant: str | None) -> dict[str, Any]:
+    async def retrieve(self, subscription_id: str, tenant: str | None, context: Any = None) -> dict[str, Any]:
+        """The subscription with its type and attribute names in the request's @context (`context`)."""
         pool = await self._databases.pool(tenant, create=False)
         async with pool.connection() as conn:
             row = await store.fetch_subscription(conn, subscription_id)
         if row is None:
             raise ResourceNotFound(f"Subscription {subscription_id} not found", id=subscription_id)
-        return self.represent(row)
+        return await self._in_context(self.represent(row), row, await self._registry.term_map(context))
 
-    async def list(self, tenant: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+    async def list(self, tenant: str | None, limit: int, offset: int, context: Any = None
+                   ) -> tuple[list[dict[str, Any]], int]:
         pool = await self._databases.pool(tenant, create=False)  # an unknown tenant: 404, as for entities
         async with pool.connection() as conn:
             rows, total = await store.list_subscriptions(conn, limit, offset)
-        return [self.represent(row) for row in rows], total
+        terms = await self._registry.term_map(context)
+        return [await self._in_context(self.represent(row), row, terms) for row in rows], total
+
+    async def _in_context(self, body: dict[str, Any], row: dict[str, Any], terms: TermMap) -> dict[str, Any]:
+        """Entity types and attribute names, written in the subscription's own @context, as the request's
+        @context names them (full IRIs when it has no term for them), as Orion-LD answers."""
+        own = await self._registry.term_map(row["body"].get("@context"))
+        if own is terms:  # the same @context (term maps are cached per context)
+            return body
+
+        def names(values: Any) -> Any:
+            return [terms.compact(own.expand(v)) if isinstance(v, str) else v for v in values] \
+                if isinstance(values, list) else values
+
+        if isinstance(body.get("entities"), list):
+            body["entities"] = [
+                {**item, "type": terms.compact_type(own.expand_type(item["type"]))}
+                if isinstance(item, dict) and isinstance(item.get("type"), str) else item
+                for item in body["entities"]
+            ]
+        if "watchedAttributes" in body:
+            body["watchedAttributes"] = names(body["watchedAttributes"])
+        notification = body.get("notification")
+        if isinstance(notification, dict) and "attributes" in notification:
+            body["notification"] = {**notification, "attributes": names(notification["attributes"])}
+        return body
 
     async def update(self, subscription_id: str, patch: Any, context: Any, tenant: str | None) -> None:
         """GS CIM 009 5.8.2: members in the patch replace the stored ones; the result must be valid."""

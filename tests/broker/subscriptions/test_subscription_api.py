@@ -131,3 +131,20 @@ async def test_unknown_subscription_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/subscriptions/urn:ngsi-ld:Subscription:nope")
     assert response.status_code == 404
     assert response.json()["type"].endswith("/ResourceNotFound")
+
+
+async def test_names_are_answered_in_the_requests_context(client: httpx.AsyncClient) -> None:
+    # They were answered as written at creation, whatever @context the reader used (Orion-LD compacts them).
+    context = {"@context": {"Room": "http://example.org/Room", "temperature": "http://example.org/temperature"}}
+    url = (await client.post("/jsonldContexts", json=context)).headers["Location"]
+    link = {"Link": f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'}
+    body = subscription(entities=[{"type": "Room"}], watchedAttributes=["temperature"],
+                        notification={"endpoint": ENDPOINT, "attributes": ["temperature"]})
+    location = (await client.post("/subscriptions", json=body, headers=link)).headers["location"]
+    path = location.removeprefix("/ngsi-ld/v1")
+    plain = (await client.get(path)).json()
+    assert plain["entities"] == [{"type": "http://example.org/Room"}]
+    assert plain["watchedAttributes"] == ["http://example.org/temperature"]
+    assert plain["notification"]["attributes"] == ["http://example.org/temperature"]
+    mine = (await client.get(path, headers=link)).json()
+    assert mine["entities"] == [{"type": "Room"}] and mine["watchedAttributes"] == ["temperature"]
