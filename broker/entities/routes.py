@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
@@ -141,9 +142,26 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             headers["NGSILD-Tenant"] = ngsild_tenant
         return Response(status_code=201, headers=headers)
 
-    @router.get("/entities/{entity_id:path}/attrs/{attr:path}", include_in_schema=False)
-    async def get_attr_not_allowed(entity_id: str, attr: str) -> Response:
-        raise BadRequestData("Use GET /entities/{id}?attrs=... to read attributes")
+    @router.get("/entities/{entity_id:path}/attrs/{attr:path}")
+    async def get_attribute(
+        request: Request, entity_id: str, attr: str, options: str | None = None, format: str | None = None,
+        lang: str | None = None, ngsild_tenant: str | None = Header(None),
+    ) -> Response:  # fmt: skip
+        """One attribute of an entity (as Orion-LD serves it): the attribute as it appears in the entity."""
+        check_uri(entity_id, "Entity id")
+        kind = accepted_media_type(request)
+        context = query_context(request)
+        terms = await terms_for(context)
+        opts = replace(render_options(options, format, None, None, None, lang), attrs=[attr])
+        entity = await service.retrieve(ngsild_tenant, entity_id)
+        body = render(entity, terms, opts)
+        name = terms.compact(terms.expand(attr))
+        if name not in body:
+            raise ResourceNotFound(f"Entity {entity_id!r} has no attribute {attr!r}", attribute=attr)
+        content = body[name]
+        if kind != JSON and isinstance(content, dict):
+            content = {"@context": context or contexts.core_context_url, **content}
+        return json_response(content, kind=kind, context_url=context_url(context))
 
     def geometry_source(entity: Any, body: dict[str, Any], terms: TermMap, geometry_property: str
                         ) -> dict[str, Any] | None:
