@@ -240,14 +240,27 @@ def nests_deeper(value: Any, limit: int) -> bool:
     return False
 
 
+def _null_outside_fragment(name: str, member: str) -> BadRequestData:
+    return _bad(name, f"its {member} is the NGSI-LD Null ({NGSI_LD_NULL}), which only merge and partial updates"
+                      " accept, to remove what it stands for")
+
+
+def _shallow(kind: str, value: dict[str, Any] | list[Any]) -> bool:
+    """Values whose nesting is bounded by what is checked about them anyway (no depth walk needed): a
+    GeoJSON geometry other than a collection (check_geometry reads its exact shape), a DateTime."""
+    if type(value) is not dict:
+        return False
+    if kind == "GeoProperty":
+        return value.get("type") != "GeometryCollection"
+    return len(value) == 2 and value.get("@type") == "DateTime" and type(value.get("@value")) is str
+
+
 def _check_instance(name: str, instance: dict[str, Any], fragment: bool = False) -> None:
     """Validate a normalized instance. In a `fragment` (merge, partial update) NGSI-LD Nulls may stand for
     members to remove, and an instance without `type` changes members of an existing attribute only."""
-    if not fragment and (NGSI_LD_NULL in instance.values() or (
-            type(texts := instance.get("languageMap")) is dict and NGSI_LD_NULL in texts.values())):
-        key = next((key for key, member in instance.items() if member == NGSI_LD_NULL), "languageMap")
-        raise _bad(name, f"its {key} is the NGSI-LD Null ({NGSI_LD_NULL}), which only merge and partial updates"
-                         " accept, to remove what it stands for")
+    if not fragment and NGSI_LD_NULL in instance.values():
+        key = next(key for key, member in instance.items() if member == NGSI_LD_NULL)
+        raise _null_outside_fragment(name, key)
     kind = instance.get("type")
     if kind is None:
         _check_members(name, instance, fragment)
@@ -258,7 +271,8 @@ def _check_instance(name: str, instance: dict[str, Any], fragment: bool = False)
     value = instance[member]
     if fragment and value == NGSI_LD_NULL:  # the whole attribute removed
         return
-    if (type(value) is dict or type(value) is list) and nests_deeper(value, MAX_VALUE_DEPTH):
+    if (type(value) is dict or type(value) is list) and not _shallow(kind, value) \
+            and nests_deeper(value, MAX_VALUE_DEPTH):
         raise _bad(name, f"its {member} nests arrays and objects deeper than {MAX_VALUE_DEPTH} levels")
     if kind == "Relationship":
         _check_object(value, name)
@@ -275,8 +289,10 @@ def _check_instance(name: str, instance: dict[str, Any], fragment: bool = False)
         if not isinstance(value, Mapping) or not value:
             raise _bad(name, "a LanguageProperty needs 'languageMap' to be an object of language → text")
         for lang, text in value.items():
-            if fragment and text == NGSI_LD_NULL:
-                continue
+            if text == NGSI_LD_NULL:
+                if fragment:
+                    continue
+                raise _null_outside_fragment(name, f"languageMap entry {lang!r}")
             texts = text if isinstance(text, list) else [text]
             if not isinstance(lang, str) or not all(isinstance(t, str) for t in texts):
                 raise _bad(name, f"languageMap entry {lang!r} must map a language tag to text")
@@ -367,11 +383,13 @@ def _normalize_instance(name: str, raw: Any, terms: TermMap | None, depth: int, 
             raise _bad(name, f"unknown attribute type {kind!r}")
         if kind is not None:
             instance["type"] = kind
+        own_value = VALUE_MEMBER_BY_TYPE.get(kind) if kind is not None else None  # _check_instance checks it
         for key, member in raw.items():
             if key == "type" or key in SYSTEM_TIMESTAMPS:
                 continue  # system timestamps are set by the broker, never taken from a payload
             if key in ATTRIBUTE_KEYWORDS:
-                if (type(member) is dict or type(member) is list) and nests_deeper(member, MAX_VALUE_DEPTH):
+                if key != own_value and (type(member) is dict or type(member) is list) \
+                        and nests_deeper(member, MAX_VALUE_DEPTH):
                     raise _bad(name, f"its {key} nests arrays and objects deeper than {MAX_VALUE_DEPTH} levels")
                 instance[key] = member
             else:
