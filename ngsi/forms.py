@@ -467,7 +467,7 @@ def _check_entity_members(
         types = [check_type_name(t) for t in types]
     else:
         types = check_type_name(types)
-    scope = _check_scope(entity["scope"]) if "scope" in entity else None
+    scope = check_scope(entity["scope"]) if "scope" in entity else None
     return entity_id, types, scope
 
 
@@ -476,7 +476,7 @@ def validate_entity_payload(entity: Mapping[str, Any]) -> None:
     normalize_entity(entity)
 
 
-def _check_scope(scope: object) -> str | list[str]:
+def check_scope(scope: object) -> str | list[str]:
     # GS CIM 009 4.18: scopes are "/"-separated paths.
     scopes = scope if isinstance(scope, list) else [scope]
     for item in scopes:

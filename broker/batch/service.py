@@ -16,8 +16,10 @@ from broker.entities.service import EntityService
 from broker.entities.stored import (
     StoredEntity,
     append_attributes,
+    change_scope,
     iso_ms,
     merge_patch_attributes,
+    replaced_members,
 )
 from broker.entities.write_groups import Write
 from broker.storage.history import OpMode
@@ -200,18 +202,22 @@ class BatchService:
         after = before.copy()
         after.modified_at = now
         if kind == "upsert" and "update" not in options:
+            after.touched = set(before.doc) | set(doc) | replaced_members(before, types, scope)
             after.types, after.scope, after.doc = types, scope, doc
-            after.touched = set(before.doc) | set(doc)
             return after, "Replace"
         if kind == "merge":
             merge_patch_attributes(after, doc, stamp)
+            change_scope(after, scope, replace=True)
         elif kind == "update":
             # GS CIM 009 5.6.9: each entity as by Append Entity Attributes (5.6.3): new attributes are added,
             # existing ones replaced, or with noOverwrite left as they are.
             append_attributes(after, doc, stamp, overwrite="noOverwrite" not in options)
+            change_scope(after, scope, replace=False)
         else:
             append_attributes(after, doc, stamp, overwrite=True)
+            change_scope(after, scope, replace=False)
         for entity_type in types:
             if entity_type not in after.types:
                 after.types.append(entity_type)
+                after.touched.add("type")
         return after, "Update"

@@ -35,3 +35,17 @@ def expand_attributes(payload: dict[str, Any], terms: TermMap, now: str = "", *,
     `fragment`: of a merge or partial update (NGSI-LD Nulls and partial attributes allowed)."""
     attributes = {k: v for k, v in payload.items() if k not in ENTITY_MEMBERS}
     return forms.expand_attributes(attributes, terms, now or "1970-01-01T00:00:00.000Z", fragment=fragment)
+
+
+def scope_of(payload: Any, *, fragment: bool = False) -> list[str] | str | None:
+    """The scopes a write's payload gives (GS CIM 009 4.18), None without any; in a merge `fragment` the
+    NGSI-LD Null (returned as it is) removes them."""
+    if not isinstance(payload, dict) or "scope" not in payload:
+        return None
+    value = payload["scope"]
+    if value == forms.NGSI_LD_NULL:
+        if fragment:
+            return value
+        raise BadRequestData(f"scope: the NGSI-LD Null ({value}) removes the scopes in a merge only")
+    checked = forms.check_scope(value)
+    return checked if isinstance(checked, list) else [checked]

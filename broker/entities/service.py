@@ -11,16 +11,19 @@ from psycopg import AsyncConnection, sql
 
 from broker.changes import ChangeKind, ChangeSink, EntityChange
 from broker.entities import store
-from broker.entities.representation import expand_attributes, expand_entity
+from broker.entities.representation import expand_attributes, expand_entity, scope_of
 from broker.entities.scope import compile_scope_q
 from broker.entities.stored import (
+    ENTITY_LEVEL,
     StoredEntity,
     append_attributes,
+    change_scope,
     delete_attribute,
     is_null_instance,
     iso_ms,
     merge_instance,
     merge_patch_attributes,
+    replaced_members,
     stamp_doc,
     update_attributes,
 )
@@ -154,7 +157,7 @@ class EntityService:
                 rows.add_entity_deletion(current.id, current.types, now)
             else:
                 assert after is not None
-                for name in sorted(after.touched - {"type"}):  # a new entity type is no attribute of the history
+                for name in sorted(after.touched - ENTITY_LEVEL):  # types and scopes are no attributes of the history
                     if name in after.doc:
                         # Instances are replaced, never changed in place (stored.py): the ones `before` holds
                         # too are other datasets of the attribute that this write left alone.
@@ -211,7 +214,7 @@ class EntityService:
 
         def change(entity: StoredEntity, now: str) -> None:
             stamp_doc(doc, now)
-            entity.touched = set(entity.doc) | set(doc)
+            entity.touched = set(entity.doc) | set(doc) | replaced_members(entity, types, scope)
             entity.types, entity.scope, entity.doc = types, scope, doc
 
         await self._change(tenant, entity_id, "Replace", change)
@@ -220,9 +223,11 @@ class EntityService:
         """GS CIM 009 5.6.17 merge-patch; `urn:ngsi-ld:null` deletes attributes and sub-attributes."""
         fragment = self.fragment(payload, terms, entity_id, partial=True)
         types = [terms.expand_type(t) for t in _types_of(payload)]
+        scope = scope_of(payload, fragment=True)
 
         def change(entity: StoredEntity, now: str) -> None:
             merge_patch_attributes(entity, fragment, now)
+            change_scope(entity, scope, replace=True)
             if types and set(types) - set(entity.types):
                 entity.types = entity.types + [t for t in types if t not in entity.types]
                 entity.touched.add("type")
@@ -234,9 +239,11 @@ class EntityService:
         """GS CIM 009 5.6.3; returns the compact names not updated under noOverwrite."""
         fragment = self.fragment(payload, terms, entity_id)
         types = [terms.expand_type(t) for t in _types_of(payload)]
+        scope = scope_of(payload)
 
         def change(entity: StoredEntity, now: str) -> list[str]:
             not_updated = append_attributes(entity, fragment, now, overwrite=overwrite)
+            change_scope(entity, scope, replace=False)
             # GS CIM 009 5.6.3.4: entity types of the fragment that the entity lacks are added.
             if set(types) - set(entity.types):
                 entity.types = entity.types + [t for t in types if t not in entity.types]
@@ -250,9 +257,13 @@ class EntityService:
                                 ) -> list[str]:
         """GS CIM 009 5.6.2; returns the compact names of attributes that do not exist."""
         fragment = self.fragment(payload, terms, entity_id)
-        not_found = await self._change(
-            tenant, entity_id, "Update", lambda entity, now: update_attributes(entity, fragment, now)
-        )
+        scope = scope_of(payload)
+
+        def change(entity: StoredEntity, now: str) -> list[str]:
+            change_scope(entity, scope, replace=True)
+            return update_attributes(entity, fragment, now)
+
+        not_found = await self._change(tenant, entity_id, "Update", change)
         return [terms.compact(name) for name in not_found]
 
     async def patch_attribute(self, tenant: str | None, entity_id: str, attr: str, payload: Any,

@@ -227,6 +227,30 @@ def merge_json(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+ENTITY_LEVEL = frozenset({"type", "scope"})
+"""Names in `StoredEntity.touched` for the entity's types and scopes (no attributes)."""
+
+
+def replaced_members(entity: StoredEntity, types: list[str], scope: list[str] | None) -> set[str]:
+    """The entity-level names a replace changes: an entity without attributes is changed by them alone."""
+    return ({"type"} if types != entity.types else set()) | ({"scope"} if scope != entity.scope else set())
+
+
+def change_scope(entity: StoredEntity, scope: list[str] | str | None, *, replace: bool) -> None:
+    """GS CIM 009 4.18: a write's scopes are added to the entity's (append, batch update) or take their
+    place (merge, update); the NGSI-LD Null removes them. None: the write gives none."""
+    if scope is None:
+        return
+    if scope == NGSI_LD_NULL:
+        changed: list[str] | None = None
+    else:
+        given = scope if isinstance(scope, list) else [scope]
+        changed = list(dict.fromkeys(given if replace else [*(entity.scope or []), *given]))
+    if changed != entity.scope:
+        entity.scope = changed
+        entity.touched.add("scope")
+
+
 def delete_attribute(entity: StoredEntity, name: str, dataset_id: str | None, delete_all: bool) -> bool:
     """GS CIM 009 5.6.5: remove the default instance, the one with `dataset_id`, or all of them."""
     current = entity.doc.get(name)

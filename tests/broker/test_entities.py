@@ -133,3 +133,29 @@ async def test_location_of_a_created_entity_can_be_followed_whatever_its_id(http
     assert "#" not in location and "?" not in location
     followed = await http.get(location)
     assert followed.status_code == 200 and followed.json()["id"] == entity_id, followed.text
+
+
+async def test_scope_and_type_change_by_every_write_that_gives_them(http: httpx.AsyncClient) -> None:
+    # They were dropped (204, nothing changed) unless an attribute changed in the same write.
+    entity_id = new_id()
+    assert (await http.post(f"{API}/entities", json={"id": entity_id, "type": "Bin", "scope": "/A"})).status_code == 201
+
+    async def scope_and_type() -> tuple[object, object]:
+        body = (await http.get(f"{API}/entities/{entity_id}")).json()
+        return body.get("scope"), body["type"]
+
+    assert (await http.put(f"{API}/entities/{entity_id}", json={"type": "Container"})).status_code == 204
+    assert await scope_and_type() == (None, "Container")  # a replace without scope has none
+    assert (await http.post(f"{API}/entities/{entity_id}/attrs", json={"scope": "/B"})).status_code == 204
+    assert (await http.post(f"{API}/entities/{entity_id}/attrs", json={"scope": ["/C"]})).status_code == 204
+    assert await scope_and_type() == (["/B", "/C"], "Container")  # an append adds scopes (GS CIM 009 4.18)
+    assert (await http.patch(f"{API}/entities/{entity_id}", json={"scope": "/D"})).status_code == 204
+    assert await scope_and_type() == ("/D", "Container")  # a merge replaces them
+    upserted = await http.post(f"{API}/entityOperations/upsert", params={"options": "update"},
+                               json=[{"id": entity_id, "type": "Bin", "scope": "/E"}])
+    assert upserted.status_code == 204, upserted.text
+    assert await scope_and_type() == (["/D", "/E"], ["Container", "Bin"])
+    assert (await http.patch(f"{API}/entities/{entity_id}", json={"scope": "urn:ngsi-ld:null"})).status_code == 204
+    assert (await scope_and_type())[0] is None
+    replaced = await http.post(f"{API}/entityOperations/upsert", json=[{"id": entity_id, "type": "Crate"}])
+    assert replaced.status_code == 204 and await scope_and_type() == (None, "Crate")
