@@ -596,7 +596,10 @@ def _targets(path: AttrPath, members: tuple[str, ...] = _TARGET_MEMBERS) -> list
     if path.metadata:
         return [jsonpath_key(path.metadata)]
     if path.value_path:
-        return ['"value".' + ".".join(jsonpath_key(k) for k in path.value_path)]
+        keys = ".".join("*" if key == "*" else jsonpath_key(key) for key in path.value_path)
+        if len(path.value_path) == 1:  # `name[en]`, `name[*]`: a language of a LanguageProperty too
+            return ['"value".' + keys, '"languageMap".' + keys]
+        return ['"value".' + keys]
     return [".".join(_member_accessor(part) for part in member.split(".")) for member in members]
 
 
@@ -607,9 +610,10 @@ def _member_accessor(part: str) -> str:
 def _items_path(path: AttrPath) -> str:
     """A path that yields something exactly when the target items exist."""
     base = _instances_path(path)
-    if path.metadata or path.value_path:
-        return base + "." + _targets(path)[0]
-    return base + " ? (" + " || ".join(f"exists(@.{t})" for t in _targets(path)) + ")"
+    targets = _targets(path)
+    if len(targets) == 1:
+        return base + "." + targets[0]
+    return base + " ? (" + " || ".join(f"exists(@.{t})" for t in targets) + ")"
 
 
 def _filtered_path(path: AttrPath, condition: str, members: tuple[str, ...]) -> str:
@@ -704,8 +708,12 @@ def _target_items(path: AttrPath, doc: dict[str, Any], *, for_datetime: bool) ->
     if path.value_path:
         items = _members(instances, "value")
         for key in path.value_path:
-            items = _members(items, key)
+            items = _any_members(items) if key == "*" else _members(items, key)
         yield from items
+        if len(path.value_path) == 1:  # a language of a LanguageProperty (`name[en]`, `name[*]`)
+            maps = _members(instances, "languageMap")
+            key = path.value_path[0]
+            yield from _any_members(maps) if key == "*" else _members(maps, key)
         return
     if for_datetime:
         values = _members(instances, "value")
@@ -736,6 +744,11 @@ def _members(items: Iterable[Any], key: str, *, unwrap: bool = False) -> list[An
                 else:
                     found.append(value)
     return found
+
+
+def _any_members(items: Iterable[Any]) -> list[Any]:
+    """`.*` in lax mode: the values of every member of the objects among `items`."""
+    return [value for item in items if isinstance(item, dict) for value in item.values()]
 
 
 def _unwrap(item: Any) -> list[Any]:

@@ -135,6 +135,10 @@ CASES: list[tuple[str, set[str]]] = [
     ("readings!=9", {"urn:ngsi-ld:WeatherObserved:Madrid:1"}),
     ("pm10==true", {"urn:ngsi-ld:AirQualityObserved:Bilbao:2"}),
     ('label=="frío"', {"urn:ngsi-ld:WeatherObserved:Madrid:1"}),
+    # one language of a LanguageProperty, or any (as the FIWARE Extended-Properties tutorial queries Orion-LD)
+    ('label[en]=="cold"', {"urn:ngsi-ld:WeatherObserved:Madrid:1"}),
+    ('label[es]=="cold"', set()),
+    ('label[*]=="frío"', {"urn:ngsi-ld:WeatherObserved:Madrid:1"}),
     # regular expressions
     (
         "airQualityLevel~=^(good|moder)",
