@@ -144,7 +144,7 @@ class TemporalStore:
         cur = await conn.execute(query, [*params, limit, offset])
         rows = await cur.fetchall()
         total = int(rows[0][2]) if rows else 0
-        if not rows and offset:
+        if not rows and (offset or not limit):  # past the end, or limit=0 with count=true: count apart
             total = await self._count_entities(conn, query, params)
         return [(str(r[0]), str(r[1])) for r in rows], total
 

@@ -269,6 +269,9 @@ async def test_query_selects_entities_by_type_and_counts_them(loaded: tuple[http
     assert response.headers["NGSILD-Results-Count"] == "1"
     [entity] = response.json()
     assert entity["id"] == ENTITY and len(entity["no2"]) == 2
+    only_count = await client.get(f"{API}/temporal/entities", params={"type": "AirQualityObserved", "count": "true",
+                                                                       "limit": "0"})
+    assert only_count.json() == [] and only_count.headers["NGSILD-Results-Count"] == "1"  # it said 0
     by_pattern = await client.get(f"{API}/temporal/entities",
                                   params={"idPattern": ".*:beijing:.*", "attrs": "temperature"})  # fmt: skip
     assert [e["id"] for e in by_pattern.json()] == ["urn:ngsi-ld:WeatherObserved:beijing:aotizhongxin"]
