@@ -32,7 +32,10 @@ VALUE_MEMBER_BY_TYPE = {
     "VocabularyProperty": "vocab",
     "JsonProperty": "json",
 }
-ATTRIBUTE_TYPES = frozenset(VALUE_MEMBER_BY_TYPE)
+# The v1.8 core context names the vocabulary attribute type `VocabProperty`; v1.7 (and Orion-LD, and the
+# FIWARE tutorials) `VocabularyProperty`. Both are taken; it is stored and answered as `VocabularyProperty`.
+TYPE_ALIASES = {"VocabProperty": "VocabularyProperty"}
+ATTRIBUTE_TYPES = frozenset(VALUE_MEMBER_BY_TYPE) | frozenset(TYPE_ALIASES)
 # The member that, without `type`, says which attribute type a concise attribute is (GS CIM 009 4.5.x).
 TYPE_BY_VALUE_MEMBER = {
     "object": "Relationship",
@@ -381,6 +384,8 @@ def _normalize_instance(name: str, raw: Any, terms: TermMap | None, depth: int, 
                 kind = "GeoProperty"
         elif kind not in ATTRIBUTE_TYPES:
             raise _bad(name, f"unknown attribute type {kind!r}")
+        else:
+            kind = TYPE_ALIASES.get(kind, kind)
         if kind is not None:
             instance["type"] = kind
         own_value = VALUE_MEMBER_BY_TYPE.get(kind) if kind is not None else None  # _check_instance checks it
@@ -554,7 +559,7 @@ _WRAPPED_IN_SIMPLIFIED = frozenset({"LanguageProperty", "VocabularyProperty", "J
 
 
 def _key_value(instance: Mapping[str, Any], lang: str | None) -> Any:
-    kind = instance.get("type", "Property")
+    kind = TYPE_ALIASES.get(instance.get("type", "Property"), instance.get("type", "Property"))
     if kind == "LanguageProperty" and lang is not None:
         return pick_language(instance.get("languageMap") or {}, lang)[1]
     member = VALUE_MEMBER_BY_TYPE.get(kind, "value")

@@ -18,7 +18,8 @@ GEO_ATTRIBUTES = frozenset({"location", "observationSpace", "operationSpace"})
 """GS CIM 009 4.7: the GeoProperties with core names."""
 
 NGSI_LD_ATTRIBUTE_TYPES = frozenset(
-    {"Property", "GeoProperty", "Relationship", "LanguageProperty", "VocabProperty", "JsonProperty", "ListProperty"}
+    {"Property", "GeoProperty", "Relationship", "LanguageProperty", "VocabProperty", "VocabularyProperty",
+     "JsonProperty", "ListProperty", "ListRelationship"}
 )
 
 SYSTEM_ATTRIBUTES = frozenset({"createdAt", "modifiedAt", "deletedAt", "instanceId", "scope", "@context"})

@@ -54,13 +54,19 @@ def route_value(instance: dict[str, Any]) -> tuple[str | None, str | None, bool 
         return "Relationship", None, None, None, None, orjson.dumps(target).decode()
     if kind == "LanguageProperty":
         return "LanguageMap", None, None, None, None, orjson.dumps(instance.get("languageMap")).decode()
-    if kind == "VocabProperty":
+    # Orion-LD's ValueType has no member for the v1.8 attribute types below: their values go where a
+    # Property's would (text, or JSON in `compound`), so that the history keeps them (it kept none).
+    if kind == "VocabularyProperty":
         vocab = instance.get("vocab")
         if isinstance(vocab, str):
             return "String", vocab, None, None, None, None
         return "Compound", None, None, None, None, orjson.dumps(vocab).decode()
     if kind == "JsonProperty":
         return "Compound", None, None, None, None, orjson.dumps(instance.get("json")).decode()
+    if kind == "ListProperty":
+        return "Compound", None, None, None, None, orjson.dumps(instance.get("valueList")).decode()
+    if kind == "ListRelationship":
+        return "Compound", None, None, None, None, orjson.dumps(instance.get("objectList")).decode()
     value = instance.get("value")
     if kind == "GeoProperty" and isinstance(value, dict):
         # Without PostGIS the geometry goes to `compound` as GeoJSON (docs/internals.md "History").

@@ -29,6 +29,13 @@ NO2 = "https://smartdatamodels.org/dataModel.Environment/no2"
          ("GeoPoint", None, None, None, None, '{"type":"Point","coordinates":[1,2]}')),
         ({"type": "LanguageProperty", "languageMap": {"en": "Park"}},
          ("LanguageMap", None, None, None, None, '{"en":"Park"}')),
+        # v1.8 types Orion-LD's ValueType has no member for: kept where a Property's value would go (they
+        # were routed nowhere, so their history was lost).
+        ({"type": "VocabularyProperty", "vocab": "https://example.org/barn"},
+         ("String", "https://example.org/barn", None, None, None, None)),
+        ({"type": "ListProperty", "valueList": [1, 2]}, ("Compound", None, None, None, None, "[1,2]")),
+        ({"type": "ListRelationship", "objectList": [{"object": "urn:a:b"}]},
+         ("Compound", None, None, None, None, '[{"object":"urn:a:b"}]')),
     ],
 )  # fmt: skip
 def test_values_go_to_the_column_orion_ld_uses(instance: dict, expected: tuple) -> None:

@@ -346,3 +346,12 @@ def test_ids_at_the_limit_and_string_instance_ids_only() -> None:
     with pytest.raises(BadRequestData, match="instanceId must be a non-empty string"):
         expand_entity({"id": "urn:ngsi-ld:T:1", "type": "T", "a": {"type": "Property", "value": 1, "instanceId": 7}},
                       terms_for({}), now="2026-01-01T00:00:00.000Z")
+
+
+def test_the_v1_8_name_vocab_property_is_taken_as_vocabulary_property() -> None:
+    # The v1.8 core context calls it VocabProperty, v1.7 and Orion-LD VocabularyProperty: both were
+    # needed by clients, only the second was taken (the first was an unknown attribute type, 400).
+    terms = STORE.term_map_sync(None)
+    for kind in ("VocabProperty", "VocabularyProperty"):
+        stored = expand_entity({"id": "urn:x:1", "type": "T", "level": {"type": kind, "vocab": "Good"}}, terms, now=NOW)
+        assert stored.doc[DEFAULT_VOCAB + "level"][0]["type"] == "VocabularyProperty"
