@@ -11,6 +11,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from ngsi.contexts import is_core_context_url
 from ngsi.errors import (
     BadRequestData,
     InvalidRequest,
@@ -166,6 +167,17 @@ def accepted_media_type(request: Request, *, geo: bool = False) -> str:
     if best is None:
         raise NotAcceptable(f"None of {header!r} can be served; use {', '.join(offered)}")
     return best[2]
+
+
+def body_context(context: Any, core_url: str) -> Any:
+    """The @context of a JSON-LD answer: the request's with the core context after it, as Orion-LD sends
+    it (a user context alone does not define id, type, Property, value...); the core one without any."""
+    if context is None:
+        return core_url
+    items = context if isinstance(context, list) else [context]
+    if any(isinstance(item, str) and is_core_context_url(item) for item in items):
+        return context
+    return [*items, core_url]
 
 
 PATH_SAFE = ":/@!$&'()*+,;=~"  # RFC 3986 pchar (and "/") besides the unreserved characters

@@ -11,7 +11,15 @@ from fastapi.responses import Response
 
 from broker.csource.registrations import RegistrationFilter, check_uri
 from broker.csource.service import RegistrationService
-from broker.negotiation import JSON, accepted_media_type, json_response, location, query_context, read_payload
+from broker.negotiation import (
+    JSON,
+    accepted_media_type,
+    body_context,
+    json_response,
+    location,
+    query_context,
+    read_payload,
+)
 from broker.query.q import parse_q
 from broker.settings import BrokerSettings
 from ngsi.contexts import ContextStore, TermMap
@@ -55,7 +63,7 @@ def csource_router(service: RegistrationService, contexts: ContextStore, setting
         return context if isinstance(context, str) else contexts.core_context_url
 
     def with_context(body: dict[str, Any], kind: str, context: Any) -> dict[str, Any]:
-        return body if kind == JSON else {"@context": context or contexts.core_context_url, **body}
+        return body if kind == JSON else {"@context": body_context(context, contexts.core_context_url), **body}
 
     @router.post("/csourceRegistrations")
     async def register_context_source(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:

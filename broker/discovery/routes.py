@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from broker.discovery.service import DiscoveryService
-from broker.negotiation import JSON, accepted_media_type, json_response, query_context
+from broker.negotiation import JSON, accepted_media_type, body_context, json_response, query_context
 from ngsi.contexts import ContextStore
 
 
@@ -19,8 +19,9 @@ def discovery_router(service: DiscoveryService, contexts: ContextStore) -> APIRo
         body = await build(await contexts.term_map(context))
         context_url = context or contexts.core_context_url
         if kind != JSON:  # GS CIM 009 6.3.6: a JSON-LD body carries its @context
-            body = ([{"@context": context_url, **item} for item in body] if isinstance(body, list)
-                    else {"@context": context_url, **body})
+            in_body = body_context(context, contexts.core_context_url)
+            body = ([{"@context": in_body, **item} for item in body] if isinstance(body, list)
+                    else {"@context": in_body, **body})
         return json_response(body, kind=kind, context_url=context_url)
 
     @router.get("/types")

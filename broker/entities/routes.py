@@ -18,6 +18,7 @@ from broker.negotiation import (
     GEO_JSON,
     JSON,
     accepted_media_type,
+    body_context,
     json_response,
     location,
     problem_response,
@@ -160,7 +161,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             raise ResourceNotFound(f"Entity {entity_id!r} has no attribute {attr!r}", attribute=attr)
         content = body[name]
         if kind != JSON and isinstance(content, dict):
-            content = {"@context": context or contexts.core_context_url, **content}
+            content = {"@context": body_context(context, contexts.core_context_url), **content}
         return json_response(content, kind=kind, context_url=context_url(context))
 
     def geometry_source(entity: Any, body: dict[str, Any], terms: TermMap, geometry_property: str
@@ -198,9 +199,9 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         if kind == GEO_JSON:
             body = {**to_geojson_feature(body, geometryProperty,
                                          geometry_of=geometry_source(entity, body, terms, geometryProperty)),
-                    "@context": context or contexts.core_context_url}
+                    "@context": body_context(context, contexts.core_context_url)}
         elif kind != JSON:
-            body = {"@context": context or contexts.core_context_url, **body}
+            body = {"@context": body_context(context, contexts.core_context_url), **body}
         return json_response(body, kind=kind, context_url=context_url(context))
 
     async def answer_query(
@@ -242,9 +243,9 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
                        for entity, body in zip(entities, bodies, strict=True)]
             content = to_geojson_feature_collection(bodies, geometryProperty, geometries_of=sources)
             for feature in content["features"]:
-                feature["@context"] = context or contexts.core_context_url
+                feature["@context"] = body_context(context, contexts.core_context_url)
         elif kind != JSON:
-            content = [{"@context": context or contexts.core_context_url, **b} for b in bodies]
+            content = [{"@context": body_context(context, contexts.core_context_url), **b} for b in bodies]
         return json_response(content, kind=kind, context_url=context_url(context), headers=headers)
 
     @router.get("/entities")

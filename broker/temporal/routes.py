@@ -8,7 +8,15 @@ from typing import Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from broker.negotiation import JSON, accepted_media_type, json_response, location, query_context, read_payload
+from broker.negotiation import (
+    JSON,
+    accepted_media_type,
+    body_context,
+    json_response,
+    location,
+    query_context,
+    read_payload,
+)
 from broker.settings import BrokerSettings
 from broker.temporal.parameters import parse_temporal_query
 from broker.temporal.service import TemporalService
@@ -85,7 +93,7 @@ def temporal_router(service: TemporalService, contexts: ContextStore, settings: 
         return context if isinstance(context, str) else contexts.core_context_url
 
     def with_context(body: dict[str, Any], kind: str, context: Any) -> dict[str, Any]:
-        return body if kind == JSON else {"@context": context or contexts.core_context_url, **body}
+        return body if kind == JSON else {"@context": body_context(context, contexts.core_context_url), **body}
 
     def params_of(request: Request) -> dict[str, str]:
         return dict(request.query_params)

@@ -26,6 +26,12 @@ async def test_hosted_context_is_listed_served_used_and_deleted(http: httpx.Asyn
     headers = {"Link": link, "NGSILD-Tenant": tenant}
     car = {"id": "urn:ngsi-ld:Car:1", "type": "Car", "speed": {"type": "Property", "value": 80}}
     assert (await http.post(f"{API}/entities", json=car, headers=headers)).status_code == 201
+    # A JSON-LD answer carries the user context and the core one after it (as Orion-LD): the user context
+    # alone does not define id, type or Property for a JSON-LD processor.
+    as_json_ld = await http.get(f"{API}/entities/urn:ngsi-ld:Car:1",
+                                headers={**headers, "Accept": "application/ld+json"})
+    assert as_json_ld.json()["@context"] == [url, "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"]
+    assert as_json_ld.json()["speed"]["value"] == 80
     plain = (await http.get(f"{API}/entities/urn:ngsi-ld:Car:1", headers={"NGSILD-Tenant": tenant})).json()
     assert plain["type"] == "https://example.org/vocab/Car"
     assert "https://example.org/vocab/speed" in plain
