@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from broker.subscriptions.model import Subscription
-from ngsi.contexts import CORE_CONTEXT_URL, TermMap
+from ngsi.contexts import CORE_CONTEXT_URL, TermMap, is_core_context_url
 
 JSONLD_CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 SYS_ATTRS = ("createdAt", "modifiedAt", "deletedAt")
@@ -41,6 +41,17 @@ class NotifiedAt:
             moment = datetime.fromtimestamp(millisecond / 1000, UTC).isoformat(timespec="milliseconds")
             self._millisecond, self._text = millisecond, moment.replace("+00:00", "Z")
         return self._text
+
+
+def with_core(context: Any) -> Any:
+    """The @context in a JSON-LD notification: the subscription's with the core context after it (as the
+    broker's JSON-LD answers), the core one without any."""
+    if context is None:
+        return CORE_CONTEXT_URL
+    items = context if isinstance(context, list) else [context]
+    if any(isinstance(item, str) and is_core_context_url(item) for item in items):
+        return context
+    return [*items, CORE_CONTEXT_URL]
 
 
 def context_url(context: Any) -> str:
@@ -119,7 +130,7 @@ def render(sub: Subscription, notification_id: str, data: bytes, notified_at: st
     headers = {"Content-Type": sub.endpoint.accept if sub.endpoint.accept != "application/geo+json"
                else "application/json"}
     if sub.endpoint.accept == "application/ld+json":
-        notification["@context"] = sub.context if sub.context is not None else CORE_CONTEXT_URL
+        notification["@context"] = with_core(sub.context)
     else:
         link = sub.body.get("jsonldContext") or context_url(sub.context)
         headers["Link"] = f'<{link}>; rel="{JSONLD_CONTEXT_REL}"; type="application/ld+json"'
