@@ -729,8 +729,9 @@ def compact_entity(
             continue
         if (picked_iris is not None and iri not in picked_iris) or iri in omitted_iris:
             continue
-        if dataset_id is not None:
-            instances = [i for i in instances if i.get("datasetId") == dataset_id]
+        if dataset_id is not None:  # "@none": the default instances (without a datasetId)
+            wanted_dataset = None if dataset_id == "@none" else dataset_id
+            instances = [i for i in instances if i.get("datasetId") == wanted_dataset]
         if not instances:
             continue
         if len(instances) == 1:

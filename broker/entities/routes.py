@@ -39,6 +39,25 @@ FORM_ALIASES = {"simplified": "keyValues"}
 MAX_OFFSET = 2**63 - 1
 
 
+def dataset_selector(dataset_id: str | None) -> str | None:
+    """The `datasetId` parameter of a read (as Orion-LD): a URI, or `@none` for the default instances."""
+    if dataset_id is not None and dataset_id != "@none":
+        check_uri(dataset_id, "datasetId")
+    return dataset_id
+
+
+def in_dataset(body: Any, dataset_id: str | None) -> Any:
+    """A one-attribute write's body aimed at the instance the `datasetId` parameter names (as Orion-LD):
+    without the parameter the default instance, unless the body gives its own datasetId."""
+    if dataset_id is None or not isinstance(body, dict):
+        return body
+    check_uri(dataset_id, "datasetId")
+    if body.get("datasetId", dataset_id) != dataset_id:
+        raise BadRequestData(f"The body's datasetId {body['datasetId']!r} differs from the datasetId parameter",
+                             parameter="datasetId")
+    return {**body, "datasetId": dataset_id}
+
+
 def split_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -146,14 +165,15 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
     @router.get("/entities/{entity_id:path}/attrs/{attr:path}")
     async def get_attribute(
         request: Request, entity_id: str, attr: str, options: str | None = None, format: str | None = None,
-        lang: str | None = None, ngsild_tenant: str | None = Header(None),
+        lang: str | None = None, datasetId: str | None = None, ngsild_tenant: str | None = Header(None),
     ) -> Response:  # fmt: skip
         """One attribute of an entity (as Orion-LD serves it): the attribute as it appears in the entity."""
         check_uri(entity_id, "Entity id")
         kind = accepted_media_type(request)
         context = query_context(request)
         terms = await terms_for(context)
-        opts = replace(render_options(options, format, None, None, None, lang), attrs=[attr])
+        opts = replace(render_options(options, format, None, None, None, lang), attrs=[attr],
+                       dataset_id=dataset_selector(datasetId))
         entity = await service.retrieve(ngsild_tenant, entity_id)
         body = render(entity, terms, opts)
         name = terms.compact(terms.expand(attr))
@@ -184,13 +204,13 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         request: Request, entity_id: str, attrs: str | None = None, pick: str | None = None,
         omit: str | None = None, options: str | None = None, format: str | None = None,
         lang: str | None = None, geometryProperty: str = "location", type: str | None = None,
-        ngsild_tenant: str | None = Header(None),
+        datasetId: str | None = None, ngsild_tenant: str | None = Header(None),
     ) -> Response:  # fmt: skip
         check_uri(entity_id, "Entity id")
         kind = accepted_media_type(request, geo=True)
         context = query_context(request)
         terms = await terms_for(context)
-        opts = render_options(options, format, attrs, pick, omit, lang)
+        opts = replace(render_options(options, format, attrs, pick, omit, lang), dataset_id=dataset_selector(datasetId))
         selected = type_selector(type, terms)
         entity = await service.retrieve(ngsild_tenant, entity_id)
         if selected is not None and not selected(entity.types):
@@ -320,19 +340,21 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         )  # fmt: skip
 
     @router.put("/entities/{entity_id:path}/attrs/{attr:path}")
-    async def put_attribute(request: Request, entity_id: str, attr: str,
+    async def put_attribute(request: Request, entity_id: str, attr: str, datasetId: str | None = None,
                             ngsild_tenant: str | None = Header(None)) -> Response:
         check_uri(entity_id, "Entity id")
         payload = await read_payload(request, max_bytes)
-        await service.replace_attribute(ngsild_tenant, entity_id, attr, payload.body, await terms_for(payload.context))
+        body = in_dataset(payload.body, datasetId)
+        await service.replace_attribute(ngsild_tenant, entity_id, attr, body, await terms_for(payload.context))
         return Response(status_code=204)
 
     @router.patch("/entities/{entity_id:path}/attrs/{attr:path}")
-    async def patch_attribute(request: Request, entity_id: str, attr: str,
+    async def patch_attribute(request: Request, entity_id: str, attr: str, datasetId: str | None = None,
                               ngsild_tenant: str | None = Header(None)) -> Response:
         check_uri(entity_id, "Entity id")
         payload = await read_payload(request, max_bytes, allow_merge_patch=True)
-        await service.patch_attribute(ngsild_tenant, entity_id, attr, payload.body, await terms_for(payload.context))
+        body = in_dataset(payload.body, datasetId)
+        await service.patch_attribute(ngsild_tenant, entity_id, attr, body, await terms_for(payload.context))
         return Response(status_code=204)
 
     @router.delete("/entities/{entity_id:path}/attrs/{attr:path}")

@@ -58,6 +58,8 @@ class RenderOptions:
     pick: list[str] | None = None
     omit: list[str] | None = None
     lang: str | None = None
+    dataset_id: str | None = None
+    """Only the instances of this datasetId (`@none`: the default ones), as Orion-LD's `datasetId` parameter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ def render(entity: StoredEntity, terms: TermMap, options: RenderOptions) -> dict
     return compact_entity(
         stored, terms, form=options.form, sys_attrs=options.sys_attrs,
         attrs=options.attrs, pick=options.pick, omit=options.omit, lang=options.lang,
+        dataset_id=options.dataset_id,
     )
 
 

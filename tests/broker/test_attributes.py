@@ -307,3 +307,30 @@ async def test_a_write_to_one_dataset_adds_history_for_that_dataset_only(http: h
             (entity_id, "%/p"))).fetchall()
     assert rows == [("Create", dataset, 1.0), ("Create", None, 2.0), ("Update", dataset, 3.0),
                     ("Update", dataset, 4.0), ("Update", dataset, 5.0), ("Delete", dataset, None)], rows
+
+
+async def test_the_dataset_id_parameter_selects_the_instance_read_or_written(http: httpx.AsyncClient,
+                                                                             tenant: str) -> None:
+    # The parameter was ignored: a PUT meant for one dataset replaced the default instance.
+    entity_id = new_id()
+    headers = {"NGSILD-Tenant": tenant}
+    dataset = "urn:ngsi-ld:Dataset:a"
+    created = await http.post(f"{API}/entities", headers=headers, json={
+        "id": entity_id, "type": "Station",
+        "t": [{"type": "Property", "value": 1, "datasetId": dataset}, {"type": "Property", "value": 2}]})
+    assert created.status_code == 201, created.text
+    put = await http.put(f"{API}/entities/{entity_id}/attrs/t", params={"datasetId": dataset}, headers=headers,
+                         json={"type": "Property", "value": 22})
+    assert put.status_code == 204, put.text
+    only_a = (await http.get(f"{API}/entities/{entity_id}", params={"datasetId": dataset}, headers=headers)).json()
+    assert only_a["t"]["value"] == 22 and only_a["t"]["datasetId"] == dataset
+    default = (await http.get(f"{API}/entities/{entity_id}", params={"datasetId": "@none"}, headers=headers)).json()
+    assert default["t"] == {"type": "Property", "value": 2}
+    patched = await http.patch(f"{API}/entities/{entity_id}/attrs/t", params={"datasetId": dataset},
+                               headers=headers, json={"value": 23})
+    assert patched.status_code == 204
+    one = await http.get(f"{API}/entities/{entity_id}/attrs/t", params={"datasetId": dataset}, headers=headers)
+    assert one.json()["value"] == 23
+    clash = await http.put(f"{API}/entities/{entity_id}/attrs/t", params={"datasetId": dataset}, headers=headers,
+                           json={"type": "Property", "value": 9, "datasetId": "urn:ngsi-ld:Dataset:b"})
+    assert clash.status_code == 400 and clash.json()["parameter"] == "datasetId"
