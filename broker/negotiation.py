@@ -11,7 +11,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from ngsi.contexts import is_core_context_url
+from ngsi.contexts import with_core_context
 from ngsi.errors import (
     BadRequestData,
     InvalidRequest,
@@ -170,14 +170,8 @@ def accepted_media_type(request: Request, *, geo: bool = False) -> str:
 
 
 def body_context(context: Any, core_url: str) -> Any:
-    """The @context of a JSON-LD answer: the request's with the core context after it, as Orion-LD sends
-    it (a user context alone does not define id, type, Property, value...); the core one without any."""
-    if context is None:
-        return core_url
-    items = context if isinstance(context, list) else [context]
-    if any(isinstance(item, str) and is_core_context_url(item) for item in items):
-        return context
-    return [*items, core_url]
+    """The @context of a JSON-LD answer: the request's with the core context after it (as Orion-LD)."""
+    return with_core_context(context, core_url)
 
 
 PATH_SAFE = ":/@!$&'()*+,;=~"  # RFC 3986 pchar (and "/") besides the unreserved characters

@@ -7,6 +7,7 @@ from ngsi.contexts.builtin import (
     UNVERSIONED_CORE_CONTEXT_URL,
     builtin_document,
     is_core_context_url,
+    with_core_context,
 )
 from ngsi.contexts.store import ContextEntry, ContextKind, ContextStore
 from ngsi.contexts.terms import TermMap
@@ -22,4 +23,5 @@ __all__ = [
     "TermMap",
     "builtin_document",
     "is_core_context_url",
+    "with_core_context",
 ]

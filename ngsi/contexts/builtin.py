@@ -54,6 +54,17 @@ def is_core_context_url(url: str) -> bool:
     return BUILTIN_CONTEXT_FILES.get(url) in CORE_CONTEXT_FILES
 
 
+def with_core_context(context: Any, core_url: str) -> Any:
+    """The @context of a JSON-LD answer or notification: the given one with the core context after it, as
+    Orion-LD sends it (a user context alone does not define id, type, Property...); the core one without any."""
+    if context is None:
+        return core_url
+    items = context if isinstance(context, list) else [context]
+    if any(isinstance(item, str) and is_core_context_url(item) for item in items):
+        return context
+    return [*items, core_url]
+
+
 @cache
 def _load_file(filename: str) -> dict[str, Any]:
     raw = resources.files("ngsi.contexts.data").joinpath(filename).read_bytes()

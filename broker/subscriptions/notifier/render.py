@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from broker.subscriptions.model import Subscription
-from ngsi.contexts import CORE_CONTEXT_URL, TermMap, is_core_context_url
+from ngsi.contexts import CORE_CONTEXT_URL, TermMap, with_core_context
 
 JSONLD_CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 SYS_ATTRS = ("createdAt", "modifiedAt", "deletedAt")
@@ -46,12 +46,7 @@ class NotifiedAt:
 def with_core(context: Any) -> Any:
     """The @context in a JSON-LD notification: the subscription's with the core context after it (as the
     broker's JSON-LD answers), the core one without any."""
-    if context is None:
-        return CORE_CONTEXT_URL
-    items = context if isinstance(context, list) else [context]
-    if any(isinstance(item, str) and is_core_context_url(item) for item in items):
-        return context
-    return [*items, CORE_CONTEXT_URL]
+    return with_core_context(context, CORE_CONTEXT_URL)
 
 
 def context_url(context: Any) -> str:
