@@ -26,11 +26,13 @@ from twin.service import subscription_id as twin_subscription_id
 
 REPO = Path(__file__).resolve().parents[2]
 MQTT = "mqtt://mosquitto:1883"
+ENVIRONMENT_CONTEXT = "https://raw.githubusercontent.com/smart-data-models/dataModel.Environment/master/context.jsonld"
 VARIABLES = {"CLIMABOROUGH_MQTT_URL": MQTT}
 
 
-async def subscriptions_of(broker_url: str, tenant: str) -> dict[str, dict[str, Any]]:
-    async with AsyncBrokerClient(broker_url, tenant=tenant) as client:
+async def subscriptions_of(broker_url: str, tenant: str, context: str | None = None) -> dict[str, dict[str, Any]]:
+    """The tenant's subscriptions, names compacted with `context` (full IRIs without one, as Orion-LD)."""
+    async with AsyncBrokerClient(broker_url, tenant=tenant, context=context) as client:
         listed = await client.list_subscriptions(limit=1000)
     return {item["id"]: item for item in listed}
 
@@ -71,7 +73,7 @@ async def test_first_apply_creates_every_subscription_and_the_second_changes_not
 
 async def test_registered_subscriptions_notify_the_services_over_mosquitto(broker_url: str, tenant: str) -> None:
     await apply_config(broker_url, tenants=[tenant], subscriptions=load_subscriptions(variables=VARIABLES))
-    subscriptions = await subscriptions_of(broker_url, tenant)
+    subscriptions = await subscriptions_of(broker_url, tenant, context=ENVIRONMENT_CONTEXT)
     kpi = subscriptions["urn:ngsi-ld:Subscription:climaborough-kpi:AirQualityObserved"]
     assert kpi["notification"]["endpoint"]["uri"] == f"{MQTT}/climaborough/kpi/climaborough-kpi"
     assert sorted(kpi["watchedAttributes"]) == ["co", "no2", "o3", "pm10", "pm25", "so2"]
