@@ -579,7 +579,8 @@ def pick_language(language_map: Mapping[str, Any], lang: str) -> tuple[str, Any]
                 quality = float(params.strip()[2:])
             except ValueError:
                 quality = 0.0
-        preferences.append((-quality + position * 1e-6, tag.strip()))
+        if quality > 0:  # RFC 9110 12.4.2: q=0 means "not acceptable"
+            preferences.append((-quality + position * 1e-6, tag.strip()))
     for _, tag in sorted(preferences):
         if tag == "*" and language_map:
             first = next(iter(language_map))

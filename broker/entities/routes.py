@@ -84,6 +84,12 @@ def render_options(options: str | None, format_: str | None, attrs: str | None,
         form = "concise"
     if pick and attrs:
         raise BadRequestData("pick and attrs cannot be combined", parameter="pick")
+    if pick and omit:  # as Orion-LD answers
+        raise BadRequestData("pick and omit cannot be combined", parameter="omit")
+    for name, projection in (("pick", pick), ("omit", omit)):
+        if projection and any(mark in projection for mark in "{}[];|"):
+            raise BadRequestData(f"{name}: nested projections ({{...}}) are not supported; give attribute names"
+                                 " separated by commas", parameter=name)
     return RenderOptions(form=form, sys_attrs="sysAttrs" in flags, attrs=split_list(attrs),
                          pick=split_list(pick), omit=split_list(omit), lang=lang)
 

@@ -159,3 +159,18 @@ async def test_scope_and_type_change_by_every_write_that_gives_them(http: httpx.
     assert (await scope_and_type())[0] is None
     replaced = await http.post(f"{API}/entityOperations/upsert", json=[{"id": entity_id, "type": "Crate"}])
     assert replaced.status_code == 204 and await scope_and_type() == (None, "Crate")
+
+
+async def test_projections_that_are_not_applied_are_refused_and_lang_q0_is_not_acceptable(
+        http: httpx.AsyncClient) -> None:
+    entity_id = new_id()
+    entity = {"id": entity_id, "type": "Place", "a": {"type": "Property", "value": 1, "sub": {"value": 2}},
+              "name": {"type": "LanguageProperty", "languageMap": {"de": "Platz", "en": "Square"}}}
+    assert (await http.post(f"{API}/entities", json=entity)).status_code == 201
+    # Nested projections used to answer {} and pick with omit to be taken silently.
+    for params, parameter in (({"pick": "a{sub}"}, "pick"), ({"pick": "a", "omit": "name"}, "omit")):
+        got = await http.get(f"{API}/entities/{entity_id}", params=params)
+        assert got.status_code == 400 and got.json()["parameter"] == parameter, got.text
+    # RFC 9110 12.4.2: a language with q=0 is not acceptable; the next one is taken.
+    named = await http.get(f"{API}/entities/{entity_id}", params={"lang": "de;q=0,en;q=0.5", "attrs": "name"})
+    assert named.json()["name"]["value"] == "Square"
