@@ -11,7 +11,6 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from ngsi.contexts import with_core_context
 from ngsi.errors import (
     BadRequestData,
     InvalidRequest,
@@ -167,11 +166,6 @@ def accepted_media_type(request: Request, *, geo: bool = False) -> str:
     if best is None:
         raise NotAcceptable(f"None of {header!r} can be served; use {', '.join(offered)}")
     return best[2]
-
-
-def body_context(context: Any, core_url: str) -> Any:
-    """The @context of a JSON-LD answer: the request's with the core context after it (as Orion-LD)."""
-    return with_core_context(context, core_url)
 
 
 PATH_SAFE = ":/@!$&'()*+,;=~"  # RFC 3986 pchar (and "/") besides the unreserved characters

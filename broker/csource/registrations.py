@@ -242,10 +242,7 @@ def matches(doc: dict[str, Any], where: RegistrationFilter) -> bool:
 
 def expires_at(doc: dict[str, Any]) -> datetime | None:
     text = doc.get("expiresAt")
-    if not isinstance(text, str):
-        return None
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return _check_time(text, "expiresAt") if isinstance(text, str) else None
 
 
 def _members_as_attributes(doc: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from broker.csource.service import RegistrationService
 from broker.negotiation import (
     JSON,
     accepted_media_type,
-    body_context,
     json_response,
     location,
     query_context,
@@ -22,7 +21,7 @@ from broker.negotiation import (
 )
 from broker.query.q import parse_q
 from broker.settings import BrokerSettings
-from ngsi.contexts import ContextStore, TermMap
+from ngsi.contexts import ContextStore, TermMap, with_core_context
 from ngsi.errors import BadRequestData, TooManyResults
 
 
@@ -63,7 +62,7 @@ def csource_router(service: RegistrationService, contexts: ContextStore, setting
         return context if isinstance(context, str) else contexts.core_context_url
 
     def with_context(body: dict[str, Any], kind: str, context: Any) -> dict[str, Any]:
-        return body if kind == JSON else {"@context": body_context(context, contexts.core_context_url), **body}
+        return body if kind == JSON else {"@context": with_core_context(context, contexts.core_context_url), **body}
 
     @router.post("/csourceRegistrations")
     async def register_context_source(request: Request, ngsild_tenant: str | None = Header(None)) -> Response:

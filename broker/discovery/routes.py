@@ -6,8 +6,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from broker.discovery.service import DiscoveryService
-from broker.negotiation import JSON, accepted_media_type, body_context, json_response, query_context
-from ngsi.contexts import ContextStore
+from broker.negotiation import JSON, accepted_media_type, json_response, query_context
+from ngsi.contexts import ContextStore, with_core_context
 
 
 def discovery_router(service: DiscoveryService, contexts: ContextStore) -> APIRouter:
@@ -19,7 +19,7 @@ def discovery_router(service: DiscoveryService, contexts: ContextStore) -> APIRo
         body = await build(await contexts.term_map(context))
         context_url = context or contexts.core_context_url
         if kind != JSON:  # GS CIM 009 6.3.6: a JSON-LD body carries its @context
-            in_body = body_context(context, contexts.core_context_url)
+            in_body = with_core_context(context, contexts.core_context_url)
             body = ([{"@context": in_body, **item} for item in body] if isinstance(body, list)
                     else {"@context": in_body, **body})
         return json_response(body, kind=kind, context_url=context_url)

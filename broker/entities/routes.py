@@ -18,7 +18,6 @@ from broker.negotiation import (
     GEO_JSON,
     JSON,
     accepted_media_type,
-    body_context,
     json_response,
     location,
     problem_response,
@@ -27,7 +26,7 @@ from broker.negotiation import (
 )
 from broker.query.types import matches_types, parse_ids, parse_types
 from broker.settings import BrokerSettings
-from ngsi.contexts import ContextStore, TermMap
+from ngsi.contexts import ContextStore, TermMap, with_core_context
 from ngsi.errors import BadRequestData, InternalError, NgsiError, ResourceNotFound, TooManyResults
 from ngsi.forms import Form, to_geojson_feature, to_geojson_feature_collection
 
@@ -187,7 +186,7 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
             raise ResourceNotFound(f"Entity {entity_id!r} has no attribute {attr!r}", attribute=attr)
         content = body[name]
         if kind != JSON and isinstance(content, dict):
-            content = {"@context": body_context(context, contexts.core_context_url), **content}
+            content = {"@context": with_core_context(context, contexts.core_context_url), **content}
         return json_response(content, kind=kind, context_url=context_url(context))
 
     def geometry_source(entity: Any, body: dict[str, Any], terms: TermMap, geometry_property: str
@@ -225,9 +224,9 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
         if kind == GEO_JSON:
             body = {**to_geojson_feature(body, geometryProperty,
                                          geometry_of=geometry_source(entity, body, terms, geometryProperty)),
-                    "@context": body_context(context, contexts.core_context_url)}
+                    "@context": with_core_context(context, contexts.core_context_url)}
         elif kind != JSON:
-            body = {"@context": body_context(context, contexts.core_context_url), **body}
+            body = {"@context": with_core_context(context, contexts.core_context_url), **body}
         return json_response(body, kind=kind, context_url=context_url(context))
 
     async def answer_query(
@@ -269,9 +268,9 @@ def entities_router(service: EntityService, contexts: ContextStore, settings: Br
                        for entity, body in zip(entities, bodies, strict=True)]
             content = to_geojson_feature_collection(bodies, geometryProperty, geometries_of=sources)
             for feature in content["features"]:
-                feature["@context"] = body_context(context, contexts.core_context_url)
+                feature["@context"] = with_core_context(context, contexts.core_context_url)
         elif kind != JSON:
-            content = [{"@context": body_context(context, contexts.core_context_url), **b} for b in bodies]
+            content = [{"@context": with_core_context(context, contexts.core_context_url), **b} for b in bodies]
         return json_response(content, kind=kind, context_url=context_url(context), headers=headers)
 
     @router.get("/entities")

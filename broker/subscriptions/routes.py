@@ -8,7 +8,6 @@ from fastapi.responses import Response
 from broker.negotiation import (
     JSON,
     accepted_media_type,
-    body_context,
     json_response,
     location,
     query_context,
@@ -16,7 +15,7 @@ from broker.negotiation import (
 )
 from broker.settings import BrokerSettings
 from broker.subscriptions.service import SubscriptionService
-from ngsi.contexts import CORE_CONTEXT_URL
+from ngsi.contexts import CORE_CONTEXT_URL, with_core_context
 from ngsi.errors import BadRequestData, TooManyResults
 
 MAX_OFFSET = 2**63 - 1
@@ -64,7 +63,7 @@ def subscriptions_router(service: SubscriptionService, settings: BrokerSettings)
             headers["NGSILD-Results-Count"] = str(total)
         context = query_context(request)
         if kind != JSON:
-            items = [{**item, "@context": body_context(context, CORE_CONTEXT_URL)} for item in items]
+            items = [{**item, "@context": with_core_context(context, CORE_CONTEXT_URL)} for item in items]
         return json_response(items, kind=kind, context_url=context or CORE_CONTEXT_URL, headers=headers)
 
     @router.get("/subscriptions/{subscription_id:path}")
@@ -76,7 +75,7 @@ def subscriptions_router(service: SubscriptionService, settings: BrokerSettings)
         item = await service.retrieve(subscription_id, ngsild_tenant, query_context(request))
         context = query_context(request)
         if kind != JSON:
-            item = {**item, "@context": body_context(context, CORE_CONTEXT_URL)}
+            item = {**item, "@context": with_core_context(context, CORE_CONTEXT_URL)}
         return json_response(item, kind=kind, context_url=context or CORE_CONTEXT_URL,
                              headers=tenant_headers(ngsild_tenant))
 

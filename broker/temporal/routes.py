@@ -11,7 +11,6 @@ from fastapi.responses import Response
 from broker.negotiation import (
     JSON,
     accepted_media_type,
-    body_context,
     json_response,
     location,
     query_context,
@@ -20,7 +19,7 @@ from broker.negotiation import (
 from broker.settings import BrokerSettings
 from broker.temporal.parameters import parse_temporal_query
 from broker.temporal.service import TemporalService
-from ngsi.contexts import ContextStore, TermMap
+from ngsi.contexts import ContextStore, TermMap, with_core_context
 from ngsi.errors import BadRequestData
 
 TEMPORAL_PAYLOAD_FACTOR = 16
@@ -93,7 +92,7 @@ def temporal_router(service: TemporalService, contexts: ContextStore, settings: 
         return context if isinstance(context, str) else contexts.core_context_url
 
     def with_context(body: dict[str, Any], kind: str, context: Any) -> dict[str, Any]:
-        return body if kind == JSON else {"@context": body_context(context, contexts.core_context_url), **body}
+        return body if kind == JSON else {"@context": with_core_context(context, contexts.core_context_url), **body}
 
     def params_of(request: Request) -> dict[str, str]:
         return dict(request.query_params)
